@@ -1,0 +1,31 @@
+"""swiftsd: SWIFT on-the-fly self-speculative decoding for Hugging Face LLMs."""
+
+from .config import OptimizerConfig, SamplingParams, SwiftConfig
+from .decoder import GenerationResult, GenerationStream, SwiftDecoder
+from .errors import (
+    ContextLengthError,
+    InvalidArgumentError,
+    InvalidSkipSetError,
+    MissingPackageError,
+    ModelNotFoundError,
+    SwiftSDError,
+    UnsupportedModelError,
+)
+from .skipset import SkipSet
+from .stats import GenerationStats
+
+__version__ = "0.1.0"
+
+
+def load(name_or_path: str, dtype=None, device=None):
+    """Load ``(model, tokenizer)`` from a packaged short name, a directory, a .gguf file or a hub id."""
+    from .loading import load as _load
+
+    return _load(name_or_path, dtype=dtype, device=device)
+
+
+__all__ = [
+    "ContextLengthError", "GenerationResult", "GenerationStats", "GenerationStream", "InvalidArgumentError",
+    "InvalidSkipSetError", "MissingPackageError", "ModelNotFoundError", "OptimizerConfig", "SamplingParams",
+    "SkipSet", "SwiftConfig", "SwiftDecoder", "SwiftSDError", "UnsupportedModelError", "load",
+]

@@ -1,0 +1,182 @@
+"""Model adapters: run a stock Hugging Face decoder with a skip set and a tree mask.
+
+No forked ``modeling_*.py`` files and no state on the model: each adapter walks
+the model's own decoder layers and calls their own submodules (norms, attention,
+MLP), wiring the residual stream the way that family does, and leaving out the
+sublayers named by the skip set. ``tests/test_adapters.py`` checks every adapter
+against the stock model's forward.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import nn
+
+from .cache import SlotKVCache
+from .errors import UnsupportedModelError
+from .skipset import SkipSet
+
+
+class DecoderAdapter:
+    """Llama-style pre-norm residual wiring (Llama, Mistral, Qwen2, Qwen3, Phi-3)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        self.config = model.config
+        self.base = model.base_model
+        self.layers: nn.ModuleList = self.base.layers
+        self.num_layers = len(self.layers)
+        cfg = self.config
+        types = getattr(cfg, "layer_types", None)
+        window = getattr(cfg, "sliding_window", None)
+        if types is None:
+            types = ["sliding_attention" if window else "full_attention"] * self.num_layers
+        self.layer_types: list[str] = list(types)
+        self.sliding_window: int | None = window if "sliding_attention" in self.layer_types else None
+        self.max_positions: int | None = getattr(cfg, "max_position_embeddings", None)
+        self.softcap: float | None = getattr(cfg, "final_logit_softcapping", None)
+        impl = getattr(cfg, "_attn_implementation", "eager")
+        if impl and "flash" in impl:
+            raise UnsupportedModelError(
+                f"attention implementation {impl!r} cannot take a tree attention mask; "
+                "load the model with attn_implementation='sdpa' or 'eager'"
+            )
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.get_input_embeddings().weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.model.get_input_embeddings().weight.dtype
+
+    # -- pieces a family may override ------------------------------------------
+    def rope(self, h: torch.Tensor, position_ids: torch.Tensor) -> Callable[[int], tuple[torch.Tensor, torch.Tensor]]:
+        pe = self.base.rotary_emb(h, position_ids)
+        return lambda i: pe
+
+    def attn_block(self, layer: nn.Module, h: torch.Tensor, **kw) -> torch.Tensor:
+        a, _ = layer.self_attn(hidden_states=layer.input_layernorm(h), **kw)
+        return h + a
+
+    def mlp_block(self, layer: nn.Module, h: torch.Tensor) -> torch.Tensor:
+        return h + layer.mlp(layer.post_attention_layernorm(h))
+
+    # -- the forward ---------------------------------------------------------
+    def build_masks(
+        self, positions: torch.Tensor, visible_prefix: int, slot_start: int, block_mask: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        """Additive masks [1, 1, q, slot_start+q], one per attention type.
+
+        Queries see slots [0, visible_prefix) (committed tokens at positions
+        0..visible_prefix-1), never slots [visible_prefix, slot_start), and the
+        block's own slots as ``block_mask`` [q, q] allows.
+        """
+        q = positions.numel()
+        dev = positions.device
+        vis = torch.zeros(q, slot_start + q, dtype=torch.bool, device=dev)
+        vis[:, :visible_prefix] = True
+        vis[:, slot_start:] = block_mask
+        masks = {}
+        neg = torch.finfo(self.dtype).min
+        for kind in set(self.layer_types):
+            v = vis
+            if kind == "sliding_attention" and self.sliding_window:
+                k_pos = torch.full((slot_start + q,), -(10**9), dtype=torch.long, device=dev)
+                k_pos[:visible_prefix] = torch.arange(visible_prefix, device=dev)
+                k_pos[slot_start:] = positions
+                v = vis & (k_pos[None, :] > positions[:, None] - self.sliding_window)
+            m = torch.zeros(v.shape, dtype=self.dtype, device=dev).masked_fill_(~v, neg)
+            masks[kind] = m[None, None]
+        return masks
+
+    @torch.inference_mode()
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        positions: torch.Tensor,
+        cache: SlotKVCache,
+        slot_start: int,
+        visible_prefix: int,
+        block_mask: torch.Tensor,
+        skip: SkipSet | None = None,
+        logits_rows: torch.Tensor | slice | None = None,
+    ) -> torch.Tensor:
+        """Logits [rows, V] (float32) for ``input_ids`` [q] written at slots [slot_start, slot_start+q).
+
+        ``skip`` leaves those sublayers out (the draft); ``None`` runs the full model.
+        ``logits_rows`` picks which positions reach the LM head (all by default).
+        """
+        q = input_ids.numel()
+        cache.begin_write(slot_start, q)
+        position_ids = positions[None]
+        h = self.base.embed_tokens(input_ids[None])
+        masks = self.build_masks(positions, visible_prefix, slot_start, block_mask)
+        pe = self.rope(h, position_ids)
+        skip_attn = set(skip.attn) if skip else set()
+        skip_mlp = set(skip.mlp) if skip else set()
+        for i, layer in enumerate(self.layers):
+            if i not in skip_attn:
+                h = self.attn_block(
+                    layer,
+                    h,
+                    position_embeddings=pe(i),
+                    attention_mask=masks[self.layer_types[i]],
+                    position_ids=position_ids,
+                    past_key_values=cache,
+                )
+            if i not in skip_mlp:
+                h = self.mlp_block(layer, h)
+        h = h[0] if logits_rows is None else h[0, logits_rows]
+        logits = self.model.lm_head(self.base.norm(h)).float()
+        if self.softcap:
+            logits = torch.tanh(logits / self.softcap) * self.softcap
+        return logits
+
+
+class GemmaAdapter(DecoderAdapter):
+    """Gemma 2 / 3: sandwich norms around attention and MLP; Gemma 3 has per-type RoPE."""
+
+    def rope(self, h, position_ids):
+        if getattr(self.config, "model_type", "") == "gemma3_text":
+            pes = {t: self.base.rotary_emb(h, position_ids, t) for t in set(self.layer_types)}
+            return lambda i: pes[self.layer_types[i]]
+        return super().rope(h, position_ids)
+
+    def attn_block(self, layer, h, **kw):
+        a, _ = layer.self_attn(hidden_states=layer.input_layernorm(h), **kw)
+        return h + layer.post_attention_layernorm(a)
+
+    def mlp_block(self, layer, h):
+        return h + layer.post_feedforward_layernorm(layer.mlp(layer.pre_feedforward_layernorm(h)))
+
+
+ADAPTERS: dict[str, type[DecoderAdapter]] = {
+    "llama": DecoderAdapter,
+    "mistral": DecoderAdapter,
+    "qwen2": DecoderAdapter,
+    "qwen3": DecoderAdapter,
+    "phi3": DecoderAdapter,
+    "gemma2": GemmaAdapter,
+    "gemma3_text": GemmaAdapter,
+}
+
+
+def supported_model_types() -> list[str]:
+    return sorted(ADAPTERS)
+
+
+def get_adapter(model: nn.Module) -> DecoderAdapter:
+    """The adapter for ``model.config.model_type``, or a clear UnsupportedModelError."""
+    config = getattr(model, "config", None)
+    model_type = getattr(config, "model_type", None)
+    cls = ADAPTERS.get(model_type)
+    if cls is None or not hasattr(model, "lm_head"):
+        raise UnsupportedModelError(
+            f"swiftsd has no adapter for model_type {model_type!r} ({type(model).__name__}); "
+            f"supported model types: {', '.join(supported_model_types())}. "
+            "Load a causal LM (AutoModelForCausalLM) of one of these families."
+        )
+    return cls(model)

@@ -1,0 +1,80 @@
+"""Per-request statistics, recorded by the decode loop."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass
+class GenerationStats:
+    """What one ``generate`` call did. Times are seconds of wall clock."""
+
+    prompt_tokens: int = 0
+    new_tokens: int = 0
+    steps: int = 0  # decoding steps after the prefill (one full-model forward each)
+    plain_steps: int = 0  # steps decoded without a draft (no skip set / fallback)
+    draft_lengths: list[int] = field(default_factory=list)  # chain depth drafted per step
+    accepted_lengths: list[int] = field(default_factory=list)  # draft tokens accepted per step
+    tree_sizes: list[int] = field(default_factory=list)  # nodes verified per step (root included)
+    time_prefill: float = 0.0
+    time_draft: float = 0.0
+    time_verify: float = 0.0
+    time_optimize: float = 0.0
+    time_other: float = 0.0
+    wall_time: float = 0.0
+    skip_set: dict[str, list[int]] | None = None
+    optimizer: dict[str, Any] | None = None
+    trace: list[dict[str, Any]] = field(default_factory=list)  # per-step records (optimiser issue)
+
+    @property
+    def draft_tokens(self) -> int:
+        return sum(self.draft_lengths)
+
+    @property
+    def accepted_tokens(self) -> int:
+        return sum(self.accepted_lengths)
+
+    @property
+    def mean_accepted_tokens(self) -> float:
+        """Tokens committed per decoding step, bonus included (Spec-Bench's tau)."""
+        return (self.new_tokens - 1) / self.steps if self.steps else 0.0
+
+    @property
+    def mean_accepted_length(self) -> float:
+        """Draft tokens accepted per drafted step (bonus excluded)."""
+        drafted = [a for a, d in zip(self.accepted_lengths, self.draft_lengths) if d > 0]
+        return sum(drafted) / len(drafted) if drafted else 0.0
+
+    @property
+    def acceptance_rate(self) -> float:
+        """Accepted draft tokens / drafted tokens."""
+        return self.accepted_tokens / self.draft_tokens if self.draft_tokens else 0.0
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.new_tokens / self.wall_time if self.wall_time > 0 else 0.0
+
+    def to_dict(self, with_lists: bool = True) -> dict[str, Any]:
+        d = asdict(self)
+        if not with_lists:
+            for k in ("draft_lengths", "accepted_lengths", "tree_sizes", "trace"):
+                d.pop(k)
+        d.update(
+            draft_tokens=self.draft_tokens,
+            accepted_tokens=self.accepted_tokens,
+            mean_accepted_tokens=self.mean_accepted_tokens,
+            mean_accepted_length=self.mean_accepted_length,
+            acceptance_rate=self.acceptance_rate,
+            tokens_per_s=self.tokens_per_s,
+        )
+        return d
+
+    def summary(self) -> str:
+        return (
+            f"{self.new_tokens} tokens in {self.wall_time:.2f}s ({self.tokens_per_s:.1f} tok/s), "
+            f"{self.steps} steps, {self.mean_accepted_tokens:.2f} tokens/step, "
+            f"acceptance {self.acceptance_rate:.0%} of {self.draft_tokens} drafted; "
+            f"time draft {self.time_draft:.2f}s verify {self.time_verify:.2f}s "
+            f"optimize {self.time_optimize:.2f}s other {self.time_other + self.time_prefill:.2f}s"
+        )

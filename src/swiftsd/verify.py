@@ -1,0 +1,123 @@
+"""Verification: pure tensor functions, no model inside.
+
+Glossary (as in the SWIFT paper and vLLM's rejection sampler):
+- *draft tokens*: candidates proposed by the layer-skipped draft, arranged in a tree;
+- *accepted tokens*: the draft tokens on the path the target agrees with;
+- *bonus token*: the one token the target adds after the accepted path (its own
+  argmax, a sample from p, or a sample from the residual after rejections).
+
+``p`` is the target distribution, ``q`` the draft distribution, both after the
+same temperature / top-k / top-p warp, so sampling preserves ``p`` exactly.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .config import SamplingParams
+from .tree import TreeLayout
+
+
+def warp_logits(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
+    """Temperature, then top-k, then top-p: the order and tie rules of HF's warpers.
+
+    logits: [..., V] float -> [..., V] float with -inf on removed tokens.
+    """
+    x = logits / params.temperature if params.temperature > 0 else logits.clone()
+    if params.top_k > 0:
+        k = min(params.top_k, x.shape[-1])
+        kth = torch.topk(x, k, dim=-1).values[..., -1:]
+        x = x.masked_fill(x < kth, float("-inf"))
+    if params.top_p < 1.0:
+        sorted_logits, sorted_idx = torch.sort(x, descending=False, dim=-1)
+        cum = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
+        remove_sorted = cum <= (1 - params.top_p)
+        remove_sorted[..., -1:] = False  # keep at least one token
+        remove = remove_sorted.scatter(-1, sorted_idx, remove_sorted)
+        x = x.masked_fill(remove, float("-inf"))
+    return x
+
+
+def target_probs(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
+    """[..., V] logits -> [..., V] probabilities of the warped distribution."""
+    return warp_logits(logits.float(), params).softmax(dim=-1)
+
+
+def greedy_verify(
+    tree_tokens: list[int], target_argmax: list[int], layout: TreeLayout
+) -> tuple[list[int], int]:
+    """Longest path whose tokens equal the target's argmax.
+
+    tree_tokens: [N] token of each node (node 0 = root, already committed).
+    target_argmax: [N] target argmax *after* each node.
+    Returns (accepted node indices excluding the root, bonus token).
+    """
+    node = 0
+    accepted: list[int] = []
+    for depth, cands in enumerate(layout.candidates, start=1):
+        want = target_argmax[node]
+        hit = next((c for c in cands if tree_tokens[c] == want), None)
+        if hit is None:
+            break
+        accepted.append(hit)
+        node = hit
+        if hit != int(layout.chain[depth]):  # a sibling: it has no children
+            break
+    return accepted, target_argmax[node]
+
+
+def _normalize(x: torch.Tensor) -> torch.Tensor | None:
+    s = x.sum()
+    return x / s if s > 0 else None
+
+
+def multi_candidate_speculative_sampling(
+    tree_tokens: list[int],
+    p_nodes: torch.Tensor,
+    q_depths: torch.Tensor,
+    layout: TreeLayout,
+    generator: torch.Generator | None = None,
+) -> tuple[list[int], int]:
+    """Recursive rejection sampling over a tree's candidates, without replacement.
+
+    tree_tokens: [N]; p_nodes: [N, V] target probs after each node;
+    q_depths: [D, V] draft probs at each depth (the distribution the candidates
+    of that depth were drawn from, in order, without replacement).
+
+    At a depth, try candidates x_1, x_2, ... in order: accept x_i with prob
+    min(1, p(x_i) / q(x_i)); on rejection p <- norm(max(p - q, 0)) and x_i is
+    masked out of q (q renormalised). If all are rejected, the bonus token is
+    drawn from the residual p. This returns tokens distributed exactly as p.
+    Returns (accepted node indices excluding the root, bonus token).
+    """
+    node = 0
+    accepted: list[int] = []
+    dev = p_nodes.device
+    for depth, cands in enumerate(layout.candidates, start=1):
+        p = p_nodes[node].clone()
+        q = q_depths[depth - 1].clone()
+        hit = None
+        for c in cands:
+            x = tree_tokens[c]
+            px, qx = float(p[x]), float(q[x])
+            r = float(torch.rand((), generator=generator, device=dev))
+            if qx > 0 and r < min(1.0, px / qx):
+                hit = c
+                break
+            residual = _normalize(torch.clamp(p - q, min=0))
+            if residual is not None:
+                p = residual
+            q[x] = 0
+            q_next = _normalize(q)
+            if q_next is None:  # the draft has no mass left to propose
+                break
+            q = q_next
+        if hit is None:
+            bonus = int(torch.multinomial(p, 1, generator=generator))
+            return accepted, bonus
+        accepted.append(hit)
+        node = hit
+        if hit != int(layout.chain[depth]):
+            break
+    bonus = int(torch.multinomial(p_nodes[node], 1, generator=generator))
+    return accepted, bonus
