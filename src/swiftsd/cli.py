@@ -1,0 +1,69 @@
+"""`swiftsd` command line: one dispatcher, one module per subcommand.
+
+Each subcommand module defines ``add_arguments(parser)`` and ``run(args) -> int``.
+Every error swiftsd raises on purpose becomes one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from .errors import SwiftSDError
+
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "generate": ("swiftsd.cli_generate", "generate text with SWIFT (optionally --compare with plain decoding)"),
+    "tune": ("swiftsd.tune", "run a prompt stream with the optimiser on and store the tuned skip set"),
+    "bench": ("swiftsd.bench", "measure speed-up against plain decoding and peers on Spec-Bench-style data"),
+    "serve": ("swiftsd.server", "OpenAI-compatible HTTP server"),
+    "plot-trace": ("swiftsd.trace", "draw a --trace JSON file as a PNG"),
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # argparse's own errors: one line, exit 2
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="swiftsd", description="SWIFT on-the-fly self-speculative decoding")
+    parser.add_argument("--version", action="version", version=f"swiftsd {_version()}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    for name, (module, help_text) in SUBCOMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        try:
+            mod = importlib.import_module(module)
+        except ModuleNotFoundError as exc:
+            if exc.name != module:
+                raise
+            continue  # subcommand not built yet
+        mod.add_arguments(p)
+        p.set_defaults(_run=mod.run)
+    return parser
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "_run", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args._run(args) or 0)
+    except SwiftSDError as exc:
+        print(f"swiftsd: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("swiftsd: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,55 @@
+"""Flags shared by the subcommands (model, dtype, skip set, store), parsed once here."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from .errors import InvalidArgumentError, InvalidSkipSetError
+from .skipset import SkipSet
+
+
+def add_model_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="smollm2-135m",
+                   help="packaged short name (smollm2-135m, qwen2.5-coder-0.5b, ...), HF directory, .gguf file or hub id")
+    p.add_argument("--dtype", default=None, help="float32 | bfloat16 | float16 (default: fp32 on CPU, bf16 on GPU)")
+    p.add_argument("--device", default=None, help="cpu | cuda | cuda:N (default: cuda if available)")
+
+
+def add_skip_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--skip-set", default=None, metavar="JSON",
+                   help='fixed skip set, e.g. \'{"attn": [3, 5], "mlp": [4]}\' or a path to such a JSON file')
+    p.add_argument("--skip-set-store", default=None, metavar="FILE", help="JSON store of tuned skip sets to start from")
+    p.add_argument("--task", default="default", help="task name to look up in --skip-set-store")
+
+
+def parse_skip_set(value: str | None) -> SkipSet | None:
+    """A skip set from inline JSON or a JSON file path."""
+    if value is None:
+        return None
+    text = value
+    if not value.lstrip().startswith("{"):
+        path = Path(value)
+        if not path.is_file():
+            raise InvalidSkipSetError(f"--skip-set is neither inline JSON nor an existing file: {value!r}")
+        text = path.read_text()
+    return SkipSet.from_json(text)
+
+
+def load_model(args: argparse.Namespace) -> tuple[Any, Any]:
+    from .loading import load
+
+    return load(args.model, dtype=args.dtype, device=args.device)
+
+
+def read_text_arg(value: str | None, what: str) -> str:
+    if value is None or not value.strip():
+        raise InvalidArgumentError(f"{what} is empty: give some text")
+    return value
+
+
+def dump_json(obj: Any, path: str | Path) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(obj, indent=2))
