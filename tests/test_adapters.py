@@ -1,0 +1,160 @@
+"""Contract test: each adapter with no skip set computes the stock model's own forward."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from swiftsd import SkipSet, UnsupportedModelError
+from swiftsd.cache import SlotKVCache
+from swiftsd.models import get_adapter, supported_model_types
+from swiftsd.tree import build_tree
+from tiny import ARCHS, tiny_model
+
+ATOL = 1e-5  # fp32; the adapter calls the very same modules, only rounding-order noise is allowed
+PROMPT = 40  # longer than the Gemma sliding window (24) of the tiny configs, so the window matters
+
+
+def _causal(n: int) -> torch.Tensor:
+    return torch.ones(n, n, dtype=torch.bool).tril()
+
+
+def _ids(n: int, seed: int = 0, vocab: int = 97) -> torch.Tensor:
+    return torch.randint(0, vocab, (n,), generator=torch.Generator().manual_seed(seed))
+
+
+def _stock_logits(model, ids: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return model(ids[None]).logits[0].float()
+
+
+# Gemma 2 has no SDPA path in transformers; every other family is checked with both kernels.
+@pytest.fixture(scope="module", params=[(a, impl) for a in ARCHS for impl in ("sdpa", "eager")
+                                        if not (a == "gemma2" and impl == "sdpa")],
+                ids=lambda p: f"{p[0]}-{p[1]}")
+def model(request):
+    arch, impl = request.param
+    return tiny_model(arch, seed=1, attn_implementation=impl)
+
+
+def test_full_prefill_equals_stock_forward(model) -> None:
+    ad = get_adapter(model)
+    ids = _ids(PROMPT)
+    cache = SlotKVCache(ad.num_layers, PROMPT + 8)
+    got = ad.forward(ids, torch.arange(PROMPT), cache, 0, 0, _causal(PROMPT), None)
+    torch.testing.assert_close(got, _stock_logits(model, ids), atol=ATOL, rtol=1e-5)
+
+
+def test_incremental_two_chunks_equals_stock_forward(model) -> None:
+    ad = get_adapter(model)
+    ids = _ids(PROMPT, seed=3)
+    want = _stock_logits(model, ids)
+    split = 27  # second chunk crosses the sliding window boundary
+    cache = SlotKVCache(ad.num_layers, PROMPT + 8)
+    first = ad.forward(ids[:split], torch.arange(split), cache, 0, 0, _causal(split), None)
+    cache.rollback(split)
+    q = PROMPT - split
+    second = ad.forward(ids[split:], torch.arange(split, PROMPT), cache, split, split, _causal(q), None)
+    torch.testing.assert_close(first, want[:split], atol=ATOL, rtol=1e-5)
+    torch.testing.assert_close(second, want[split:], atol=ATOL, rtol=1e-5)
+
+
+def test_logits_rows_selects_positions(model) -> None:
+    ad = get_adapter(model)
+    ids = _ids(12, seed=5)
+    cache = SlotKVCache(ad.num_layers, 16)
+    got = ad.forward(ids, torch.arange(12), cache, 0, 0, _causal(12), None, logits_rows=slice(11, 12))
+    assert got.shape == (1, model.config.vocab_size)
+    torch.testing.assert_close(got, _stock_logits(model, ids)[11:12], atol=ATOL, rtol=1e-5)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_tree_forward_equals_stock_forward_of_each_path(arch: str) -> None:
+    """One forward over a tree = the stock forward of prefix + each node's own path."""
+    model = tiny_model(arch, seed=2)
+    ad = get_adapter(model)
+    prefix = _ids(30, seed=7)
+    layout = build_tree((3, 2, 1))
+    tree_tokens = _ids(layout.size, seed=8)
+    P = prefix.numel()
+    cache = SlotKVCache(ad.num_layers, P + layout.size + 4)
+    ad.forward(prefix[:-1], torch.arange(P - 1), cache, 0, 0, _causal(P - 1), None)
+    cache.rollback(P - 1)
+    tree_tokens[0] = prefix[-1]  # the root is the last committed token
+    got = ad.forward(tree_tokens, (P - 1) + layout.depth, cache, P - 1, P - 1, layout.mask, None)
+    for node in range(layout.size):
+        path, j = [], node
+        while j >= 0:
+            path.append(int(tree_tokens[j]))
+            j = int(layout.parent[j])
+        seq = torch.cat([prefix[:-1], torch.tensor(path[::-1])])
+        want = _stock_logits(model, seq)[-1]
+        torch.testing.assert_close(got[node], want, atol=ATOL, rtol=1e-5)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_skipped_sublayer_changes_logits(arch: str) -> None:
+    model = tiny_model(arch, seed=1)
+    ad = get_adapter(model)
+    ids = _ids(10, seed=4)
+    out = {}
+    for name, skip in {"full": None, "empty": SkipSet(), "attn": SkipSet(attn=[2]),
+                       "mlp": SkipSet(mlp=[3]), "both": SkipSet(attn=[1, 4], mlp=[2])}.items():
+        cache = SlotKVCache(ad.num_layers, 16)
+        out[name] = ad.forward(ids, torch.arange(10), cache, 0, 0, _causal(10), skip)
+    assert torch.equal(out["full"], out["empty"])  # an empty skip set is the full model
+    for name in ("attn", "mlp", "both"):
+        assert (out[name] - out["full"]).abs().max() > 1e-3, f"skipping {name} did not change the logits"
+    assert (out["attn"] - out["mlp"]).abs().max() > 1e-3
+
+
+def test_skipping_is_per_call_and_leaves_model_untouched() -> None:
+    model = tiny_model("llama", seed=1)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    ad = get_adapter(model)
+    ids = _ids(8)
+    cache = SlotKVCache(ad.num_layers, 16)
+    ad.forward(ids, torch.arange(8), cache, 0, 0, _causal(8), SkipSet(attn=[1, 2, 3], mlp=[1, 2, 3, 4]))
+    after = model.state_dict()
+    assert all(torch.equal(state[k], after[k]) for k in state)
+    torch.testing.assert_close(
+        ad.forward(ids, torch.arange(8), SlotKVCache(ad.num_layers, 16), 0, 0, _causal(8), None),
+        _stock_logits(model, ids), atol=ATOL, rtol=1e-5)
+
+
+def _gpt2():
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    return GPT2LMHeadModel(GPT2Config(vocab_size=50, n_embd=32, n_layer=2, n_head=2, n_positions=64))
+
+
+def _bert():
+    from transformers import BertConfig, BertModel
+
+    return BertModel(BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                intermediate_size=64))
+
+
+def _llama_base():
+    from transformers import AutoModel
+
+    return AutoModel.from_config(tiny_model("llama").config)  # a supported type, but no LM head
+
+
+@pytest.mark.parametrize("make", [_gpt2, _bert, _llama_base], ids=["gpt2", "bert", "llama-no-lm-head"])
+def test_unsupported_model_raises_listing_supported(make) -> None:
+    from swiftsd import SwiftDecoder
+
+    model = make()
+    with pytest.raises(UnsupportedModelError) as info:
+        get_adapter(model)
+    msg = str(info.value)
+    for t in supported_model_types():
+        assert t in msg
+    assert type(model).__name__ in msg
+    with pytest.raises(UnsupportedModelError):
+        SwiftDecoder(model)
+
+
+def test_supported_types_cover_the_seven_families() -> None:
+    assert set(supported_model_types()) == {"llama", "mistral", "qwen2", "qwen3", "phi3", "gemma2", "gemma3_text"}
