@@ -67,15 +67,23 @@ class DecoderAdapter:
     # -- the forward ---------------------------------------------------------
     def build_masks(
         self, positions: torch.Tensor, visible_prefix: int, slot_start: int, block_mask: torch.Tensor
-    ) -> dict[str, torch.Tensor]:
+    ) -> dict[str, torch.Tensor | None]:
         """Additive masks [1, 1, q, slot_start+q], one per attention type.
 
         Queries see slots [0, visible_prefix) (committed tokens at positions
         0..visible_prefix-1), never slots [visible_prefix, slot_start), and the
         block's own slots as ``block_mask`` [q, q] allows.
+
+        A single query that sees every slot (a draft step or a plain step, whose
+        position equals its slot) gets ``None``: SDPA then runs grouped-query
+        attention without first copying the whole KV cache per head (repeat_kv).
         """
         q = positions.numel()
         dev = positions.device
+        if q == 1 and visible_prefix == slot_start:
+            window = self.sliding_window
+            if window is None or slot_start < window:
+                return dict.fromkeys(self.layer_types)
         vis = torch.zeros(q, slot_start + q, dtype=torch.bool, device=dev)
         vis[:, :visible_prefix] = True
         vis[:, slot_start:] = block_mask
