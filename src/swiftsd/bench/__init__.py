@@ -1,0 +1,152 @@
+"""`swiftsd bench`: Spec-Bench-style speed measurement against plain decoding and training-free peers.
+
+Every method runs on the same prompts in the same process, interleaved prompt by
+prompt (order rotated) after a warm-up, so machine drift hits all alike. Output:
+a markdown table (stdout and ``--out``), raw per-turn JSONL from which every
+number can be recomputed, a machine description and two PNG plots.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+from ..cli_common import add_model_arguments, add_skip_arguments, load_model, parse_skip_set
+from ..config import SamplingParams
+from ..errors import InvalidArgumentError
+from ..skipset import SkipSet
+from .data import load_prompts
+from .methods import METHOD_NAMES, GenParams, build_methods
+from .metrics import OVERALL, mismatches, summarize
+from .report import machine_info, markdown_table, mismatch_text, speedup_matrix, write_report
+from .runner import run_stream, warm_up
+
+__all__ = ["add_arguments", "run"]
+
+
+def _csv(value: str) -> list[str]:
+    return [v for v in re.split(r"[,\s]+", value.strip()) if v]
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_model_arguments(p)
+    add_skip_arguments(p)
+    p.add_argument("--static-skip-set", dest="skip_set", metavar="JSON",
+                   help="skip set of swiftsd-static (same as --skip-set); else the store's set, else the default")
+    p.add_argument("--data", default=None,
+                   help="Spec-Bench question.jsonl, any JSONL with 'turns'/'prompt'/'text', 'spec-bench' "
+                        "(the shared copy), or 'humaneval'; default: a small built-in prompt set")
+    p.add_argument("--categories", type=_csv, default=None,
+                   help="comma-separated groups (Spec-Bench: mt_bench,translation,summarization,qa,"
+                        "math_reasoning,rag)")
+    p.add_argument("--n-per-category", type=int, default=None, help="questions per group, evenly spaced")
+    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--top-k", type=int, default=0)
+    p.add_argument("--methods", type=_csv, default=list(METHOD_NAMES),
+                   help=f"comma-separated, from {','.join(METHOD_NAMES)} (plain always runs: it is the reference)")
+    p.add_argument("--out", default="bench-results", help="directory for the report files")
+    p.add_argument("--name", default=None, help="file stem (default: <model>-<dtype>-<device>[-t<T>])")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--warmup", type=int, default=1, help="untimed warm-up prompts per method")
+    p.add_argument("--pld-tokens", type=int, default=10, help="prompt_lookup_num_tokens for pld")
+    p.add_argument("--early-exit-layer", type=int, default=None, help="assistant_early_exit (default: half depth)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _slug(s: str) -> str:
+    return re.sub(r"[^a-z0-9.]+", "-", s.lower()).strip("-")
+
+
+def _dtype_short(dtype: Any) -> str:
+    name = str(dtype).replace("torch.", "")
+    return {"bfloat16": "bf16", "float32": "fp32", "float16": "fp16"}.get(name, name)
+
+
+def _stored_skip_set(args: argparse.Namespace, model: Any) -> SkipSet | None:
+    """The tuned set for (model, --task) from --skip-set-store, through the optimiser's store."""
+    if not args.skip_set_store:
+        return None
+    from ..loading import model_identity
+    from ..optimize import SkipSetStore  # the optimiser issue's store
+
+    return SkipSetStore(args.skip_set_store).get(model_identity(model), args.task)
+
+
+def _loadavg() -> list[float] | None:
+    """1/5/15-minute load averages: other work on the machine skews timings, so the report says."""
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except (OSError, AttributeError):
+        return None
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+    from transformers.utils import logging as hf_logging
+
+    params = GenParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
+                       top_k=args.top_k)
+    SamplingParams(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k)  # validates
+    if args.max_new_tokens < 1:
+        raise InvalidArgumentError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
+    if args.warmup < 0:
+        raise InvalidArgumentError(f"--warmup must be >= 0, got {args.warmup}")
+    unknown = [m for m in args.methods if m not in METHOD_NAMES]
+    if unknown:
+        raise InvalidArgumentError(f"unknown method(s) {unknown}; choose from {','.join(METHOD_NAMES)}")
+    prompts = load_prompts(args.data, args.categories, args.n_per_category)
+    static = parse_skip_set(args.skip_set)
+
+    if args.threads is not None:
+        if args.threads < 1:
+            raise InvalidArgumentError(f"--threads must be >= 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
+    hf_logging.set_verbosity_error()  # generate() warns about flags per call; the table is what matters
+    model, tok = load_model(args)
+    if static is None:
+        static = _stored_skip_set(args, model)
+    device = model.get_input_embeddings().weight.device
+    methods = build_methods(args.methods, model, tok, static, args.pld_tokens, args.early_exit_layer)
+    unavailable = {m.name: why for m in methods if (why := m.unavailable())}
+    methods = [m for m in methods if m.name not in unavailable]
+    for name, why in unavailable.items():
+        print(f"swiftsd bench: {name}: n/a: {why}", file=sys.stderr)
+
+    load_before = _loadavg()
+    with torch.inference_mode():
+        warm_up(methods, tok, params, args.warmup)
+        records = run_stream(methods, tok, prompts, params, args.seed, progress=not args.no_progress)
+
+    dtype = _dtype_short(model.dtype)
+    meta = machine_info(dtype, str(device))
+    meta.update(
+        model=args.model, data=args.data or "built-in", categories=list(dict.fromkeys(p.category for p in prompts)),
+        prompts=len(prompts), turns=sum(len(p.turns) for p in prompts), max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, seed=args.seed, warmup=args.warmup,
+        methods={m.name: m.describe() for m in methods}, unavailable=unavailable,
+        static_skip_source="--skip-set" if args.skip_set else ("store" if static is not None else "decoder default"),
+        command=" ".join(sys.argv), load_average_before=load_before, load_average_after=_loadavg(),
+    )
+    dev_name = "cpu" if device.type == "cpu" else _slug(meta.get("gpu") or device.type)
+    stem = args.name or "-".join(filter(None, [
+        _slug(Path(args.model).stem if "/" in args.model else args.model), dtype, dev_name,
+        None if params.greedy else f"t{args.temperature:g}"]))
+    rows = summarize(records, params.greedy)
+    paths = write_report(Path(args.out), stem, records, rows, meta, params.greedy, unavailable)
+
+    print(mismatch_text(records, params.greedy))
+    print()
+    print(markdown_table([r for r in rows if r.category == OVERALL], unavailable))
+    print()
+    print(speedup_matrix(rows))
+    print(f"\nwrote {', '.join(str(p) for p in paths.values())}")
+    if params.greedy and mismatches(records):
+        print(f"swiftsd bench: {mismatch_text(records, True)}", file=sys.stderr)
+    return 0

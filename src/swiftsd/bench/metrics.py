@@ -1,0 +1,149 @@
+"""Table metrics as pure functions of the per-prompt records (the raw JSONL rows).
+
+A record is one method on one turn of one prompt: ``method``, ``prompt_id``,
+``turn``, ``category``, ``new_ids``, ``new_tokens``, ``wall_time``,
+``target_forwards`` (prefill included), ``draft_forwards``, ``draft_lengths``,
+``accepted_lengths`` (per step, bonus excluded), ``time_draft`` (None when not
+measurable), ``time_optimize``, ``time_decode_forwards`` (full forwards after the
+prefill; measured for HF methods). Every number in a report is recomputed here
+from those fields, so anyone can re-derive the tables from the JSONL.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import asdict, dataclass
+from statistics import fmean
+from typing import Any, Iterable, Sequence
+
+REFERENCE = "plain"
+OVERALL = "overall"
+
+Record = dict[str, Any]
+
+
+def key(r: Record) -> tuple[str, int]:
+    return (str(r["prompt_id"]), int(r["turn"]))
+
+
+def first_difference(ids: Sequence[int], ref: Sequence[int]) -> int | None:
+    """Index of the first token where ``ids`` and ``ref`` differ (a length difference counts); None if equal."""
+    for i, (a, b) in enumerate(zip(ids, ref)):
+        if a != b:
+            return i
+    return None if len(ids) == len(ref) else min(len(ids), len(ref))
+
+
+def mismatches(records: Iterable[Record], reference: str = REFERENCE) -> list[dict[str, Any]]:
+    """Every (method, prompt, turn) whose output differs from the reference's, with where it first differs."""
+    records = list(records)
+    ref = {key(r): r["new_ids"] for r in records if r["method"] == reference}
+    out = []
+    for r in records:
+        if r["method"] == reference or key(r) not in ref:
+            continue
+        pos = first_difference(r["new_ids"], ref[key(r)])
+        if pos is not None:
+            out.append({"method": r["method"], "prompt_id": r["prompt_id"], "turn": r["turn"],
+                        "category": r["category"], "first_diff": pos})
+    return out
+
+
+def _ratio(num: float, den: float) -> float | None:
+    return num / den if den > 0 else None
+
+
+def throughput(records: Sequence[Record]) -> float | None:
+    return _ratio(sum(r["new_tokens"] for r in records), sum(r["wall_time"] for r in records))
+
+
+def plain_step_time(plain: Sequence[Record]) -> float | None:
+    """Mean time of one full-model decode forward under plain decoding (prefill excluded)."""
+    rows = [r for r in plain if r.get("time_decode_forwards") is not None]
+    return _ratio(sum(r["time_decode_forwards"] for r in rows), sum(r["target_forwards"] - 1 for r in rows))
+
+
+def draft_cost(records: Sequence[Record], plain: Sequence[Record]) -> float | None:
+    """c = mean time of one draft forward / mean time of one plain decode forward (same prompts)."""
+    rows = [r for r in records if r.get("time_draft") is not None]
+    per_draft = _ratio(sum(r["time_draft"] for r in rows), sum(r["draft_forwards"] for r in rows))
+    step = plain_step_time(plain)
+    return per_draft / step if per_draft is not None and step else None
+
+
+@dataclass(frozen=True)
+class Row:
+    """One line of the results table."""
+
+    method: str
+    category: str
+    turns: int
+    new_tokens: int
+    wall_time: float
+    tokens_per_s: float | None
+    speedup_total: float | None  # throughput ratio over the group (= time ratio when outputs match)
+    speedup_mean: float | None  # mean of per-turn throughput ratios
+    tau: float | None  # new tokens per full-model forward (Spec-Bench's mean accepted tokens)
+    acceptance: float | None  # accepted draft tokens / drafted tokens
+    draft_cost: float | None  # c
+    opt_share: float | None  # share of wall time spent optimising the skip set
+    identical: int | None  # turns whose output equals plain's (greedy only)
+    compared: int | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def summarize_group(method: str, category: str, records: Sequence[Record], plain: Sequence[Record],
+                    greedy: bool) -> Row:
+    """Metrics of ``records`` (one method, one group) against the ``plain`` records of the same group."""
+    ref = {key(r): r for r in plain}
+    paired = [(r, ref[key(r)]) for r in records if key(r) in ref]
+    tp, tp_ref = throughput(records), throughput([p for _, p in paired])
+    per_turn = [
+        (r["new_tokens"] / r["wall_time"]) / (p["new_tokens"] / p["wall_time"])
+        for r, p in paired
+        if r["wall_time"] > 0 and p["wall_time"] > 0 and r["new_tokens"] > 0 and p["new_tokens"] > 0
+    ]
+    drafted = sum(sum(r.get("draft_lengths") or []) for r in records)
+    accepted = sum(sum(r.get("accepted_lengths") or []) for r in records)
+    wall = sum(r["wall_time"] for r in records)
+    identical = compared = None
+    if greedy:
+        compared = len(paired)
+        identical = sum(first_difference(r["new_ids"], p["new_ids"]) is None for r, p in paired)
+    return Row(
+        method=method, category=category, turns=len(records),
+        new_tokens=sum(r["new_tokens"] for r in records), wall_time=wall, tokens_per_s=tp,
+        speedup_total=tp / tp_ref if tp is not None and tp_ref else None,
+        speedup_mean=fmean(per_turn) if per_turn else None,
+        tau=_ratio(sum(r["new_tokens"] for r in records), sum(r["target_forwards"] for r in records)),
+        acceptance=_ratio(accepted, drafted) if drafted else None,
+        draft_cost=draft_cost(records, plain),
+        opt_share=_ratio(sum(r.get("time_optimize") or 0.0 for r in records), wall),
+        identical=identical, compared=compared,
+    )
+
+
+def summarize(records: Sequence[Record], greedy: bool, reference: str = REFERENCE) -> list[Row]:
+    """Rows for every method × category, then every method overall (methods and groups in first-seen order)."""
+    methods = list(dict.fromkeys(r["method"] for r in records))
+    cats = list(dict.fromkeys(r["category"] for r in records))
+    plain = [r for r in records if r["method"] == reference]
+    rows = []
+    for cat in [*cats, OVERALL]:
+        ref = plain if cat == OVERALL else [r for r in plain if r["category"] == cat]
+        for m in methods:
+            mine = [r for r in records if r["method"] == m and (cat == OVERALL or r["category"] == cat)]
+            if mine:
+                rows.append(summarize_group(m, cat, mine, ref, greedy))
+    return rows
+
+
+def committed_per_step(records: Iterable[Record], method: str) -> Counter[int]:
+    """Histogram of tokens committed per decoding step (accepted draft tokens + 1) for ``method``."""
+    hist: Counter[int] = Counter()
+    for r in records:
+        if r["method"] == method:
+            hist.update(a + 1 for a in r.get("accepted_lengths") or [])
+    return hist

@@ -1,0 +1,191 @@
+"""Benchmark output: markdown table, raw JSONL, machine description, PNG plots."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Sequence
+
+from .metrics import OVERALL, Record, Row, committed_per_step, mismatches
+
+
+def _f(x: float | None, fmt: str = "{:.2f}") -> str:
+    return "n/a" if x is None else fmt.format(x)
+
+
+def _identical(r: Row) -> str:
+    if r.compared is None:
+        return "n/a (sampling)"
+    if r.method == "plain":
+        return "reference"
+    return f"{r.identical}/{r.compared}" + ("" if r.identical == r.compared else " **MISMATCH**")
+
+
+HEADER = ("| method | category | turns | tokens | time s | tok/s | speed-up (total) | speed-up (mean/turn) "
+          "| tokens/step τ | acceptance | draft cost c | optimise % | identical to plain |")
+
+
+def markdown_table(rows: Sequence[Row], unavailable: dict[str, str] | None = None) -> str:
+    lines = [HEADER, "|" + "---|" * 13]
+    for r in rows:
+        cat = f"**{r.category}**" if r.category == OVERALL else r.category
+        lines.append(
+            f"| {r.method} | {cat} | {r.turns} | {r.new_tokens} | {r.wall_time:.1f} | {_f(r.tokens_per_s, '{:.1f}')} "
+            f"| {_f(r.speedup_total, '{:.2f}×')} | {_f(r.speedup_mean, '{:.2f}×')} | {_f(r.tau)} "
+            f"| {_f(r.acceptance, '{:.0%}')} | {_f(r.draft_cost)} | {_f(r.opt_share, '{:.1%}')} | {_identical(r)} |"
+        )
+    for name, why in (unavailable or {}).items():
+        lines.append(f"| {name} | all | n/a: {why} |" + " |" * 10)
+    return "\n".join(lines)
+
+
+def speedup_matrix(rows: Sequence[Row]) -> str:
+    """Compact view: speed-up (total) per method × category."""
+    cats = list(dict.fromkeys(r.category for r in rows))
+    methods = list(dict.fromkeys(r.method for r in rows))
+    cell = {(r.method, r.category): r for r in rows}
+    lines = ["| method | " + " | ".join(cats) + " |", "|" + "---|" * (len(cats) + 1)]
+    for m in methods:
+        vals = [_f(cell[(m, c)].speedup_total, "{:.2f}×") if (m, c) in cell else "" for c in cats]
+        lines.append(f"| {m} | " + " | ".join(vals) + " |")
+    return "\n".join(lines)
+
+
+def mismatch_text(records: Sequence[Record], greedy: bool) -> str:
+    if not greedy:
+        return "Sampling run: outputs are not expected to equal plain decoding's token for token."
+    mm = mismatches(records)
+    if not mm:
+        return "Greedy: every output is identical to plain decoding's."
+    items = ", ".join(f"{m['method']}@{m['prompt_id']}#{m['turn']} (token {m['first_diff']})" for m in mm)
+    return f"**GREEDY MISMATCH: {len(mm)} output(s) differ from plain decoding:** {items}"
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine_info(dtype: str, device: str) -> dict[str, Any]:
+    import torch
+    import transformers
+
+    from .. import __version__
+
+    info: dict[str, Any] = {
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "cpu": _cpu_model(), "cpu_cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+        "platform": platform.platform(), "python": platform.python_version(),
+        "torch": torch.__version__, "transformers": transformers.__version__, "swiftsd": __version__,
+        "dtype": dtype, "device": device, "gpu": None,
+    }
+    if device.startswith("cuda") and torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(torch.device(device))
+        info["cuda"] = torch.version.cuda
+    try:
+        info["git_commit"] = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
+            cwd=Path(__file__).parent).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        info["git_commit"] = None
+    return info
+
+
+def plot_speedup(rows: Sequence[Row], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cats = list(dict.fromkeys(r.category for r in rows))
+    methods = [m for m in dict.fromkeys(r.method for r in rows) if m != "plain"]
+    cell = {(r.method, r.category): r.speedup_total for r in rows}
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.3 * len(cats)), 4))
+    width = 0.8 / max(1, len(methods))
+    for i, m in enumerate(methods):
+        xs = [j + (i - (len(methods) - 1) / 2) * width for j in range(len(cats))]
+        ax.bar(xs, [cell.get((m, c)) or 0.0 for c in cats], width, label=m)
+    ax.axhline(1.0, color="black", lw=1, ls="--", label="plain")
+    ax.set_xticks(range(len(cats)), cats, rotation=20)
+    ax.set_ylabel("speed-up over plain decoding")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_accepted(records: Sequence[Record], methods: Sequence[str], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    hists = {m: committed_per_step(records, m) for m in methods if m != "plain"}
+    hists = {m: h for m, h in hists.items() if h}
+    top = max((max(h) for h in hists.values()), default=1)
+    width = 0.8 / max(1, len(hists))
+    for i, (m, h) in enumerate(hists.items()):
+        total = sum(h.values())
+        xs = [k + (i - (len(hists) - 1) / 2) * width for k in range(1, top + 1)]
+        ax.bar(xs, [h.get(k, 0) / total for k in range(1, top + 1)], width, label=m)
+    ax.set_xlabel("tokens committed per full-model forward (accepted draft tokens + 1)")
+    ax.set_ylabel("share of steps")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_report(out: Path, stem: str, records: Sequence[Record], rows: Sequence[Row], meta: dict[str, Any],
+                 greedy: bool, unavailable: dict[str, str]) -> dict[str, Path]:
+    """Write ``<stem>.md``, ``<stem>.jsonl``, ``<stem>.machine.json`` and two PNGs into ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {k: out / f"{stem}{suffix}" for k, suffix in (
+        ("md", ".md"), ("jsonl", ".jsonl"), ("machine", ".machine.json"),
+        ("speedup", ".speedup.png"), ("accepted", ".accepted.png"))}
+    with paths["jsonl"].open("w") as f:
+        for r in records:
+            f.write(json.dumps(r) + "\n")
+    paths["machine"].write_text(json.dumps(meta, indent=2) + "\n")
+    title = f"{meta.get('model')} {meta.get('dtype')} on {meta.get('gpu') or meta.get('cpu')}"
+    plot_speedup(rows, paths["speedup"], title)
+    plot_accepted(records, [r.method for r in rows if r.category == OVERALL], paths["accepted"], title)
+    paths["md"].write_text(render_markdown(records, rows, meta, greedy, unavailable, stem))
+    return paths
+
+
+def render_markdown(records: Sequence[Record], rows: Sequence[Row], meta: dict[str, Any], greedy: bool,
+                    unavailable: dict[str, str], stem: str = "") -> str:
+    hw = meta.get("gpu") or f"{meta.get('cpu')} ({meta.get('cpu_cores')} cores)"
+    mode = "greedy" if greedy else f"sampling, temperature {meta.get('temperature')}"
+    overall = [r for r in rows if r.category == OVERALL]
+    return (
+        f"# swiftsd bench: {meta.get('model')}, {meta.get('dtype')}, {meta.get('device')}\n\n"
+        f"{hw}; torch {meta.get('torch')}, transformers {meta.get('transformers')}; {mode}; "
+        f"{meta.get('max_new_tokens')} new tokens; data {meta.get('data')}; "
+        f"{meta.get('prompts')} prompts ({meta.get('turns')} turns); seed {meta.get('seed')}; "
+        f"methods interleaved prompt by prompt, order rotated, after {meta.get('warmup')} warm-up prompt(s); "
+        f"load average before/after {meta.get('load_average_before')} / {meta.get('load_average_after')}.\n\n"
+        f"{mismatch_text(records, greedy)}\n\n"
+        f"## Overall\n\n{markdown_table(overall, unavailable)}\n\n"
+        f"## Speed-up by category (total)\n\n{speedup_matrix(rows)}\n\n"
+        f"## Every method × category\n\n{markdown_table(rows)}\n\n"
+        "Columns: speed-up (total) = method tok/s ÷ plain tok/s over the same turns (the ratio of total times "
+        "when outputs match); speed-up (mean/turn) = mean of per-turn ratios; τ = new tokens ÷ full-model "
+        "forwards (prefill counted); acceptance = accepted ÷ drafted tokens; c = mean draft-forward time ÷ "
+        "mean plain decode-forward time, measured in this run. Raw rows: "
+        f"`{stem}.jsonl`; machine: `{stem}.machine.json`.\n\n"
+        f"Methods: {json.dumps(meta.get('methods'))}\n"
+    )
