@@ -93,6 +93,9 @@ def _random_skip(rng: random.Random) -> SkipSet:
     return SkipSet(attn=rng.sample(range(L), n_attn), mlp=rng.sample(range(L), n_mlp))
 
 
+# Every decoder below is built with ``optimizer=False``: these tests pin the skip set they
+# name (the on-the-fly optimiser would replace it, or fall back to plain steps);
+# test_greedy_with_default_optimizer covers the default decoder.
 ALL_BUT_ENDS = SkipSet(attn=range(1, L - 1), mlp=range(1, L - 1))
 DEEP = dict(stop_threshold=0.0, max_draft=25)
 
@@ -119,7 +122,7 @@ def test_greedy_equals_generate_hand_made(arch, case, models, exercise, spy) -> 
     model = _model(models, arch, seed)
     ids = _ids(n, seed=1000 + n)
     want = plain_generate(model, ids, m)
-    res = SwiftDecoder(model, skip_set=skip, **cfg).generate(ids, max_new_tokens=m)
+    res = SwiftDecoder(model, optimizer=False, skip_set=skip, **cfg).generate(ids, max_new_tokens=m)
     assert res.sequences.dtype == torch.long and res.sequences.shape == want.shape
     assert torch.equal(res.sequences, want), f"{arch}/{name}: diverged at {_first_diff(res.sequences, want)}"
     assert res.stats.new_tokens == m and res.stats.prompt_tokens == n
@@ -138,17 +141,27 @@ def test_greedy_equals_generate_random(arch, seed, models, exercise, spy) -> Non
                use_tree=rng.random() < 0.8, tree_widths=tuple(sorted(rng.choices(range(1, 11), k=4))))
     ids = _ids(n, seed=rng.randrange(2**31))
     want = plain_generate(model, ids, m)
-    res = SwiftDecoder(model, skip_set=skip, **cfg).generate(ids, max_new_tokens=m)
+    res = SwiftDecoder(model, optimizer=False, skip_set=skip, **cfg).generate(ids, max_new_tokens=m)
     assert torch.equal(res.sequences, want), (
         f"{arch} seed={seed} n={n} skip={skip} cfg={cfg}: diverged at {_first_diff(res.sequences, want)}")
     _record(exercise, arch, res.stats)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma2", "qwen3"])
+def test_greedy_with_default_optimizer(arch, models) -> None:
+    """The default decoder (optimiser on, if built) stays lossless across a stream of requests."""
+    model = _model(models, arch, 0)
+    dec = SwiftDecoder(model)
+    for n, m in ((20, 70), (45, 80), (5, 60)):
+        ids = _ids(n, seed=n)
+        assert torch.equal(dec.generate(ids, max_new_tokens=m).sequences, plain_generate(model, ids, m))
 
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_greedy_skip_override_per_call(arch, models, exercise, spy) -> None:
     """``generate(skip_set=...)`` overrides the decoder's set for one call; still lossless."""
     model = _model(models, arch, 0)
-    dec = SwiftDecoder(model, skip_set=SkipSet.uniform(L), **DEEP)
+    dec = SwiftDecoder(model, optimizer=False, skip_set=SkipSet.uniform(L), **DEEP)
     ids = _ids(20, seed=5)
     want = plain_generate(model, ids, 50)
     for skip in ({"attn": [2], "mlp": []}, '{"mlp": [0, 5]}', SkipSet(attn=[0, 1, 2, 3, 4, 5])):
@@ -163,7 +176,8 @@ def test_greedy_one_and_two_tokens(arch, m, models) -> None:
     model = _model(models, arch, 0)
     for n in (1, 10):
         ids = _ids(n, seed=n)
-        res = SwiftDecoder(model, skip_set=SkipSet(attn=[2]), **DEEP).generate(ids, max_new_tokens=m)
+        dec = SwiftDecoder(model, optimizer=False, skip_set=SkipSet(attn=[2]), **DEEP)
+        res = dec.generate(ids, max_new_tokens=m)
         assert torch.equal(res.sequences, plain_generate(model, ids, m))
         assert res.stats.new_tokens == m
         assert res.stats.steps == m - 1  # the prefill emits the first token
@@ -179,7 +193,8 @@ def test_greedy_eos_stops_at_the_same_place(arch, models, exercise, spy) -> None
     for cfg in (DEEP, {}, dict(use_tree=False, stop_threshold=0.0)):
         want = plain_generate(model, ids, 60, eos=eos)
         assert want.shape[1] == 15 + cut  # plain decoding stopped early, on the eos token
-        res = SwiftDecoder(model, skip_set=SkipSet(mlp=[3]), **cfg).generate(ids, max_new_tokens=60, eos_token_id=eos)
+        dec = SwiftDecoder(model, optimizer=False, skip_set=SkipSet(mlp=[3]), **cfg)
+        res = dec.generate(ids, max_new_tokens=60, eos_token_id=eos)
         assert torch.equal(res.sequences, want)
         assert res.sequences[0, -1].item() == eos and res.stats.new_tokens == cut
         exercise.eos_stops += 1
@@ -187,7 +202,7 @@ def test_greedy_eos_stops_at_the_same_place(arch, models, exercise, spy) -> None
     # a list of eos ids: stop at whichever comes first
     other = free[10]
     want = plain_generate(model, ids, 60, eos=[eos, other])
-    res = SwiftDecoder(model, skip_set=SkipSet(mlp=[3]), **DEEP).generate(ids, max_new_tokens=60,
+    res = SwiftDecoder(model, optimizer=False, skip_set=SkipSet(mlp=[3]), **DEEP).generate(ids, max_new_tokens=60,
                                                                            eos_token_id=[eos, other])
     assert torch.equal(res.sequences, want)
 
@@ -201,7 +216,7 @@ def test_eos_defaults_to_generation_config(models) -> None:
     with torch.no_grad():
         want = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=60)
     assert want.shape[1] < 15 + 60
-    res = SwiftDecoder(model, skip_set=SkipSet(mlp=[3]), **DEEP).generate(ids, max_new_tokens=60)
+    res = SwiftDecoder(model, optimizer=False, skip_set=SkipSet(mlp=[3]), **DEEP).generate(ids, max_new_tokens=60)
     assert torch.equal(res.sequences, want)
 
 
@@ -210,7 +225,7 @@ def test_stream_chunks_concatenate_to_generate_output(arch, models, exercise) ->
     model = _model(models, arch, 0)
     ids = _ids(40, seed=3)
     want = plain_generate(model, ids, 70)
-    dec = SwiftDecoder(model, skip_set=SkipSet(attn=[2], mlp=[3]), **DEEP)
+    dec = SwiftDecoder(model, optimizer=False, skip_set=SkipSet(attn=[2], mlp=[3]), **DEEP)
     stream = dec.stream(ids, max_new_tokens=70)
     chunks = list(stream)
     assert stream.result is not None
@@ -224,7 +239,7 @@ def test_stream_chunks_concatenate_to_generate_output(arch, models, exercise) ->
 
 
 def test_stream_close_stops_early(models) -> None:
-    dec = SwiftDecoder(_model(models, "llama", 0), skip_set=SkipSet(attn=[2]))
+    dec = SwiftDecoder(_model(models, "llama", 0), optimizer=False, skip_set=SkipSet(attn=[2]))
     stream = dec.stream(_ids(10, seed=1), max_new_tokens=80)
     got = []
     for chunk in stream:
@@ -270,7 +285,7 @@ def test_greedy_equals_generate_smollm2_fp32() -> None:
         pytest.skip(str(exc))
     # hand-picked: a light skip of middle-layer sublayers, so drafts are often right and steps accept several tokens
     skip = SkipSet(attn=[8, 12, 16, 20], mlp=[10, 14, 18])
-    dec = SwiftDecoder(model, tok, skip_set=skip)
+    dec = SwiftDecoder(model, tok, optimizer=False, skip_set=skip)
     multi = 0
     for text in _real_prompts(tok):
         ids = tok(text, return_tensors="pt", add_special_tokens=False)["input_ids"]

@@ -208,7 +208,7 @@ def test_swift_decoder_samples_follow_target(small_model, temperature, top_p, to
     """Tokens 2 and 3 come from the speculative path (draft depth 2 with siblings, then verification)."""
     params = SamplingParams(temperature=temperature, top_p=top_p, top_k=top_k)
     j12, j23 = _exact_targets(small_model, params)
-    dec = SwiftDecoder(small_model, skip_set=SkipSet(attn=[1]), stop_threshold=0.0)
+    dec = SwiftDecoder(small_model, optimizer=False, skip_set=SkipSet(attn=[1]), stop_threshold=0.0)
     c12: Counter = Counter()
     c23: Counter = Counter()
     deep = siblings = 0
@@ -259,7 +259,7 @@ def llama():
 
 @pytest.mark.parametrize("top_p,top_k", [(1.0, 0), (0.9, 20)])
 def test_seeded_sampling_is_reproducible(llama, top_p, top_k) -> None:
-    dec = SwiftDecoder(llama, skip_set=SkipSet(attn=[2], mlp=[3]), stop_threshold=0.0)
+    dec = SwiftDecoder(llama, optimizer=False, skip_set=SkipSet(attn=[2], mlp=[3]), stop_threshold=0.0)
     ids = torch.arange(10)[None]
     run = lambda seed: dec.generate(ids, max_new_tokens=30, temperature=1.0, top_p=top_p, top_k=top_k,  # noqa: E731
                                     seed=seed).new_tokens
@@ -268,5 +268,5 @@ def test_seeded_sampling_is_reproducible(llama, top_p, top_k) -> None:
     assert a != c
     assert len(a) == len(c) == 30
     # a fresh decoder with the same seed gives the same tokens: nothing random lives on the decoder
-    dec2 = SwiftDecoder(llama, skip_set=SkipSet(attn=[2], mlp=[3]), stop_threshold=0.0)
+    dec2 = SwiftDecoder(llama, optimizer=False, skip_set=SkipSet(attn=[2], mlp=[3]), stop_threshold=0.0)
     assert dec2.generate(ids, max_new_tokens=30, temperature=1.0, top_p=top_p, top_k=top_k, seed=1).new_tokens == a

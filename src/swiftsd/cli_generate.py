@@ -1,0 +1,262 @@
+"""`swiftsd generate`: one prompt through SWIFT, optionally side by side with plain decoding.
+
+Prints the generated text on stdout and a stats line (and, with ``--compare``,
+the speed of plain ``model.generate`` on the same prompt, the ratio and whether
+the outputs are identical) on stderr, so stdout stays the text. ``--json``
+prints one JSON object on stdout instead. Every argument is validated before the
+model is loaded, so a typo fails in milliseconds, not after a model load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+import torch
+
+from . import cli_common
+from .config import SamplingParams
+from .decoder import GenerationResult, SwiftDecoder
+from .errors import InvalidArgumentError, SwiftSDError
+from .skipset import SkipSet
+
+WARMUP_TOKENS = 8  # --compare: tokens each method generates once, untimed, before the timed runs
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    cli_common.add_model_arguments(p)
+    p.add_argument("--prompt", required=True, help="the prompt text")
+    p.add_argument("--chat", action="store_true",
+                   help="wrap the prompt as a user message in the tokenizer's chat template")
+    p.add_argument("--max-new-tokens", type=int, default=128, metavar="N")
+    p.add_argument("--temperature", type=float, default=0.0, metavar="T", help="0 = greedy (default)")
+    p.add_argument("--top-p", type=float, default=1.0, metavar="P")
+    p.add_argument("--top-k", type=int, default=0, metavar="K", help="0 = off")
+    p.add_argument("--seed", type=int, default=None, metavar="S", help="makes sampling reproducible")
+    cli_common.add_skip_arguments(p)
+    p.add_argument("--stream", action="store_true", help="print the text as it is accepted")
+    p.add_argument("--compare", action="store_true",
+                   help="also run plain model.generate on the same prompt and compare speed and output")
+    p.add_argument("--json", action="store_true", help="print one JSON object (text, stats, comparison)")
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """Plain ``model.generate`` against SWIFT on the same prompt and settings."""
+
+    plain_tokens: int
+    plain_seconds: float
+    swift_tokens: int
+    swift_seconds: float
+    identical: bool | None  # None when sampling: two draws need not agree
+    first_difference: int | None  # index into the new tokens, greedy only
+
+    @property
+    def plain_tok_s(self) -> float:
+        return self.plain_tokens / self.plain_seconds if self.plain_seconds > 0 else 0.0
+
+    @property
+    def swift_tok_s(self) -> float:
+        return self.swift_tokens / self.swift_seconds if self.swift_seconds > 0 else 0.0
+
+    @property
+    def ratio(self) -> float:
+        """SWIFT speed / plain speed (> 1 means SWIFT is faster)."""
+        return self.swift_tok_s / self.plain_tok_s if self.plain_tok_s > 0 else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(plain_tokens=self.plain_tokens, plain_seconds=self.plain_seconds, plain_tok_s=self.plain_tok_s,
+                    swift_tokens=self.swift_tokens, swift_seconds=self.swift_seconds, swift_tok_s=self.swift_tok_s,
+                    ratio=self.ratio, identical=self.identical, first_difference=self.first_difference)
+
+    def summary(self) -> str:
+        if self.identical is None:
+            same = "n/a (sampling: two independent draws)"
+        elif self.identical:
+            same = "yes"
+        else:
+            same = f"NO (first difference at new token {self.first_difference})"
+        return (f"plain {self.plain_tok_s:.1f} tok/s ({self.plain_tokens} tokens in {self.plain_seconds:.2f}s), "
+                f"swiftsd {self.swift_tok_s:.1f} tok/s ({self.swift_tokens} tokens in {self.swift_seconds:.2f}s), "
+                f"ratio {self.ratio:.2f}x; outputs identical: {same}")
+
+
+def run(args: argparse.Namespace) -> int:
+    # 1. Validate everything that needs no model.
+    prompt = cli_common.read_text_arg(args.prompt, "--prompt")
+    params = SamplingParams(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k)
+    if args.max_new_tokens < 1:
+        raise InvalidArgumentError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
+    skip = cli_common.parse_skip_set(args.skip_set)
+    if skip is not None and args.skip_set_store:
+        raise InvalidArgumentError("give either --skip-set or --skip-set-store, not both")
+    if args.stream and args.json:
+        raise InvalidArgumentError("--stream prints text as it comes and --json prints one object: pick one")
+    store = _store_module() if args.skip_set_store else None
+
+    # 2. Load the model; build the prompt and the decoder.
+    model, tokenizer = cli_common.load_model(args)
+    ids = encode_prompt(tokenizer, prompt, args.chat)
+    config: dict[str, Any] = {}
+    if store is not None:
+        skip = _stored_skip_set(store, args, model)
+    elif skip is not None:
+        config["optimizer"] = False  # a hand-given set is used as is, not tuned
+    decoder = SwiftDecoder(model, tokenizer, skip_set=skip, **config)
+    gen_kwargs = dict(max_new_tokens=args.max_new_tokens, temperature=params.temperature, top_p=params.top_p,
+                      top_k=params.top_k, seed=args.seed)
+
+    # 3. Generate (after an untimed warm-up of both methods when comparing).
+    if args.compare:
+        decoder.generate(ids, **dict(gen_kwargs, max_new_tokens=min(WARMUP_TOKENS, args.max_new_tokens)))
+        plain_generate(model, ids, min(WARMUP_TOKENS, args.max_new_tokens), params, _eos(model), args.seed)
+    if args.stream:
+        result = _print_stream(decoder, tokenizer, ids, gen_kwargs)
+    else:
+        result = decoder.generate(ids, **gen_kwargs)
+    text = tokenizer.decode(result.new_tokens, skip_special_tokens=True)
+    if not args.stream and not args.json:
+        print(text, flush=True)
+
+    # 4. Compare with plain decoding on the same prompt and settings.
+    comparison = compare_with_plain(model, ids, result, params, args.seed) if args.compare else None
+
+    if args.json:
+        print(json.dumps(dict(
+            model=args.model, prompt=prompt, chat=args.chat, prompt_tokens=len(ids), text=text,
+            tokens=result.new_tokens, sampling=dict(temperature=params.temperature, top_p=params.top_p,
+                                                    top_k=params.top_k, seed=args.seed),
+            stats=result.stats.to_dict(with_lists=False),
+            compare=comparison.to_dict() if comparison else None), indent=2))
+    else:
+        print(f"[swiftsd] {result.stats.summary()}", file=sys.stderr)
+        print(f"[swiftsd] skip set {result.stats.skip_set}", file=sys.stderr)
+        if comparison is not None:
+            print(f"[compare] {comparison.summary()}", file=sys.stderr)
+    return 0
+
+
+# ---------------------------------------------------------------------------- pieces
+def encode_prompt(tokenizer: Any, prompt: str, chat: bool) -> list[int]:
+    """Token ids of the prompt, through the chat template (with the assistant header) if ``chat``."""
+    if chat:
+        if not getattr(tokenizer, "chat_template", None):
+            raise InvalidArgumentError(
+                "--chat needs a tokenizer with a chat template, and this model's tokenizer has none; "
+                "drop --chat and write the prompt in the model's own format")
+        text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+                                             add_generation_prompt=True)
+        return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+    return list(tokenizer(prompt)["input_ids"])
+
+
+def _print_stream(decoder: SwiftDecoder, tokenizer: Any, ids: list[int], gen_kwargs: dict) -> GenerationResult:
+    """Print each step's text as it is accepted, then a newline."""
+    stream = decoder.stream(ids, **gen_kwargs)
+    for piece in incremental_text(tokenizer, stream):
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+    sys.stdout.write("\n")
+    sys.stdout.flush()
+    assert stream.result is not None
+    return stream.result
+
+
+def incremental_text(tokenizer: Any, chunks: Iterable[list[int]]) -> Iterable[str]:
+    """The new text after each chunk of token ids.
+
+    Decodes the whole new-token list every time and yields the new suffix, so a
+    multi-byte character split across tokens is printed only once it is whole
+    (a trailing U+FFFD means "incomplete": hold it back until the next chunk).
+    """
+    tokens: list[int] = []
+    printed = ""
+    for chunk in chunks:
+        tokens.extend(chunk)
+        text = tokenizer.decode(tokens, skip_special_tokens=True)
+        if text.endswith("\ufffd"):
+            continue
+        if text.startswith(printed) and len(text) > len(printed):
+            yield text[len(printed):]
+            printed = text
+    text = tokenizer.decode(tokens, skip_special_tokens=True)
+    if text.startswith(printed) and len(text) > len(printed):  # a held-back tail that never completed
+        yield text[len(printed):]
+
+
+def _eos(model: Any) -> list[int] | None:
+    eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    if eos is None:
+        return None
+    return [int(eos)] if isinstance(eos, int) else [int(e) for e in eos]
+
+
+def plain_generate(model: Any, ids: list[int], max_new_tokens: int, params: SamplingParams,
+                   eos: list[int] | None, seed: int | None) -> torch.Tensor:
+    """Plain ``model.generate`` with exactly the processors SWIFT applies, nothing from the model's defaults.
+
+    A model's generation_config may carry a repetition penalty, a default
+    top_k or min_p; those would change the output, so they are set to neutral.
+    """
+    dev = model.get_input_embeddings().weight.device
+    x = torch.tensor([ids], dtype=torch.long, device=dev)
+    gc = getattr(model, "generation_config", None)
+    pad = getattr(gc, "pad_token_id", None)
+    if pad is None:
+        pad = eos[0] if eos else 0
+    kw: dict[str, Any] = dict(max_new_tokens=max_new_tokens, min_new_tokens=0, eos_token_id=eos, pad_token_id=pad,
+                              repetition_penalty=1.0, no_repeat_ngram_size=0, typical_p=1.0, epsilon_cutoff=0.0,
+                              eta_cutoff=0.0, num_beams=1)
+    if params.greedy:
+        kw.update(do_sample=False)
+    else:
+        kw.update(do_sample=True, temperature=params.temperature, top_p=params.top_p, top_k=params.top_k)
+        if seed is not None:
+            torch.manual_seed(seed)
+    with torch.inference_mode():
+        return model.generate(x, attention_mask=torch.ones_like(x), **kw)
+
+
+def compare_with_plain(model: Any, ids: list[int], result: GenerationResult, params: SamplingParams,
+                       seed: int | None) -> Comparison:
+    """Time plain decoding of the same request and compare it with ``result``."""
+    n_new = result.stats.new_tokens
+    t0 = time.perf_counter()
+    plain = plain_generate(model, ids, n_new, params, _eos(model), seed)
+    seconds = time.perf_counter() - t0
+    plain_new = plain[0, len(ids):].tolist()
+    identical: bool | None = None
+    first: int | None = None
+    if params.greedy:
+        ours = result.new_tokens
+        identical = plain_new == ours
+        if not identical:
+            first = next((i for i, (a, b) in enumerate(zip(plain_new, ours)) if a != b), min(len(plain_new), len(ours)))
+    return Comparison(plain_tokens=len(plain_new), plain_seconds=seconds, swift_tokens=n_new,
+                      swift_seconds=result.stats.wall_time, identical=identical, first_difference=first)
+
+
+def _store_module() -> Any:
+    """The layer-set store (swiftsd.store, built with the optimiser), or a clear error if absent."""
+    try:
+        return importlib.import_module(f"{__package__}.store")
+    except ModuleNotFoundError as exc:
+        if exc.name != f"{__package__}.store":
+            raise
+        raise SwiftSDError("--skip-set-store needs the layer-set store (swiftsd.store), which this installation "
+                           "does not have yet; pass a fixed set with --skip-set JSON instead") from exc
+
+
+def _stored_skip_set(store: Any, args: argparse.Namespace, model: Any) -> SkipSet:
+    """The stored set for this model and ``--task`` (the optimiser starts from it)."""
+    skip = store.resolve_start_set(args.skip_set_store, model, args.task)
+    if skip is None:
+        raise InvalidArgumentError(
+            f"{args.skip_set_store!r} holds no skip set for model {store.model_key(model)!r} and task {args.task!r}; "
+            "tune one with `swiftsd tune`, pick another --task, or drop --skip-set-store")
+    return skip

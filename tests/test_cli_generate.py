@@ -1,0 +1,165 @@
+"""`swiftsd generate` end to end on a tiny model directory, through the real loader."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+import torch
+
+import swiftsd
+from swiftsd import SkipSet, SwiftDecoder
+from swiftsd.cli import main
+from swiftsd.cli_generate import incremental_text, plain_generate
+from swiftsd.config import SamplingParams
+from tiny_cli import byte_tokenizer, save_tiny_model_dir
+
+PROMPT = "Once upon a time, naïve café 日本"
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> str:
+    return str(save_tiny_model_dir(tmp_path_factory.mktemp("tiny-cli")))
+
+
+@pytest.fixture(scope="module")
+def loaded(model_dir):
+    return swiftsd.load(model_dir)  # the very model and tokenizer the CLI loads
+
+
+def cli(capsys, *argv: str) -> tuple[int, str, str]:
+    rc = main(["generate", *argv])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def _plain_new(model, ids: list[int], n: int) -> list[int]:
+    return plain_generate(model, ids, n, SamplingParams(), None, None)[0, len(ids):].tolist()
+
+
+def test_greedy_prints_text_and_stats(capsys, model_dir, loaded) -> None:
+    model, tok = loaded
+    rc, out, err = cli(capsys, "--model", model_dir, "--prompt", PROMPT, "--max-new-tokens", "30")
+    assert rc == 0
+    ids = tok(PROMPT)["input_ids"]
+    assert out == tok.decode(_plain_new(model, ids, 30), skip_special_tokens=True) + "\n"
+    assert "[swiftsd] 30 tokens in" in err and "tokens/step" in err and "acceptance" in err
+
+
+def test_json_compare_with_fixed_skip_set(capsys, model_dir, loaded) -> None:
+    model, tok = loaded
+    rc, out, _ = cli(capsys, "--model", model_dir, "--prompt", PROMPT, "--max-new-tokens", "40",
+                     "--skip-set", '{"attn": [2], "mlp": [3]}', "--compare", "--json")
+    assert rc == 0
+    d = json.loads(out)
+    ids = tok(PROMPT)["input_ids"]
+    assert d["prompt_tokens"] == len(ids)
+    assert d["tokens"] == _plain_new(model, ids, 40)
+    assert d["text"] == tok.decode(d["tokens"], skip_special_tokens=True)
+    assert d["stats"]["new_tokens"] == 40
+    assert d["stats"]["skip_set"] == {"attn": [2], "mlp": [3]}  # a hand-given set is used as is
+    assert d["stats"]["draft_tokens"] > 0
+    c = d["compare"]
+    assert c["identical"] is True and c["first_difference"] is None
+    assert c["plain_tokens"] == c["swift_tokens"] == 40
+    assert c["ratio"] == pytest.approx(c["swift_tok_s"] / c["plain_tok_s"])
+
+
+def test_compare_prints_both_speeds(capsys, model_dir) -> None:
+    rc, _, err = cli(capsys, "--model", model_dir, "--prompt", PROMPT, "--max-new-tokens", "20", "--compare",
+                     "--skip-set", '{"attn": [1, 3]}')
+    assert rc == 0
+    line = next(ln for ln in err.splitlines() if ln.startswith("[compare]"))
+    assert "plain" in line and "swiftsd" in line and "ratio" in line and "outputs identical: yes" in line
+
+
+def test_stream_prints_the_same_text(capsys, model_dir) -> None:
+    args = ("--model", model_dir, "--prompt", PROMPT, "--max-new-tokens", "60", "--skip-set", '{"mlp": [2]}')
+    rc1, whole, _ = cli(capsys, *args)
+    rc2, streamed, _ = cli(capsys, *args, "--stream")
+    assert rc1 == rc2 == 0
+    assert streamed == whole
+
+
+def test_chat_applies_the_template(capsys, model_dir, loaded) -> None:
+    model, tok = loaded
+    rc, out, _ = cli(capsys, "--model", model_dir, "--prompt", "hello", "--chat", "--max-new-tokens", "12", "--json")
+    assert rc == 0
+    d = json.loads(out)
+    text = tok.apply_chat_template([{"role": "user", "content": "hello"}], tokenize=False, add_generation_prompt=True)
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    assert text.endswith("<|assistant|>")
+    assert d["prompt_tokens"] == len(ids)
+    assert d["tokens"] == _plain_new(model, ids, 12)
+
+
+def test_sampling_is_seeded_and_compare_says_not_comparable(capsys, model_dir) -> None:
+    args = ("--model", model_dir, "--prompt", PROMPT, "--max-new-tokens", "25", "--temperature", "0.8",
+            "--top-p", "0.9", "--top-k", "40", "--json")
+    runs = [json.loads(cli(capsys, *args, "--seed", s)[1])["tokens"] for s in ("3", "3", "4")]
+    assert runs[0] == runs[1] and runs[0] != runs[2]
+    rc, out, _ = cli(capsys, *args, "--seed", "3", "--compare")
+    d = json.loads(out)
+    assert rc == 0 and d["tokens"] == runs[0]  # the warm-up does not shift the seeded draw
+    assert d["compare"]["identical"] is None and d["compare"]["plain_tokens"] == 25
+
+
+def test_skip_set_store_missing_module_is_a_clear_error(capsys, model_dir, monkeypatch) -> None:
+    monkeypatch.setitem(sys.modules, "swiftsd.store", None)  # as if the optimiser were not installed
+    rc, out, err = cli(capsys, "--model", model_dir, "--prompt", "hi", "--skip-set-store", "s.json")
+    assert rc == 2 and out == ""
+    assert err.startswith("swiftsd: error:") and "swiftsd.store" in err and "--skip-set" in err
+
+
+def test_skip_set_store_starts_from_the_stored_set(capsys, model_dir, loaded, tmp_path) -> None:
+    store = pytest.importorskip("swiftsd.store")
+    model, tok = loaded
+    path = tmp_path / "store.json"
+    store.save_skip_set(path, store.model_key(model), "poems", SkipSet(attn=[2], mlp=[4]), matchness=0.5)
+    rc, out, _ = cli(capsys, "--model", model_dir, "--prompt", PROMPT, "--max-new-tokens", "20", "--json",
+                     "--skip-set-store", str(path), "--task", "poems")
+    assert rc == 0
+    assert json.loads(out)["tokens"] == _plain_new(model, tok(PROMPT)["input_ids"], 20)
+    rc, _, err = cli(capsys, "--model", model_dir, "--prompt", "hi", "--skip-set-store", str(path), "--task", "code")
+    assert rc == 2 and "no skip set" in err and "'code'" in err
+
+
+def test_plain_generate_ignores_the_models_generation_defaults() -> None:
+    """--compare must time plain greedy decoding, not a repetition-penalised variant of it."""
+    from tiny import tiny_model
+
+    model = tiny_model("llama", seed=4)
+    ids = list(range(5, 25))
+    x = torch.tensor([ids])
+    with torch.no_grad():
+        greedy = model.generate(x, attention_mask=torch.ones_like(x), do_sample=False, max_new_tokens=40)
+    model.generation_config.repetition_penalty = 3.0
+    model.generation_config.no_repeat_ngram_size = 2
+    with torch.no_grad():
+        penalised = model.generate(x, attention_mask=torch.ones_like(x), do_sample=False, max_new_tokens=40)
+    assert not torch.equal(greedy, penalised)  # the defaults do change plain output
+    plain = plain_generate(model, ids, 40, SamplingParams(), None, None)
+    assert torch.equal(plain, greedy)
+    swift = SwiftDecoder(model, optimizer=False, skip_set=SkipSet(attn=[2])).generate(ids, max_new_tokens=40)
+    assert torch.equal(swift.sequences, greedy)
+
+
+@pytest.mark.parametrize("chunking", [1, 2, 3, 5])
+def test_incremental_text_never_breaks_a_character(chunking: int) -> None:
+    tok = byte_tokenizer()
+    text = "héllo 日本 😀 ok ünïcödé"
+    ids = tok(text)["input_ids"]
+    assert len(ids) > len(text)  # multi-byte characters span several tokens
+    chunks = [ids[i : i + chunking] for i in range(0, len(ids), chunking)]
+    pieces = list(incremental_text(tok, chunks))
+    assert "".join(pieces) == text
+    assert not any("\ufffd" in p for p in pieces)
+
+
+def test_incremental_text_flushes_an_incomplete_tail() -> None:
+    tok = byte_tokenizer()
+    ids = tok("ab日")["input_ids"][:-1]  # the last character's final byte never arrives
+    pieces = list(incremental_text(tok, [[i] for i in ids]))
+    assert "".join(pieces) == tok.decode(ids)
+    assert pieces[0] == "a"
