@@ -11,6 +11,16 @@ from swiftsd.models import get_adapter, supported_model_types
 from swiftsd.tree import build_tree
 from tiny import ARCHS, tiny_model
 
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models run faster on one thread than on two (and do not spin against other jobs)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield n
+    torch.set_num_threads(n)
+
+
 ATOL = 1e-5  # fp32; the adapter calls the very same modules, only rounding-order noise is allowed
 PROMPT = 40  # longer than the Gemma sliding window (24) of the tiny configs, so the window matters
 
@@ -158,3 +168,19 @@ def test_unsupported_model_raises_listing_supported(make) -> None:
 
 def test_supported_types_cover_the_seven_families() -> None:
     assert set(supported_model_types()) == {"llama", "mistral", "qwen2", "qwen3", "phi3", "gemma2", "gemma3_text"}
+
+
+def test_measure_draft_cost_reports_c() -> None:
+    from swiftsd import InvalidSkipSetError, SwiftDecoder
+    from swiftsd.cost import measure_draft_cost
+
+    dec = SwiftDecoder(tiny_model("qwen2", seed=0), optimizer=False)
+    r = measure_draft_cost(dec, {"attn": [1, 2], "mlp": [3]}, n=3, context=16, warmup=1, verify_sizes=(2, 40))
+    assert r["c"] == pytest.approx(r["draft_ms"] / r["full_ms"])
+    assert r["full_ms"] > 0 and r["draft_ms"] > 0
+    assert r["skipped_sublayers"] == 3 and r["total_sublayers"] == 12
+    assert set(r["verify_relative"]) == {2, 40} and all(v > 0 for v in r["verify_relative"].values())
+    assert r["dtype"] == "float32" and r["device"] == "cpu"
+    assert measure_draft_cost(dec.adapter, '{"mlp": [2]}', n=1, context=4)["skip_set"] == {"attn": [], "mlp": [2]}
+    with pytest.raises(InvalidSkipSetError, match="99"):
+        measure_draft_cost(dec, {"attn": [99]})

@@ -22,6 +22,16 @@ import swiftsd.decoder as decoder_mod
 from swiftsd import SkipSet, SwiftDecoder
 from tiny import ARCHS, tiny_model
 
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models run faster on one thread than on two (and do not spin against other jobs)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield n
+    torch.set_num_threads(n)
+
+
 L = 6  # layers of the tiny models
 VOCAB = 97
 
@@ -273,7 +283,7 @@ def _real_prompts(tok) -> list[str]:
 
 
 @pytest.mark.real_model
-def test_greedy_equals_generate_smollm2_fp32() -> None:
+def test_greedy_equals_generate_smollm2_fp32(_one_thread: int) -> None:
     try:
         from swiftsd.errors import MissingPackageError
         from swiftsd.loading import load
@@ -286,14 +296,18 @@ def test_greedy_equals_generate_smollm2_fp32() -> None:
     # hand-picked: a light skip of middle-layer sublayers, so drafts are often right and steps accept several tokens
     skip = SkipSet(attn=[8, 12, 16, 20], mlp=[10, 14, 18])
     dec = SwiftDecoder(model, tok, optimizer=False, skip_set=skip)
+    torch.set_num_threads(_one_thread)  # a real model: use every thread
     multi = 0
-    for text in _real_prompts(tok):
-        ids = tok(text, return_tensors="pt", add_special_tokens=False)["input_ids"]
-        with torch.no_grad():
-            want = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=48)
-        res = dec.generate(ids, max_new_tokens=48)
-        assert torch.equal(res.sequences, want), f"diverged at {_first_diff(res.sequences, want)} for {text[-80:]!r}"
-        multi += sum(a >= 2 for a in res.stats.accepted_lengths)
+    try:
+        for text in _real_prompts(tok):
+            ids = tok(text, return_tensors="pt", add_special_tokens=False)["input_ids"]
+            with torch.no_grad():
+                want = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=48)
+            res = dec.generate(ids, max_new_tokens=48)
+            assert torch.equal(res.sequences, want), f"diverged at {_first_diff(res.sequences, want)} for {text[-80:]!r}"
+            multi += sum(a >= 2 for a in res.stats.accepted_lengths)
+    finally:
+        torch.set_num_threads(1)
     assert multi > 0
 
 
