@@ -262,3 +262,13 @@ def test_cli_bad_input(argv, msg, capsys):
     assert main(["bench", "--no-progress", *argv]) == 2
     err = capsys.readouterr().err
     assert msg in err and "Traceback" not in err
+
+
+def test_from_jsonl_recomputes_the_written_table(tmp_path, capsys):
+    recs = _synthetic()
+    rows = summarize(recs, greedy=True)
+    meta = {"model": "tiny", "dtype": "fp32", "device": "cpu", "temperature": 0.0, "methods": {}}
+    paths = write_report(tmp_path, "s", recs, rows, meta, True, {})
+    assert main(["bench", "--from-jsonl", str(paths["jsonl"])]) == 0
+    out = capsys.readouterr().out
+    assert markdown_table(rows) in out and markdown_table(rows) in paths["md"].read_text()

@@ -9,6 +9,7 @@ number can be recomputed, a machine description and two PNG plots.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import sys
@@ -58,6 +59,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--early-exit-layer", type=int, default=None, help="assistant_early_exit (default: half depth)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--from-jsonl", default=None, metavar="FILE",
+                   help="run nothing: recompute and print the tables from a raw JSONL this command wrote")
 
 
 def _slug(s: str) -> str:
@@ -73,10 +76,29 @@ def _stored_skip_set(args: argparse.Namespace, model: Any) -> SkipSet | None:
     """The tuned set for (model, --task) from --skip-set-store, through the optimiser's store."""
     if not args.skip_set_store:
         return None
-    from ..loading import model_identity
-    from ..optimize import SkipSetStore  # the optimiser issue's store
+    from ..store import resolve_start_set
 
-    return SkipSetStore(args.skip_set_store).get(model_identity(model), args.task)
+    return resolve_start_set(args.skip_set_store, model, args.task)
+
+
+def _isolated_costs(methods: list, records: list) -> dict[str, Any]:
+    """c of each swiftsd method's last skip set from ``cost.measure_draft_cost``: adapter forwards
+    alone (no draft-loop overhead), next to the in-stream c of the table."""
+    try:
+        from ..cost import measure_draft_cost
+    except ImportError:
+        return {}
+    out: dict[str, Any] = {}
+    for m in methods:
+        if not m.name.startswith("swiftsd"):
+            continue
+        last = [r.get("skip_set") for r in records if r["method"] == m.name and r.get("skip_set")]
+        if not last:
+            continue
+        res = measure_draft_cost(m.decoder, last[-1], n=20)
+        out[m.name] = {k: res[k] for k in ("c", "full_ms", "draft_ms", "skip_set", "skipped_sublayers",
+                                           "total_sublayers") if k in res}
+    return out
 
 
 def _loadavg() -> list[float] | None:
@@ -87,7 +109,25 @@ def _loadavg() -> list[float] | None:
         return None
 
 
+def recompute(path: str | Path) -> int:
+    """Print the tables again from a raw JSONL (and its sibling .machine.json), running nothing."""
+    p = Path(path)
+    if not p.is_file():
+        raise InvalidArgumentError(f"--from-jsonl file not found: {str(path)!r}")
+    records = [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
+    machine = p.with_name(p.name[: -len(".jsonl")] + ".machine.json") if p.name.endswith(".jsonl") else None
+    meta = json.loads(machine.read_text()) if machine is not None and machine.is_file() else {}
+    greedy = float(meta.get("temperature", 0.0)) == 0.0
+    rows = summarize(records, greedy)
+    print(mismatch_text(records, greedy))
+    print()
+    print(markdown_table(rows, meta.get("unavailable") or {}))
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.from_jsonl:
+        return recompute(args.from_jsonl)
     import torch
     from transformers.utils import logging as hf_logging
 
@@ -124,6 +164,8 @@ def run(args: argparse.Namespace) -> int:
         warm_up(methods, tok, params, args.warmup)
         records = run_stream(methods, tok, prompts, params, args.seed, progress=not args.no_progress)
 
+        isolated = _isolated_costs(methods, records)
+
     dtype = _dtype_short(model.dtype)
     meta = machine_info(dtype, str(device))
     meta.update(
@@ -132,7 +174,7 @@ def run(args: argparse.Namespace) -> int:
         temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, seed=args.seed, warmup=args.warmup,
         methods={m.name: m.describe() for m in methods}, unavailable=unavailable,
         static_skip_source="--skip-set" if args.skip_set else ("store" if static is not None else "decoder default"),
-        command=" ".join(sys.argv), load_average_before=load_before, load_average_after=_loadavg(),
+        draft_cost_isolated=isolated, command=" ".join(sys.argv), load_average_before=load_before, load_average_after=_loadavg(),
     )
     dev_name = "cpu" if device.type == "cpu" else _slug(meta.get("gpu") or device.type)
     stem = args.name or "-".join(filter(None, [

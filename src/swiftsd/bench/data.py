@@ -8,6 +8,7 @@ way Spec-Bench runs MT-bench.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -19,7 +20,22 @@ MT_BENCH_CATEGORIES = frozenset(
     {"writing", "roleplay", "reasoning", "math", "coding", "extraction", "stem", "humanities"}
 )
 SPEC_BENCH_GROUPS = ("mt_bench", "translation", "summarization", "qa", "math_reasoning", "rag")
-DEFAULT_SPEC_BENCH = Path(__file__).resolve().parents[4] / "shared" / "data" / "spec_bench" / "question.jsonl"
+SPEC_BENCH_ENV = "SWIFTSD_SPEC_BENCH"
+_SPEC_BENCH_REL = Path("shared") / "data" / "spec_bench" / "question.jsonl"
+
+
+def spec_bench_path() -> Path:
+    """``--data spec-bench``: $SWIFTSD_SPEC_BENCH, else ``shared/data/spec_bench/question.jsonl`` found
+    in the working directory, the package's checkout or one of their parents."""
+    env = os.environ.get(SPEC_BENCH_ENV)
+    if env:
+        return Path(env)
+    for start in (Path.cwd(), Path(__file__).resolve().parent):
+        for d in (start, *start.parents):
+            if (d / _SPEC_BENCH_REL).is_file():
+                return d / _SPEC_BENCH_REL
+    raise InvalidArgumentError(
+        f"--data spec-bench: no {_SPEC_BENCH_REL} found from {Path.cwd()}; set ${SPEC_BENCH_ENV} or pass the file")
 
 
 @dataclass(frozen=True)
@@ -161,7 +177,7 @@ def load_prompts(data: str | None, categories: Sequence[str] | None = None,
     elif data.lower() == "humaneval" or data.endswith("HumanEval.jsonl.gz"):
         prompts = read_humaneval(None if data.lower() == "humaneval" else data)
     elif data.lower() == "spec-bench":
-        prompts = read_jsonl(DEFAULT_SPEC_BENCH)
+        prompts = read_jsonl(spec_bench_path())
     else:
         prompts = read_jsonl(data)
     return select(prompts, categories, n_per_category)

@@ -187,5 +187,16 @@ def render_markdown(records: Sequence[Record], rows: Sequence[Row], meta: dict[s
         "forwards (prefill counted); acceptance = accepted ÷ drafted tokens; c = mean draft-forward time ÷ "
         "mean plain decode-forward time, measured in this run. Raw rows: "
         f"`{stem}.jsonl`; machine: `{stem}.machine.json`.\n\n"
+        f"{_isolated_text(meta)}"
         f"Methods: {json.dumps(meta.get('methods'))}\n"
     )
+
+
+def _isolated_text(meta: dict[str, Any]) -> str:
+    iso = meta.get("draft_cost_isolated") or {}
+    if not iso:
+        return ""
+    parts = [f"{m}: c = {v['c']:.2f} ({v.get('skipped_sublayers')}/{v.get('total_sublayers')} sublayers skipped, "
+             f"draft {v['draft_ms']:.1f} ms vs full {v['full_ms']:.1f} ms)" for m, v in iso.items()]
+    return ("Draft cost of each swiftsd method's final skip set measured in isolation (`cost.measure_draft_cost`: "
+            "one-token adapter forwards, no draft-loop overhead): " + "; ".join(parts) + ".\n\n")
