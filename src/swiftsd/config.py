@@ -23,6 +23,63 @@ class OptimizerConfig:
     gp_alpha: float = 1e-2
     kappa: float = 2.5  # UCB exploration weight
     seed: int = 0
+    opt_interval: int = 1  # propose every n-th decoding step while searching (reference: 1)
+    # -- beyond the paper; OptimizerConfig.reference() switches all of these off --
+    objective: str = "speedup"  # "speedup": predicted speed-up from measured costs; "matchness": the paper's
+    local_prob: float = 0.5  # share of non-Bayesian proposals that mutate the best set (paper: 0)
+    ratio_range: tuple[float, float] = (0.1, 0.6)  # skip ratios random proposals draw from ("speedup")
+    rescore_best: bool = True  # re-score the best set on each request's window, compare like with like
+    fallback: bool = True  # never slower: decode plainly while the draft cannot pay
+    min_speedup: float = 1.0  # predicted / measured speed-up under which the draft is not used
+    measure_window: int = 32  # drafted steps in the rolling measured speed-up
+    probe_interval: int = 256  # plain steps before re-trying the best set (doubles after a failed probe)
+    probe_steps: int = 16  # drafted steps a probe runs
+    calibrate_every: int = 16  # one plain step in this many while drafting times the baseline (0 = never)
+    max_opt_share: float = 0.25  # at most this share of decoding time goes to scoring proposals (1 = no cap)
+    give_up_after: int = 100  # stop searching after this many proposals if no set predicts min_speedup (0 = never)
+    drift: bool = True  # re-open the search when acceptance falls well below its value at stop
+    drift_window: int = 32  # drafted steps in the rolling acceptance
+    drift_drop: float = 0.5  # re-open when rolling acceptance < drift_drop x acceptance after stopping
+    bayes_n_random: int = 2000  # random points scored by the acquisition per suggestion
+    bayes_n_smart: int = 0  # L-BFGS-B restarts on the acquisition (library default 10: ~20 s here)
+    gp_restarts: int = 0  # GP hyper-parameter fit restarts (library default 5)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "ratio_range", tuple(float(r) for r in self.ratio_range))
+        if self.objective not in ("speedup", "matchness"):
+            raise InvalidArgumentError(f"optimizer objective must be 'speedup' or 'matchness', got {self.objective!r}")
+        positive = ("context_window", "bayes_interval", "max_opt_iter", "max_tolerance_iter", "opt_interval",
+                    "measure_window", "probe_interval", "probe_steps", "drift_window", "bayes_n_random")
+        for name in positive:
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise InvalidArgumentError(f"optimizer {name} must be an integer >= 1, got {v!r}")
+        if not 0.0 < self.max_opt_share <= 1.0:
+            raise InvalidArgumentError(f"optimizer max_opt_share must be in (0, 1], got {self.max_opt_share!r}")
+        for name in ("give_up_after", "calibrate_every"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise InvalidArgumentError(f"optimizer {name} must be an integer >= 0, got {v!r}")
+        if self.calibrate_every == 1:
+            raise InvalidArgumentError("optimizer calibrate_every must be 0 (off) or >= 2 (1 would never draft)")
+        for name in ("skip_ratio", "local_prob", "drift_drop"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise InvalidArgumentError(f"optimizer {name} must be in [0, 1], got {getattr(self, name)!r}")
+        lo_hi = self.ratio_range
+        if len(lo_hi) != 2 or not 0.0 < lo_hi[0] <= lo_hi[1] <= 1.0:
+            raise InvalidArgumentError(f"optimizer ratio_range must be (low, high) with 0 < low <= high <= 1, got {lo_hi}")
+        if self.gp_alpha <= 0 or self.kappa < 0 or self.bayes_n_smart < 0 or self.gp_restarts < 0:
+            raise InvalidArgumentError("optimizer gp_alpha must be > 0 and kappa, bayes_n_smart, gp_restarts >= 0")
+
+    @classmethod
+    def reference(cls, **changes: Any) -> "OptimizerConfig":
+        """The paper's optimiser: fixed skip ratio, matchness objective, random + GP proposals only,
+        no fallback, no drift detection (reference code, argparse defaults). The GP's inner
+        acquisition search keeps our cheaper settings; the proposal rules are the paper's."""
+        ref: dict[str, Any] = dict(objective="matchness", local_prob=0.0, rescore_best=False, fallback=False,
+                                   drift=False, max_opt_share=1.0, give_up_after=0)
+        ref.update(changes)
+        return cls(**ref)
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ from .cache import SlotKVCache
 from .config import SamplingParams, SwiftConfig
 from .errors import ContextLengthError, InvalidArgumentError
 from .models import get_adapter
+from .optimize import SkipOptimizer, make_optimizer
 from .skipset import SkipSet
 from .stats import GenerationStats
 from .tree import build_tree, widths_from_confidence
@@ -88,7 +89,10 @@ class SwiftDecoder:
         self.config = SwiftConfig.from_kwargs(config)
         self.num_layers = self.adapter.num_layers
         self.skip_set = self._parse_skip(skip_set) if skip_set is not None else SkipSet.uniform(self.num_layers)
-        self.optimizer: Any = None  # the on-the-fly optimiser plugs in here (see optimize.py)
+        # The on-the-fly optimiser (optimize.py): starts from the given set, learns across requests.
+        self.optimizer: SkipOptimizer | None = None
+        if self.config.optimizer.enabled:
+            self.optimizer = make_optimizer(self.adapter, self.config.optimizer, self.skip_set, self.config.max_draft)
 
     # -- public API ------------------------------------------------------------
     def generate(
@@ -173,7 +177,7 @@ class SwiftDecoder:
             if opt is not None and opt.wants_proposal(n - P):
                 cand = opt.propose()
                 opt.observe(cand, self.matchness(cand, tokens, P, cache, window))
-            skip = skip_override or (opt.current() if opt is not None else self.skip_set)
+            skip = skip_override if skip_override is not None else (opt.current() if opt else self.skip_set)
             t1 = time.perf_counter()
 
             # 3. Draft: the layer-skipped model extends the last token while confident.
@@ -218,14 +222,15 @@ class SwiftDecoder:
             stats.time_draft += t2 - t1
             stats.time_verify += t3 - t2
             if opt is not None:
-                opt.record_step(stats, accepted=len(accepted), drafted=len(draft.cands))
+                opt.record_step(stats, accepted=len(accepted), drafted=len(draft.cands),
+                                step_time=time.perf_counter() - t1)
             yield new
 
         stats.new_tokens = len(tokens) - P
         stats.wall_time = time.perf_counter() - t_start
         stats.time_other = stats.wall_time - (stats.time_prefill + stats.time_draft + stats.time_verify
                                               + stats.time_optimize)
-        last = skip_override or (opt.current() if opt is not None else self.skip_set)
+        last = skip_override if skip_override is not None else (opt.current() if opt else self.skip_set)
         stats.skip_set = last.to_dict() if last is not None else None
         stats.optimizer = opt.state_dict() if opt is not None else None
         seq = torch.tensor([tokens], dtype=torch.long, device=dev)

@@ -1,0 +1,140 @@
+"""`swiftsd tune`: run a stream of prompts with the optimiser on, then store the tuned skip set.
+
+    swiftsd tune --model qwen2.5-coder-0.5b --data question.jsonl --category qa --n 20 --out sets.json
+
+Prompts use the Spec-Bench ``question.jsonl`` format (``question_id``, ``category``,
+``turns``); each question's first turn is sent through the model's chat template.
+The result is stored under (model identity, ``--task``), ready for
+``--skip-set-store sets.json --task qa`` in ``generate``, ``bench`` and ``serve``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from dataclasses import fields
+from typing import Any
+
+from .cli_common import add_model_arguments, load_model
+from .config import OptimizerConfig
+from .errors import InvalidArgumentError
+
+_OPT_FIELDS = {f.name: f for f in fields(OptimizerConfig)}
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_model_arguments(p)
+    p.add_argument("--data", required=True, metavar="FILE",
+                   help="JSONL of prompts in Spec-Bench question.jsonl format (question_id, category, turns); "
+                        "'spec-bench' for the bundled copy")
+    p.add_argument("--category", default=None, help="only this category (Spec-Bench groups: mt_bench, translation, "
+                                                    "summarization, qa, math_reasoning, rag)")
+    p.add_argument("--n", type=int, default=20, help="number of prompts in the stream (default 20)")
+    p.add_argument("--out", required=True, metavar="STORE", help="skip-set store JSON to write (entries are merged)")
+    p.add_argument("--task", default=None, help="task name to store under (default: --category, else 'default')")
+    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--reference", action="store_true",
+                   help="the paper's optimiser: fixed skip ratio, matchness objective, no fallback, no drift")
+    p.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE",
+                   help="set an optimizer option, e.g. --opt skip_ratio=0.3 --opt max_opt_iter=300 (repeatable)")
+    p.add_argument("--resume", action="store_true", help="start from the set already stored in --out for this task")
+    p.add_argument("--trace", default=None, metavar="FILE", help="write the per-step optimiser trace as JSON")
+    p.add_argument("--seed", type=int, default=0)
+
+
+def parse_opt_overrides(items: list[str]) -> dict[str, Any]:
+    """``["skip_ratio=0.3", "fallback=false"]`` -> typed OptimizerConfig fields."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or key not in _OPT_FIELDS or key == "enabled":
+            valid = ", ".join(k for k in _OPT_FIELDS if k != "enabled")
+            raise InvalidArgumentError(f"--opt expects KEY=VALUE with KEY one of: {valid}; got {item!r}")
+        default = getattr(OptimizerConfig(), key)
+        try:
+            if isinstance(default, bool):
+                if raw.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                    raise ValueError(raw)
+                value: Any = raw.lower() in ("true", "1", "yes")
+            elif isinstance(default, int):
+                value = int(raw)
+            elif isinstance(default, float):
+                value = float(raw)
+            elif isinstance(default, tuple):
+                value = tuple(float(x) for x in raw.split(","))
+            else:
+                value = raw
+        except ValueError as exc:
+            raise InvalidArgumentError(f"--opt {key}: cannot read {raw!r} as {type(default).__name__}") from exc
+        out[key] = value
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from .bench.data import build_input, evenly_spaced, load_prompts
+    from .decoder import SwiftDecoder
+    from .store import load_skip_set, model_key, save_optimizer_result
+    from .trace import write_trace
+
+    if args.n < 1:
+        raise InvalidArgumentError(f"--n must be >= 1, got {args.n}")
+    if args.max_new_tokens < 1:
+        raise InvalidArgumentError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
+    over = parse_opt_overrides(args.opt)
+    over.setdefault("seed", args.seed)
+    opt_cfg = OptimizerConfig.reference(**over) if args.reference else OptimizerConfig(**over)
+    prompts = evenly_spaced(load_prompts(args.data, [args.category] if args.category else None), args.n)
+    task = args.task or args.category or "default"
+
+    model, tok = load_model(args)
+    key = model_key(model)
+    start = load_skip_set(args.out, key, task, missing_ok=True) if args.resume else None
+    dec = SwiftDecoder(model, tok, skip_set=start, optimizer=opt_cfg)
+    assert dec.optimizer is not None
+    opt = dec.optimizer
+
+    runs = []
+    t0 = time.perf_counter()
+    bar = tqdm(prompts, desc=f"tune {key}/{task}", unit="prompt", dynamic_ncols=True)
+    for prompt in bar:
+        ids = build_input(tok, prompt, 0, [])
+        res = dec.generate(ids, max_new_tokens=args.max_new_tokens, seed=args.seed)
+        runs.append(res.stats)
+        d = opt.state_dict()
+        bar.set_postfix(phase=d["phase"], it=d["iterations"], m=_f(d["best_matchness"]),
+                        pred=_f(d["predicted_speedup"]), meas=_f(d["measured_speedup"]))
+    bar.close()
+    wall = time.perf_counter() - t0
+
+    saved = save_optimizer_result(args.out, model, task, opt)
+    if args.trace:
+        write_trace(args.trace, runs, meta={"model": args.model, "model_key": key, "task": task,
+                                            "dtype": str(model.dtype).replace("torch.", ""),
+                                            "label": "reference" if args.reference else opt_cfg.objective,
+                                            "optimizer_config": _jsonable(opt_cfg)})
+    tokens = sum(s.new_tokens for s in runs)
+    t_opt = sum(s.time_optimize for s in runs)
+    t_gen = sum(s.wall_time for s in runs)
+    print(opt.summary())
+    print(f"best set: {opt.best()[0].to_json()}")
+    print(f"{len(runs)} prompts, {tokens} tokens in {wall:.1f}s ({tokens / t_gen if t_gen else 0:.1f} tok/s while "
+          f"generating), {100 * t_opt / t_gen if t_gen else 0:.1f}% of generation time optimising")
+    if saved:
+        print(f"stored under {key!r} / {task!r} in {args.out}")
+    else:
+        print(f"nothing stored: no generation was longer than the context window "
+              f"({opt_cfg.context_window} tokens); raise --max-new-tokens")
+    if args.trace:
+        print(f"trace written to {args.trace} (draw it with: swiftsd plot-trace {args.trace})")
+    return 0
+
+
+def _f(x: float | None) -> str:
+    return "-" if x is None else f"{x:.2f}"
+
+
+def _jsonable(cfg: OptimizerConfig) -> dict[str, Any]:
+    return {f: (list(v) if isinstance(v, tuple) else v) for f in _OPT_FIELDS for v in [getattr(cfg, f)]}

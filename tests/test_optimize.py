@@ -1,0 +1,388 @@
+"""The on-the-fly optimiser: matchness, search, stop rules, cost model, fallback, drift, losslessness."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from swiftsd import OptimizerConfig, SkipSet, SwiftDecoder
+from swiftsd.cache import SlotKVCache
+from swiftsd.optimize import ACCELERATE, PLAIN, CostModel, SkipOptimizer, expected_tokens, measure_costs
+from swiftsd.stats import GenerationStats
+from tiny import tiny_model
+
+
+# ------------------------------------------------------------------------------------------
+# helpers
+# ------------------------------------------------------------------------------------------
+def synthetic_costs(num_layers: int, c: float, verify_growth: float = 0.0) -> CostModel:
+    """A cost model in which skipping every inner sublayer brings a draft step to cost ``c``.
+
+    attention and MLP sublayers cost the same; verifying n nodes costs 1 + growth·(n − 1).
+    """
+    inner = 2 * (num_layers - 2)
+    per = (1.0 - c) / inner
+    sizes = (1, 2, 4, 8, 16, 32)
+    return CostModel(full_step=1.0, attn=per, mlp=per, lm_head=c / 2, fixed=c / 2, draft_extra=0.0,
+                     verify_sizes=sizes, verify_times=tuple(1.0 + verify_growth * (n - 1) for n in sizes),
+                     num_layers=num_layers)
+
+
+class Driver:
+    """Plays the decode loop's part against a synthetic matchness function (no model)."""
+
+    def __init__(self, opt: SkipOptimizer, score) -> None:
+        self.opt, self.score = opt, score
+        self.evaluations = 0
+
+    def request(self, steps: int, step_time=lambda skip: 1.0, accept=lambda skip: (1, 2)) -> GenerationStats:
+        opt, stats = self.opt, GenerationStats()
+        n = 1
+        for _ in range(steps):
+            if opt.wants_proposal(n):
+                cand = opt.propose()
+                opt.observe(cand, self.score(cand))
+                self.evaluations += 1
+            skip = opt.current()
+            acc, drafted = accept(skip) if skip is not None else (0, 0)
+            stats.steps += 1
+            stats.tree_sizes.append(1 + drafted)
+            stats.draft_lengths.append(drafted)
+            stats.accepted_lengths.append(acc)
+            opt.record_step(stats, accepted=acc, drafted=drafted,
+                            step_time=step_time(skip) if skip is not None else 1.0)
+            n += acc + 1
+        return stats
+
+
+def planted_overlap(planted: SkipSet):
+    """Matchness = share of the planted set's sublayers the candidate also skips (1.0 only at equality
+    when sizes match)."""
+    p_attn, p_mlp = set(planted.attn), set(planted.mlp)
+
+    def score(s: SkipSet) -> float:
+        hit = len(p_attn & set(s.attn)) + len(p_mlp & set(s.mlp))
+        return hit / max(len(planted), len(s))
+
+    return score
+
+
+# ------------------------------------------------------------------------------------------
+# matchness
+# ------------------------------------------------------------------------------------------
+class _ZeroAttn(nn.Module):
+    def forward(self, hidden_states, *args, **kwargs):
+        return torch.zeros_like(hidden_states), None
+
+
+class _ZeroMLP(nn.Module):
+    def forward(self, x):
+        return torch.zeros_like(x)
+
+
+def _skipped_copy(model, skip: SkipSet):
+    """The stock HF model with the skipped sublayers replaced by zero-output modules (test-only copy)."""
+    m = copy.deepcopy(model)
+    for i in skip.attn:
+        m.model.layers[i].self_attn = _ZeroAttn()
+    for i in skip.mlp:
+        m.model.layers[i].mlp = _ZeroMLP()
+    return m
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "gemma2"])
+def test_matchness_equals_brute_force(arch):
+    """Decoder.matchness == per-position argmax agreement of the stock model with the sublayers zeroed,
+    reading the full model's prompt cache, over the first `window` generated tokens."""
+    model = tiny_model(arch, seed=3)
+    dec = SwiftDecoder(model, optimizer=False)
+    P, window = 12, 10
+    prompt = torch.randint(97, (1, P), generator=torch.Generator().manual_seed(5))
+    tokens = model.generate(prompt, max_new_tokens=window + 4, do_sample=False)[0].tolist()
+
+    # the decoder's way: prefill the prompt, one parallel draft forward in scratch slots
+    cache = SlotKVCache(dec.num_layers, P + 64)
+    mask = torch.ones(P, P, dtype=torch.bool).tril_()
+    dec.adapter.forward(torch.tensor(tokens[:P]), torch.arange(P), cache, 0, 0, mask, None)
+    cache.rollback(P)
+
+    rng = np.random.default_rng(0)
+    values = []
+    for trial in range(6):
+        flags = (rng.random(2 * (dec.num_layers - 2)) < 0.4).astype(int)
+        skip = SkipSet.from_flags(flags, dec.num_layers) if trial else SkipSet()
+        got = dec.matchness(skip, tokens, P, cache, window)
+        assert cache.length == P  # committed cache untouched
+
+        with torch.no_grad():
+            full = model(torch.tensor([tokens[:P]]), use_cache=True)
+            draft_model = _skipped_copy(model, skip)
+            out = draft_model(torch.tensor([tokens[P : P + window]]), past_key_values=full.past_key_values)
+        pred = out.logits[0].argmax(-1).tolist()
+        hits = [pred[j] == tokens[P + 1 + j] for j in range(window)]
+        assert got == pytest.approx(sum(hits) / window, abs=1e-6), (arch, skip)
+        values.append(got)
+    assert values[0] == 1.0  # the empty set is the full model: greedy tokens are its own argmax
+    assert min(values) < 1.0  # some set actually disagrees, so the comparison was not vacuous
+
+
+# ------------------------------------------------------------------------------------------
+# search
+# ------------------------------------------------------------------------------------------
+def test_reference_proposals_follow_the_paper():
+    """Uniform draws of int(2·(L−2)·ratio) sublayers in layers 1..L−2; every 25th from the GP;
+    every scored point registered with the GP."""
+    L = 12
+    cfg = OptimizerConfig.reference(context_window=4, max_opt_iter=60, max_tolerance_iter=1000, seed=1)
+    opt = SkipOptimizer(L, cfg, costs=synthetic_costs(L, 0.5))
+    rng = np.random.default_rng(0)
+    Driver(opt, lambda s: float(rng.random()) * 0.9).request(200)
+    assert opt.state.iterations == 60 and opt.done() and opt.state.stop_reason == "max_opt_iter"
+    searched = [e for e in opt.history if e.source != "rescore"]
+    assert all(len(e.skip) == int(2 * (L - 2) * 0.45) for e in searched)
+    assert all(1 <= i <= L - 2 for e in searched for i in (*e.skip.attn, *e.skip.mlp))
+    assert [e.iteration for e in searched if e.source == "bayes"] == [25, 50]
+    assert {e.source for e in searched} == {"random", "bayes"}
+    assert len(opt.bayes.bo.space) == len(opt.history)
+
+
+def test_search_finds_planted_set_fixed_ratio():
+    """Matchness objective, fixed ratio: local moves + random + GP find a planted 7-of-16 set within
+    600 proposals (three seeds); uniform draws alone would need ~11 000 (C(16, 7))."""
+    L = 10
+    planted = SkipSet(attn=[2, 5, 7], mlp=[1, 3, 6, 8])
+    for seed in range(3):
+        cfg = OptimizerConfig(objective="matchness", context_window=4, max_opt_iter=600, max_tolerance_iter=600,
+                              max_score=0.99, seed=seed, fallback=False)
+        opt = SkipOptimizer(L, cfg)
+        d = Driver(opt, planted_overlap(planted))
+        while not opt.done():
+            d.request(100)
+        assert opt.best()[0] == planted, seed
+        assert opt.state.stop_reason == "max_score" and opt.state.iterations < 600
+
+
+def test_search_finds_planted_set_and_ratio_cost_aware():
+    """Speed-up objective: the best set is the largest subset of a planted set of 'free' sublayers
+    (matchness 0.9 inside it, collapsing outside); the search must find the set and its size."""
+    L = 10
+    planted = SkipSet(attn=[2, 4, 7], mlp=[1, 5, 6, 8])
+
+    def score(s: SkipSet) -> float:
+        outside = len(set(s.attn) - set(planted.attn)) + len(set(s.mlp) - set(planted.mlp))
+        return 0.9 * 0.3 ** outside
+
+    for seed in range(3):
+        cfg = OptimizerConfig(context_window=4, max_opt_iter=300, max_tolerance_iter=300, seed=seed)
+        opt = SkipOptimizer(L, cfg, costs=synthetic_costs(L, 0.05))
+        d = Driver(opt, score)
+        while not opt.done() and opt.best()[0] != planted:
+            d.request(20)
+        assert opt.best()[0] == planted, (seed, opt.best())  # within the 300-proposal budget
+        assert opt.predict().speedup > 1.2 and opt.current() == planted
+
+
+# ------------------------------------------------------------------------------------------
+# stop rules
+# ------------------------------------------------------------------------------------------
+def test_stop_rule_max_score():
+    cfg = OptimizerConfig.reference(context_window=4, max_score=0.9)
+    opt = SkipOptimizer(8, cfg)
+    seq = iter([0.1, 0.5, 0.95] + [0.0] * 100)
+    d = Driver(opt, lambda s: next(seq))
+    d.request(50)
+    assert opt.done() and opt.state.stop_reason == "max_score"
+    assert d.evaluations == 3  # the start set, then two proposals; nothing after the stop
+    assert opt.best()[1] == 0.95 and opt.state.phase == ACCELERATE
+
+
+def test_stop_rule_max_tolerance_iter():
+    cfg = OptimizerConfig.reference(context_window=4, max_tolerance_iter=7, max_opt_iter=100)
+    opt = SkipOptimizer(8, cfg)
+    d = Driver(opt, lambda s: 0.3)  # nothing ever beats the start set
+    d.request(50)
+    assert opt.state.stop_reason == "max_tolerance_iter"
+    assert opt.state.iterations == 7 and opt.best()[0] == SkipSet.uniform(8)
+
+
+def test_stop_rule_max_opt_iter():
+    cfg = OptimizerConfig.reference(context_window=4, max_tolerance_iter=1000, max_opt_iter=12)
+    opt = SkipOptimizer(8, cfg)
+    scores = iter(np.linspace(0.0, 0.5, 100))
+    d = Driver(opt, lambda s: float(next(scores)))  # always improving, never reaching max_score
+    d.request(50)
+    assert opt.state.stop_reason == "max_opt_iter" and opt.state.iterations == 12
+
+
+def test_waits_for_the_window_and_persists_across_requests():
+    cfg = OptimizerConfig.reference(context_window=10)
+    opt = SkipOptimizer(8, cfg)
+    assert not any(opt.wants_proposal(n) for n in range(1, 12))  # needs > window + 1 generated tokens
+    assert opt.wants_proposal(12)
+    d = Driver(opt, lambda s: 0.2)
+    d.request(30)
+    first = opt.state.iterations
+    d.request(30)
+    assert opt.state.iterations > first and opt.state.requests == 3
+    opt.reset()
+    assert opt.state.iterations == 0 and opt.state.requests == 0 and opt.best() == (SkipSet.uniform(8), None)
+
+
+# ------------------------------------------------------------------------------------------
+# cost model
+# ------------------------------------------------------------------------------------------
+def test_cost_model_prediction_matches_formula():
+    costs = CostModel(full_step=0.1, attn=0.001, mlp=0.004, lm_head=0.02, fixed=0.01, draft_extra=0.002,
+                      verify_sizes=(1, 2, 4, 8), verify_times=(0.1, 0.15, 0.2, 0.3), num_layers=10)
+    skip = SkipSet(attn=[1, 2, 3], mlp=[4, 5])
+    c = (0.1 - 3 * 0.001 - 2 * 0.004 + 0.002) / 0.1
+    assert costs.draft_cost(skip) == pytest.approx(c)
+    assert costs.verify(3) == pytest.approx(0.175) and costs.verify(12) == pytest.approx(0.4)
+    alpha, w = 0.7, 1.5
+    by_hand = []
+    for k in range(1, 7):
+        e = (1 - alpha ** (k + 1)) / (1 - alpha)
+        by_hand.append((e / (k * c + costs.verify(1 + w * k) / 0.1), k))
+    pred = costs.predict(alpha, skip, max_draft=6, nodes_per_depth=w)
+    assert (pred.speedup, pred.draft_len) == pytest.approx(max(by_hand))
+    assert pred.tokens_per_round == pytest.approx(expected_tokens(alpha, pred.draft_len))
+    assert expected_tokens(1.0, 4) == 5 and expected_tokens(0.0, 4) == 1
+
+
+def test_measure_costs_on_a_tiny_model():
+    model = tiny_model("qwen2", seed=0)
+    dec = SwiftDecoder(model, optimizer=False)
+    costs = measure_costs(dec.adapter, context=16, n=2, verify_sizes=(4, 8), draft_vocab=32)
+    assert costs.num_layers == 6 and costs.full_step > 0 and costs.verify_sizes == (1, 4, 8)
+    assert list(costs.verify_times) == sorted(costs.verify_times)
+    assert costs.attn >= 0 and costs.mlp >= 0
+    assert CostModel.from_dict(json.loads(json.dumps(costs.to_dict()))) == costs
+
+
+# ------------------------------------------------------------------------------------------
+# never slower
+# ------------------------------------------------------------------------------------------
+def test_fallback_when_draft_cannot_pay():
+    """Draft cost c≈1: no set predicts a speed-up, so the loop decodes plainly (current() is None)."""
+    L = 8
+    cfg = OptimizerConfig(context_window=4, max_opt_iter=30, max_tolerance_iter=30)
+    opt = SkipOptimizer(L, cfg, costs=synthetic_costs(L, 0.98))
+    d = Driver(opt, lambda s: 0.8)
+    stats = d.request(80)
+    assert opt.done() and opt.state.phase == PLAIN and opt.current() is None
+    assert opt.predict().speedup < 1.0
+    assert all(r["drafted"] == 0 for r in stats.trace if r["iteration"] >= 1)
+
+
+def test_no_fallback_when_draft_pays():
+    L = 8
+    cfg = OptimizerConfig(context_window=4, max_opt_iter=30, max_tolerance_iter=30)
+    opt = SkipOptimizer(L, cfg, costs=synthetic_costs(L, 0.1))
+    d = Driver(opt, lambda s: 0.8)
+    d.request(80, step_time=lambda s: 1.2, accept=lambda s: (3, 4))  # 4 tokens per 1.2 plain steps
+    assert opt.state.phase == ACCELERATE and opt.current() == opt.best()[0]
+    assert opt.predict().speedup > 1.0 and opt.measured_speedup() == pytest.approx(4 / 1.2)
+
+
+def test_measured_fallback_engages_and_probe_disengages():
+    """Predicted fine, measured slow: plain decoding; a later probe that measures fast re-enables drafting."""
+    L = 8
+    cfg = OptimizerConfig(context_window=4, max_opt_iter=10, max_tolerance_iter=10, probe_interval=20,
+                          probe_steps=16, measure_window=16, drift=False)
+    opt = SkipOptimizer(L, cfg, costs=synthetic_costs(L, 0.1))
+    d = Driver(opt, lambda s: 0.8)
+    slow, fast = dict(step_time=lambda s: 5.0, accept=lambda s: (1, 4)), dict(accept=lambda s: (3, 4))
+    d.request(40, **slow)  # 2 tokens per 5 plain steps: slower than plain
+    assert opt.done() and opt.state.phase == PLAIN and opt.current() is None
+    assert opt.measured_speedup() < 1.0 and opt.state.probes == 0
+    d.request(50, **slow)  # one probe, still slow: back to plain, probe interval doubled
+    assert opt.state.probes == 1 and opt.state.phase == PLAIN and opt.state.probe_interval == 40
+    d.request(40, **fast)  # the draft pays now: the next probe switches drafting back on
+    assert opt.state.probes == 2 and opt.state.phase == ACCELERATE and opt.current() is not None
+    assert opt.measured_speedup() == pytest.approx(4.0)
+
+
+# ------------------------------------------------------------------------------------------
+# drift
+# ------------------------------------------------------------------------------------------
+def test_drift_reopens_search_from_current_set():
+    L = 8
+    cfg = OptimizerConfig(context_window=4, max_opt_iter=10, max_tolerance_iter=10, drift_window=16,
+                          drift_drop=0.5, fallback=False)
+    opt = SkipOptimizer(L, cfg, costs=synthetic_costs(L, 0.1))
+    d = Driver(opt, lambda s: 0.8)
+    d.request(60, accept=lambda s: (4, 5))  # search stops, then acceptance 0.8 is the baseline
+    assert opt.state.phase == ACCELERATE and opt.state.baseline_acceptance == pytest.approx(0.8)
+    best = opt.best()[0]
+    d.request(15, accept=lambda s: (3, 5))  # 0.6: not "well below"
+    assert opt.state.phase == ACCELERATE
+    d.request(40, accept=lambda s: (1, 5))  # 0.2 < 0.5 x 0.8: task switch
+    assert opt.state.drift_reopenings == 1 and opt.state.round == 1
+    rescored = [e for e in opt.history if e.round == 1]
+    assert rescored and rescored[0].source == "rescore" and rescored[0].skip == best
+
+
+# ------------------------------------------------------------------------------------------
+# with the decoder: losslessness, stats, trace
+# ------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("arch", ["llama", "qwen3", "gemma3_text", "phi3"])
+@pytest.mark.parametrize("preset", ["default", "reference"])
+def test_lossless_with_optimizer_running(arch, preset):
+    """Greedy output equals model.generate over a stream of requests while the optimiser searches."""
+    model = tiny_model(arch, seed=1)
+    if preset == "reference":  # drafts on every step whatever the cost: exercises speculation
+        cfg = OptimizerConfig.reference(context_window=6, bayes_interval=5, max_opt_iter=40)
+    else:
+        cfg = OptimizerConfig(context_window=6, bayes_interval=5, max_opt_iter=40, max_opt_share=1.0)
+    dec = SwiftDecoder(model, optimizer=cfg)
+    gen = torch.Generator().manual_seed(7)
+    drafted = 0
+    for r in range(4):
+        prompt = torch.randint(97, (1, int(torch.randint(1, 40, (1,), generator=gen))), generator=gen)
+        res = dec.generate(prompt, max_new_tokens=40)
+        ref = model.generate(prompt, max_new_tokens=40, do_sample=False)
+        assert torch.equal(res.sequences, ref), (arch, preset, r)
+        drafted += res.stats.draft_tokens
+        assert len(res.stats.trace) == res.stats.steps
+    assert dec.optimizer.state.iterations > 0
+    if preset == "reference":
+        assert drafted > 0
+    state = res.stats.optimizer
+    json.dumps(state)
+    for key in ("phase", "iterations", "best_matchness", "current_set", "predicted_speedup", "measured_speedup"):
+        assert key in state
+
+
+def test_sampling_runs_with_optimizer():
+    model = tiny_model("qwen2", seed=2)
+    dec = SwiftDecoder(model, optimizer=OptimizerConfig.reference(context_window=6))
+    a = dec.generate([1, 2, 3], max_new_tokens=30, temperature=0.8, seed=3)
+    assert a.sequences.shape[1] <= 33 and dec.optimizer.state.iterations > 0
+
+
+def test_explicit_skip_set_bypasses_optimizer():
+    model = tiny_model("llama", seed=0)
+    dec = SwiftDecoder(model, optimizer=OptimizerConfig(context_window=4))
+    res = dec.generate([5, 6, 7], max_new_tokens=20, skip_set=SkipSet())
+    assert res.stats.optimizer is None and res.stats.skip_set == {"attn": [], "mlp": []}
+    assert dec.optimizer.state.steps == 0
+
+
+def test_optimizer_config_validation():
+    from swiftsd import InvalidArgumentError
+
+    with pytest.raises(InvalidArgumentError, match="objective"):
+        OptimizerConfig(objective="speed")
+    with pytest.raises(InvalidArgumentError, match="context_window"):
+        OptimizerConfig(context_window=0)
+    with pytest.raises(InvalidArgumentError, match="ratio_range"):
+        OptimizerConfig(ratio_range=(0.5, 0.2))
+    with pytest.raises(InvalidArgumentError, match="unknown optimizer option"):
+        SwiftDecoder(tiny_model("llama"), optimizer={"skip_ration": 0.3})
+    assert not math.isnan(OptimizerConfig.reference().skip_ratio)
