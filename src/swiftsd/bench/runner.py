@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from dataclasses import replace
 from typing import Any, Callable, Sequence
 
 from .data import BUILTIN_PROMPTS, BenchPrompt, build_input
@@ -37,8 +38,10 @@ def warm_up(methods: Sequence[Method], tokenizer: Any, params: GenParams, n: int
     """Run each method on ``n`` built-in prompts, untimed (kernels, allocator, caches).
 
     swiftsd methods warm up on a throwaway decoder so the measured stream starts
-    with a fresh optimiser, as a new deployment would.
+    with a fresh optimiser, as a new deployment would. At most 32 new tokens: enough
+    to warm every code path, cheap on a slow machine.
     """
+    params = replace(params, max_new_tokens=min(32, params.max_new_tokens))
     for k in range(n):
         prompt = BUILTIN_PROMPTS[k % len(BUILTIN_PROMPTS)]
         ids = build_input(tokenizer, prompt, 0, [])
