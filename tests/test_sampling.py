@@ -209,16 +209,18 @@ def _exact_targets(model, params: SamplingParams) -> tuple[dict, dict]:
     return as_dict(j12), as_dict(j23)
 
 
+@pytest.mark.parametrize("sampler", ["coupled", "rejection"])
 @pytest.mark.parametrize(
     "temperature,top_p,top_k",
     [(1.0, 1.0, 0), (0.7, 1.0, 5), (1.0, 0.8, 0)],
     ids=["t1.0", "t0.7-topk5", "topp0.8"],
 )
-def test_swift_decoder_samples_follow_target(small_model, temperature, top_p, top_k) -> None:
+def test_swift_decoder_samples_follow_target(small_model, temperature, top_p, top_k, sampler) -> None:
     """Tokens 2 and 3 come from the speculative path (draft depth 2 with siblings, then verification)."""
     params = SamplingParams(temperature=temperature, top_p=top_p, top_k=top_k)
     j12, j23 = _exact_targets(small_model, params)
-    dec = SwiftDecoder(small_model, optimizer=False, skip_set=SkipSet(attn=[1]), stop_threshold=0.0)
+    dec = SwiftDecoder(small_model, optimizer=False, skip_set=SkipSet(attn=[1]), stop_threshold=0.0,
+                       sampler=sampler, draft_vocab=SMALL_VOCAB - 2)
     c12: Counter = Counter()
     c23: Counter = Counter()
     deep = siblings = 0

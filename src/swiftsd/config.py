@@ -93,11 +93,22 @@ class SwiftConfig:
     # p > 0.95 -> 1, p > 0.8 -> 3, p > 0.5 -> 5, else 10 (paper §4.2).
     tree_thresholds: tuple[float, ...] = (0.95, 0.8, 0.5)
     tree_widths: tuple[int, ...] = (1, 3, 5, 10)
+    # Beyond the paper: the draft scores only this many vocabulary entries (prompt tokens,
+    # tokens generated earlier in the stream, then the lowest ids, i.e. the earliest BPE
+    # merges). 0 = the whole vocabulary. Verification always uses the full LM head.
+    draft_vocab: int = 8192
+    # temperature > 0: "coupled" (seeded Gumbel-max, output depends only on the seed) or
+    # "rejection" (the paper's multi-candidate speculative sampling). Both are exact.
+    sampler: str = "coupled"
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.stop_threshold <= 1.0:
             raise InvalidArgumentError(f"stop_threshold must be in [0, 1], got {self.stop_threshold}")
+        if self.sampler not in ("coupled", "rejection"):
+            raise InvalidArgumentError(f"sampler must be 'coupled' or 'rejection', got {self.sampler!r}")
+        if self.draft_vocab < 0:
+            raise InvalidArgumentError(f"draft_vocab must be >= 0 (0 = full vocabulary), got {self.draft_vocab}")
         if self.max_draft < 0:
             raise InvalidArgumentError(f"max_draft must be >= 0, got {self.max_draft}")
         if len(self.tree_widths) != len(self.tree_thresholds) + 1 or min(self.tree_widths) < 1:

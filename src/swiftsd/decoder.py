@@ -17,12 +17,19 @@ import torch
 from .cache import SlotKVCache
 from .config import SamplingParams, SwiftConfig
 from .errors import ContextLengthError, InvalidArgumentError
-from .models import get_adapter
+from .models import DraftHead, get_adapter
 from .optimize import SkipOptimizer, make_optimizer
 from .skipset import SkipSet
 from .stats import GenerationStats
 from .tree import build_tree, widths_from_confidence
-from .verify import greedy_verify, multi_candidate_speculative_sampling, target_probs
+from .verify import (
+    PositionNoise,
+    coupled_sample,
+    greedy_verify,
+    multi_candidate_speculative_sampling,
+    target_probs,
+    warp_logits,
+)
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -91,8 +98,11 @@ class SwiftDecoder:
         self.skip_set = self._parse_skip(skip_set) if skip_set is not None else SkipSet.uniform(self.num_layers)
         # The on-the-fly optimiser (optimize.py): starts from the given set, learns across requests.
         self.optimizer: SkipOptimizer | None = None
+        # Tokens generated over the stream: the draft vocabulary favours them.
+        self.token_counts = torch.zeros(self.adapter.vocab_size, dtype=torch.long)
         if self.config.optimizer.enabled:
-            self.optimizer = make_optimizer(self.adapter, self.config.optimizer, self.skip_set, self.config.max_draft)
+            self.optimizer = make_optimizer(self.adapter, self.config.optimizer, self.skip_set, self.config.max_draft,
+                                            self.config.draft_vocab)
 
     # -- public API ------------------------------------------------------------
     def generate(
@@ -137,9 +147,13 @@ class SwiftDecoder:
             )
         eos = self._parse_eos(eos_token_id)
         skip = self._parse_skip(skip_set) if skip_set is not None else None
+        seed = seed if seed is not None else random.getrandbits(63)
         gen = torch.Generator(device=self.adapter.device)
-        gen.manual_seed(seed if seed is not None else random.getrandbits(63))
-        return GenerationStream(self._decode(ids, max_new_tokens, params, eos, gen, skip))
+        gen.manual_seed(seed)
+        noise = None
+        if not params.greedy and self.config.sampler == "coupled":
+            noise = PositionNoise(seed, self.adapter.vocab_size, self.adapter.device)
+        return GenerationStream(self._decode(ids, max_new_tokens, params, eos, gen, noise, skip))
 
     # -- the loop ------------------------------------------------------------------
     def _decode(
@@ -149,6 +163,7 @@ class SwiftDecoder:
         params: SamplingParams,
         eos: set[int],
         gen: torch.Generator,
+        noise: PositionNoise | None,
         skip_override: SkipSet | None,
     ) -> Generator[list[int], None, GenerationResult]:
         cfg, ad, dev = self.config, self.adapter, self.adapter.device
@@ -158,12 +173,13 @@ class SwiftDecoder:
         P = len(ids)
         window = opt.config.context_window if opt is not None else 0
         cache = SlotKVCache(ad.num_layers, P + max_new + cfg.max_draft * cfg.max_width + window + 2)
+        head = self._draft_head(ids, eos)
 
         # 1. Prefill: the full model reads the prompt and picks the first new token.
         logits = ad.forward(torch.tensor(ids, device=dev), torch.arange(P, device=dev), cache, 0, 0,
                             _causal(P, dev), None, logits_rows=slice(P - 1, P))
         cache.rollback(P)
-        first = self._pick(logits[0], params, gen)
+        first = self._pick(logits[0], params, gen, noise, P)
         tokens = ids + [first]  # committed; the cache holds all but the last
         stats.time_prefill = time.perf_counter() - t_start
         yield [first]
@@ -176,13 +192,13 @@ class SwiftDecoder:
             t0 = time.perf_counter()
             if opt is not None and opt.wants_proposal(n - P):
                 cand = opt.propose()
-                opt.observe(cand, self.matchness(cand, tokens, P, cache, window))
+                opt.observe(cand, self.matchness(cand, tokens, P, cache, window, head))
             skip = skip_override if skip_override is not None else (opt.current() if opt else self.skip_set)
             t1 = time.perf_counter()
 
             # 3. Draft: the layer-skipped model extends the last token while confident.
             budget = min(cfg.max_draft, remaining - 1) if skip is not None else 0
-            draft = self._draft(tokens[-1], n - 1, cache, skip, budget, params, gen)
+            draft = self._draft(tokens[-1], n - 1, cache, skip, head, budget, params, gen, noise)
             t2 = time.perf_counter()
 
             # 4. Tree: siblings per depth from the draft's confidence (memoised shape).
@@ -194,9 +210,14 @@ class SwiftDecoder:
             logits = ad.forward(torch.tensor(tree_tokens, device=dev), (n - 1) + layout.depth.to(dev), cache,
                                 n - 1, n - 1, layout.mask.to(dev), None)
 
-            # 6. Accept: longest agreeing path (greedy) or multi-candidate speculative sampling.
+            # 6. Accept: the longest path agreeing with the target's argmax (greedy) or its
+            #    seeded Gumbel-max sample (coupled); or multi-candidate speculative sampling.
             if params.greedy:
                 accepted, bonus = greedy_verify(tree_tokens, logits.argmax(-1).tolist(), layout)
+            elif noise is not None:
+                g = noise.rows(list(range(n, n + len(widths) + 1)))[layout.depth.to(dev)]
+                accepted, bonus = greedy_verify(tree_tokens, coupled_sample(logits, params, g).tolist(), layout)
+                noise.forget_before(n)
             else:
                 p_nodes = target_probs(logits, params)
                 q = torch.stack(draft.q) if draft.q else p_nodes[:0]
@@ -227,6 +248,7 @@ class SwiftDecoder:
             yield new
 
         stats.new_tokens = len(tokens) - P
+        self.token_counts += torch.bincount(torch.tensor(tokens[P:]), minlength=self.token_counts.numel())
         stats.wall_time = time.perf_counter() - t_start
         stats.time_other = stats.wall_time - (stats.time_prefill + stats.time_draft + stats.time_verify
                                               + stats.time_optimize)
@@ -237,24 +259,34 @@ class SwiftDecoder:
         return GenerationResult(sequences=seq, stats=stats)
 
     # -- pieces of the loop ---------------------------------------------------------
-    def _draft(self, root: int, pos: int, cache: SlotKVCache, skip: SkipSet | None, budget: int,
-               params: SamplingParams, gen: torch.Generator) -> _Draft:
+    def _draft(self, root: int, pos: int, cache: SlotKVCache, skip: SkipSet | None, head: DraftHead | None,
+               budget: int, params: SamplingParams, gen: torch.Generator, noise: PositionNoise | None) -> _Draft:
         """Autoregressive draft from ``root`` at position ``pos``, in slots from ``pos`` on."""
         cfg, ad, dev = self.config, self.adapter, self.adapter.device
         out = _Draft([], [], [])
         tok, one = root, torch.ones(1, 1, dtype=torch.bool, device=dev)
         for d in range(budget):
             logits = ad.forward(torch.tensor([tok], device=dev), torch.tensor([pos + d], device=dev), cache,
-                                pos + d, pos + d, one, skip)[0]
+                                pos + d, pos + d, one, skip, head=head)[0]
             if params.greedy:
-                top = torch.topk(logits.softmax(-1), cfg.max_width)
-                conf, cands = float(top.values[0]), top.indices.tolist()
+                top = torch.topk(logits.softmax(-1), min(cfg.max_width, logits.shape[-1]))
+                conf, idx = float(top.values[0]), top.indices
+            elif noise is not None:  # propose with the noise the target will use at this position
+                w = warp_logits(logits, params)
+                g = noise.at(pos + d + 1)
+                scores = w + (g if head is None else g[head.token_ids])
+                k = min(cfg.max_width, int(torch.isfinite(w).sum()))
+                idx = torch.topk(scores, k).indices
+                conf = float(w.softmax(-1).max())
             else:
-                q = target_probs(logits, params)
+                q = target_probs(logits, params)  # over the draft vocabulary
                 k = min(cfg.max_width, int((q > 0).sum()))
-                cands = torch.multinomial(q, k, replacement=False, generator=gen).tolist()
+                idx = torch.multinomial(q, k, replacement=False, generator=gen)
                 conf = float(q.max())
+                if head is not None:  # back to the full vocabulary for verification
+                    q = q.new_zeros(self.adapter.vocab_size).index_copy_(0, head.token_ids, q)
                 out.q.append(q)
+            cands = (head.token_ids[idx] if head is not None else idx).tolist()
             out.cands.append(cands)
             out.top1.append(conf)
             tok = cands[0]
@@ -268,13 +300,16 @@ class SwiftDecoder:
             return (1,) * len(top1)
         return widths_from_confidence(top1, cfg.tree_thresholds, cfg.tree_widths, cfg.max_width)
 
-    def _pick(self, logits: torch.Tensor, params: SamplingParams, gen: torch.Generator) -> int:
+    def _pick(self, logits: torch.Tensor, params: SamplingParams, gen: torch.Generator,
+              noise: PositionNoise | None, position: int) -> int:
         if params.greedy:
             return int(logits.argmax())
+        if noise is not None:
+            return int(coupled_sample(logits, params, noise.at(position)))
         return int(torch.multinomial(target_probs(logits, params), 1, generator=gen))
 
     def matchness(self, skip: SkipSet, tokens: list[int], prompt_len: int, cache: SlotKVCache,
-                  window: int) -> float:
+                  window: int, head: DraftHead | None = None) -> float:
         """Share of the first ``window`` generated tokens the draft predicts from the prompt cache.
 
         One parallel draft forward over generated tokens g_1..g_w at their own
@@ -288,9 +323,23 @@ class SwiftDecoder:
             return 0.0
         logits = self.adapter.forward(
             torch.tensor(gen_toks[:-1], device=dev), torch.arange(prompt_len, prompt_len + w, device=dev), cache,
-            cache.length, prompt_len, _causal(w, dev), skip)
+            cache.length, prompt_len, _causal(w, dev), skip, head=head)
+        pred = logits.argmax(-1)
+        if head is not None:
+            pred = head.token_ids[pred]
         target = torch.tensor(gen_toks[1:], device=dev)
-        return float((logits.argmax(-1) == target).float().mean())
+        return float((pred == target).float().mean())
+
+    def _draft_head(self, prompt: list[int], eos: set[int]) -> DraftHead | None:
+        """The draft's vocabulary for one request: prompt and EOS tokens, then tokens the
+        stream has generated (most frequent first), then the lowest ids."""
+        V, K = self.adapter.vocab_size, self.config.draft_vocab
+        if K == 0 or K >= V:
+            return None
+        score = self.token_counts.double() + 1.0 - torch.arange(V, dtype=torch.double) / V
+        score[torch.tensor(prompt + sorted(eos), dtype=torch.long)] = float("inf")
+        ids = torch.topk(score, K).indices.sort().values
+        return self.adapter.draft_head(ids)
 
     # -- input parsing ------------------------------------------------------------------
     def _parse_prompt(self, input_ids: torch.Tensor | Sequence[int] | str) -> list[int]:

@@ -8,6 +8,15 @@ Glossary (as in the SWIFT paper and vLLM's rejection sampler):
 
 ``p`` is the target distribution, ``q`` the draft distribution, both after the
 same temperature / top-k / top-p warp, so sampling preserves ``p`` exactly.
+
+Two exact samplers are offered for temperature > 0:
+- ``coupled`` (default): every position t has its own Gumbel noise g_t, drawn
+  from (seed, t). The target's token is argmax(warped logits + g_t), an exact
+  sample from p (the Gumbel-max trick); the draft proposes with the same g_t, so
+  it tends to agree when q is close to p. Verification is then the greedy
+  verifier over these noisy argmaxes, and the output depends only on the seed:
+  not on the skip set, the tree or the optimiser's state.
+- ``rejection``: the paper's multi-candidate speculative sampling (below).
 """
 
 from __future__ import annotations
@@ -41,6 +50,43 @@ def warp_logits(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
 def target_probs(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
     """[..., V] logits -> [..., V] probabilities of the warped distribution."""
     return warp_logits(logits.float(), params).softmax(dim=-1)
+
+
+class PositionNoise:
+    """Gumbel noise per absolute position, a pure function of (seed, position).
+
+    Keeps the few positions a step looks at; ``forget_before`` drops the rest.
+    """
+
+    def __init__(self, seed: int, vocab: int, device: torch.device) -> None:
+        self.seed, self.vocab, self.device = seed, vocab, device
+        self._cache: dict[int, torch.Tensor] = {}
+
+    def at(self, position: int) -> torch.Tensor:
+        """[V] Gumbel(0, 1) noise for the token at ``position``."""
+        g = self._cache.get(position)
+        if g is None:
+            gen = torch.Generator(device=self.device)
+            gen.manual_seed((self.seed * 1_000_003 + position) % (2**63 - 1))
+            u = torch.rand(self.vocab, generator=gen, device=self.device).clamp_(min=1e-20)
+            g = self._cache[position] = -torch.log(-torch.log(u))
+        return g
+
+    def rows(self, positions: list[int]) -> torch.Tensor:
+        """[len(positions), V]"""
+        return torch.stack([self.at(p) for p in positions])
+
+    def forget_before(self, position: int) -> None:
+        for p in [p for p in self._cache if p < position]:
+            del self._cache[p]
+
+
+def coupled_sample(logits: torch.Tensor, params: SamplingParams, noise: torch.Tensor) -> torch.Tensor:
+    """Gumbel-max sampling: argmax(warped logits + noise), an exact sample of p per row.
+
+    logits, noise: [..., V] -> [...] token ids.
+    """
+    return (warp_logits(logits.float(), params) + noise).argmax(dim=-1)
 
 
 def greedy_verify(
