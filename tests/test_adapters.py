@@ -12,15 +12,6 @@ from swiftsd.tree import build_tree
 from tiny import ARCHS, tiny_model
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run faster on one thread than on two (and do not spin against other jobs)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield n
-    torch.set_num_threads(n)
-
-
 ATOL = 1e-5  # fp32; the adapter calls the very same modules, only rounding-order noise is allowed
 PROMPT = 40  # longer than the Gemma sliding window (24) of the tiny configs, so the window matters
 

@@ -16,15 +16,6 @@ from swiftsd.config import SamplingParams
 from tiny_cli import byte_tokenizer, save_tiny_model_dir
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run faster on one thread than on two (and do not spin against other jobs)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield n
-    torch.set_num_threads(n)
-
-
 PROMPT = "Once upon a time, naïve café 日本"
 
 

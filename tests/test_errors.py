@@ -25,15 +25,6 @@ from tiny import tiny_model
 from tiny_cli import save_tiny_model_dir
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run faster on one thread than on two (and do not spin against other jobs)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield n
-    torch.set_num_threads(n)
-
-
 CONTEXT = 1024  # max_position_embeddings of the tiny models
 
 

@@ -23,15 +23,6 @@ from swiftsd import SkipSet, SwiftDecoder
 from tiny import ARCHS, tiny_model
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run faster on one thread than on two (and do not spin against other jobs)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield n
-    torch.set_num_threads(n)
-
-
 L = 6  # layers of the tiny models
 VOCAB = 97
 

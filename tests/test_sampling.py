@@ -25,15 +25,6 @@ from swiftsd.verify import multi_candidate_speculative_sampling, target_probs, w
 from tiny import tiny_model
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run faster on one thread than on two (and do not spin against other jobs)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield n
-    torch.set_num_threads(n)
-
-
 P_MIN = 1e-3
 
 
