@@ -167,7 +167,8 @@ def test_measure_draft_cost_reports_c() -> None:
 
     dec = SwiftDecoder(tiny_model("qwen2", seed=0), optimizer=False)
     r = measure_draft_cost(dec, {"attn": [1, 2], "mlp": [3]}, n=3, context=16, warmup=1, verify_sizes=(2, 40))
-    assert r["c"] == pytest.approx(r["draft_ms"] / r["full_ms"])
+    assert r["c_of_medians"] == pytest.approx(r["draft_ms"] / r["full_ms"])
+    assert r["c"] > 0
     assert r["full_ms"] > 0 and r["draft_ms"] > 0
     assert r["skipped_sublayers"] == 3 and r["total_sublayers"] == 12
     assert set(r["verify_relative"]) == {2, 40} and all(v > 0 for v in r["verify_relative"].values())

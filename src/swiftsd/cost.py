@@ -41,8 +41,9 @@ def measure_draft_cost(
 
     Both forwards are decode steps exactly as the decode loop runs them: one
     token, attending ``context`` cached tokens, LM head included. Full and
-    draft runs alternate so slow drift of the machine (other jobs, clocks)
-    hits both alike. ``verify_sizes`` also times one full forward over a
+    draft runs alternate, and c is the median of the ratios of adjacent
+    (draft, full) pairs: on a shared machine other jobs come and go, and an
+    adjacent pair sees the same load where two separate medians need not. ``verify_sizes`` also times one full forward over a
     causal block of each size (a chain-shaped verification tree), reported
     relative to the single-token full forward.
     """
@@ -86,6 +87,7 @@ def measure_draft_cost(
         for times, fn in order:
             times.append(timed(fn))
     full_s, draft_s = statistics.median(full), statistics.median(draft)
+    c = statistics.median(d / f for d, f in zip(draft, full))
 
     verify: dict[int, float] = {}
     for size in verify_sizes:
@@ -98,7 +100,8 @@ def measure_draft_cost(
         verify[int(size)] = statistics.median(timed(fn) for _ in range(n)) / full_s
 
     return {
-        "c": draft_s / full_s,
+        "c": c,  # median of paired draft/full ratios
+        "c_of_medians": draft_s / full_s,
         "full_ms": 1e3 * full_s,
         "draft_ms": 1e3 * draft_s,
         "skip_set": skip.to_dict(),
