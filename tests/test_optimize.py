@@ -179,7 +179,8 @@ def test_search_finds_planted_set_and_ratio_cost_aware():
         return 0.9 * 0.3 ** outside
 
     for seed in range(3):
-        cfg = OptimizerConfig(context_window=4, max_opt_iter=300, max_tolerance_iter=300, seed=seed)
+        cfg = OptimizerConfig(context_window=4, max_opt_iter=300, max_tolerance_iter=300, seed=seed,
+                              calibrate_acceptance=False)  # the synthetic loop's acceptance means nothing
         opt = SkipOptimizer(L, cfg, costs=synthetic_costs(L, 0.05))
         d = Driver(opt, score)
         while not opt.done() and opt.best()[0] != planted:
@@ -288,6 +289,40 @@ def test_no_fallback_when_draft_pays():
     d.request(80, step_time=lambda s: 1.2, accept=lambda s: (3, 4))  # 4 tokens per 1.2 plain steps
     assert opt.state.phase == ACCELERATE and opt.current() == opt.best()[0]
     assert opt.predict().speedup > 1.0 and opt.measured_speedup() == pytest.approx(4 / 1.2)
+
+
+def test_gives_up_when_nothing_pays_unless_measured():
+    L = 8
+    cfg = OptimizerConfig(context_window=4, give_up_after=20, max_opt_iter=500, max_tolerance_iter=500)
+    opt = SkipOptimizer(L, cfg, costs=synthetic_costs(L, 0.98))
+    Driver(opt, lambda s: 0.8).request(60)
+    assert opt.state.stop_reason == "cannot_pay" and opt.state.iterations == 20 and opt.state.phase == PLAIN
+    # the prediction turns pessimistic, but the loop measures a speed-up: keep searching, keep drafting
+    cfg = OptimizerConfig(context_window=4, give_up_after=20, max_opt_iter=500, max_tolerance_iter=500,
+                          calibrate_acceptance=False, calibrate_every=0)
+    opt = SkipOptimizer(L, cfg, costs=synthetic_costs(L, 0.3))
+    d = Driver(opt, lambda s: 0.8 if s == opt.start else 0.1)  # nothing beats the start set
+    d.request(30, step_time=lambda s: 1.0, accept=lambda s: (3, 4))
+    assert opt.measured_speedup() == pytest.approx(4.0)
+    opt._costs = synthetic_costs(L, 0.98)
+    assert opt.predict().speedup < 1.0
+    d.request(60, step_time=lambda s: 1.0, accept=lambda s: (3, 4))
+    assert opt.state.stop_reason is None and opt.state.iterations > 20 and opt.current() == opt.start
+
+
+def test_acceptance_calibration():
+    """The loop accepts more than matchness says (tree, confidence stop): predictions are fitted to it."""
+    from swiftsd.optimize import effective_acceptance
+
+    L = 8
+    cfg = OptimizerConfig(context_window=4, max_opt_iter=5, max_tolerance_iter=5, drift=False, fallback=False)
+    opt = SkipOptimizer(L, cfg, costs=synthetic_costs(L, 0.3))
+    Driver(opt, lambda s: 0.6).request(60, accept=lambda s: (3, 4))  # 4 tokens per 4-token draft
+    alpha = effective_acceptance(4.0, 4.0)
+    assert expected_tokens(alpha, 4.0) == pytest.approx(4.0, abs=1e-6)
+    assert opt.state.miss_scale == pytest.approx((1 - alpha) / (1 - 0.6))
+    assert opt.acceptance(0.6) == pytest.approx(alpha) and opt.predict().acceptance == pytest.approx(alpha)
+    assert opt.acceptance(0.9) > opt.acceptance(0.6)
 
 
 def test_measured_fallback_engages_and_probe_disengages():

@@ -34,6 +34,7 @@ class OptimizerConfig:
     measure_window: int = 32  # drafted steps in the rolling measured speed-up
     probe_interval: int = 256  # plain steps before re-trying the best set (doubles after a failed probe)
     probe_steps: int = 16  # drafted steps a probe runs
+    calibrate_acceptance: bool = True  # fit predicted acceptance to the loop's (tree, confidence stop)
     calibrate_every: int = 16  # one plain step in this many while drafting times the baseline (0 = never)
     max_opt_share: float = 0.25  # at most this share of decoding time goes to scoring proposals (1 = no cap)
     give_up_after: int = 100  # stop searching after this many proposals if no set predicts min_speedup (0 = never)

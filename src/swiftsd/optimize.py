@@ -67,7 +67,7 @@ class Prediction:
     acceptance: float  # α used (the set's matchness)
 
 
-def expected_tokens(alpha: float, k: int) -> float:
+def expected_tokens(alpha: float, k: float) -> float:
     """Tokens one round commits when each of k drafted tokens is accepted with prob. α, i.i.d.
 
     (accepted prefix + the bonus token): sum_{i=0..k} α^i = (1 − α^(k+1)) / (1 − α).
@@ -75,6 +75,20 @@ def expected_tokens(alpha: float, k: int) -> float:
     if alpha >= 1.0:
         return float(k + 1)
     return (1.0 - alpha ** (k + 1)) / (1.0 - alpha)
+
+
+def effective_acceptance(tokens_per_round: float, draft_len: float) -> float:
+    """The α for which ``expected_tokens(α, draft_len)`` equals an observed mean (bisection)."""
+    if tokens_per_round >= draft_len + 1:
+        return 1.0
+    lo, hi = 0.0, 1.0
+    for _ in range(50):
+        mid = (lo + hi) / 2
+        if expected_tokens(mid, draft_len) < tokens_per_round:
+            lo = mid
+        else:
+            hi = mid
+    return lo
 
 
 @dataclass(frozen=True)
@@ -392,6 +406,7 @@ class OptimizerState:
     best_stale: bool = True  # best not yet scored on the current request's window
     stop_reason: str | None = None
     nodes_per_depth: float = 1.0  # tree nodes verified per drafted depth (EMA)
+    miss_scale: float = 1.0  # calibration: acceptance α = 1 − miss_scale·(1 − matchness)
     baseline_acceptance: float | None = None  # rolling acceptance right after the search stopped
     plain_steps_since_probe: int = 0
     probe_interval: int = 0
@@ -435,6 +450,7 @@ class SkipOptimizer:
         self._step_eval: Evaluation | None = None
         self._last_n = 0
         self._speed = _Rolling(cfg.measure_window)  # (tokens, seconds) of drafted steps with the best set
+        self._rounds = _Rolling(cfg.measure_window)  # (tokens, drafted) of the same steps
         self._plain_times: deque[float] = deque(maxlen=32)
         self._accept = _Rolling(cfg.drift_window)  # (accepted, drafted)
         self._opt_time_seen = 0.0
@@ -517,6 +533,7 @@ class SkipOptimizer:
             if improved:
                 if skip != st.best:
                     self._speed.clear()
+                    self._rounds.clear()
                 st.best, st.best_matchness, st.best_objective = skip, float(matchness), value
                 st.since_improvement = 0
             else:
@@ -566,6 +583,8 @@ class SkipOptimizer:
             tree = stats.tree_sizes[-1] if stats.tree_sizes else 1 + drafted
             st.nodes_per_depth = 0.9 * st.nodes_per_depth + 0.1 * max(1.0, (tree - 1) / drafted)
             self._accept.add(accepted, drafted)
+            self._rounds.add(accepted + 1, drafted)
+            self._calibrate()
             if step_time is not None:
                 self._speed.add(accepted + 1, step_time)
         elif step_time is not None:
@@ -575,6 +594,29 @@ class SkipOptimizer:
         self._step_eval = None
 
     # -- predictions -----------------------------------------------------------------
+    def _calibrate(self) -> None:
+        """Fit ``miss_scale`` so the model's tokens per round match the loop's with the best set.
+
+        Matchness is top-1 agreement; the loop also accepts siblings from the tree and stops
+        drafting when unsure, so its acceptance is higher. From the last ``measure_window``
+        drafted steps with the best set (mean draft length k̄, mean tokens per step T̄), find
+        α_eff with E(α_eff, k̄) = T̄ and set ``miss_scale = (1 − α_eff) / (1 − matchness)``;
+        predictions then use α = 1 − miss_scale·(1 − matchness) for every set.
+        """
+        st = self.state
+        m = st.best_matchness
+        if not self.config.calibrate_acceptance or m is None or m >= 1.0 or len(self._rounds) < 16:
+            return
+        n = len(self._rounds)
+        tokens = sum(t for t, _ in self._rounds.items) / n
+        k = sum(d for _, d in self._rounds.items) / n
+        alpha = effective_acceptance(tokens, k)
+        st.miss_scale = min(max((1.0 - alpha) / (1.0 - m), 0.05), 2.0)
+
+    def acceptance(self, matchness: float) -> float:
+        """Calibrated per-token acceptance for a set of this matchness."""
+        return min(max(1.0 - self.state.miss_scale * (1.0 - matchness), 0.0), 1.0)
+
     def objective(self, skip: SkipSet, matchness: float) -> float:
         """What keep-if-better maximises: matchness (paper) or the predicted speed-up.
 
@@ -586,7 +628,7 @@ class SkipOptimizer:
         costs = self.costs
         if self.config.objective == "matchness" or costs is None:
             return float(matchness)
-        p = costs.predict(matchness, skip, self.max_draft, self.state.nodes_per_depth)
+        p = costs.predict(self.acceptance(matchness), skip, self.max_draft, self.state.nodes_per_depth)
         return p.speedup if p.speedup >= self.config.min_speedup else p.acceptance * p.speedup
 
     def predict(self, skip: SkipSet | None = None, matchness: float | None = None) -> Prediction | None:
@@ -597,7 +639,7 @@ class SkipOptimizer:
         costs = self.costs if m is not None else None
         if costs is None or m is None:
             return None
-        return costs.predict(m, skip, self.max_draft, st.nodes_per_depth)
+        return costs.predict(self.acceptance(m), skip, self.max_draft, st.nodes_per_depth)
 
     def measured_speedup(self) -> float | None:
         """Rolling tokens/s of drafted steps with the best set over tokens/s of plain steps."""
@@ -661,7 +703,10 @@ class SkipOptimizer:
         st.phase, st.probing, st.plain_steps_since_probe = PLAIN, 0, 0
 
     def _pays(self) -> bool:
-        """Does the best set's prediction reach ``min_speedup``?"""
+        """Does the best set reach ``min_speedup``, measured (if measured) or predicted?"""
+        measured = self.measured_speedup()
+        if measured is not None:
+            return measured >= self.config.min_speedup
         pred = self.predict()
         return pred is not None and pred.speedup >= self.config.min_speedup
 
@@ -731,6 +776,7 @@ class SkipOptimizer:
             "best_size": len(st.best), "drafted": drafted, "accepted": accepted,
             "step_time": step_time, "acceptance": self.rolling_acceptance(),
             "predicted_speedup": pred.speedup if pred else None, "measured_speedup": self.measured_speedup(),
+            "miss_scale": st.miss_scale,
         }
 
     # -- views ---------------------------------------------------------------------------
@@ -752,6 +798,7 @@ class SkipOptimizer:
             "draft_cost": costs.draft_cost(st.best) if costs else None,
             "measured_speedup": self.measured_speedup(), "acceptance": self.rolling_acceptance(),
             "baseline_acceptance": st.baseline_acceptance, "nodes_per_depth": st.nodes_per_depth,
+            "miss_scale": st.miss_scale,
             "probes": st.probes, "drift_reopenings": st.drift_reopenings,
             "time_optimizing": st.time_optimizing, "time_decoding": st.time_decoding,
             "time_measuring_costs": st.time_measuring,

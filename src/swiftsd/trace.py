@@ -61,6 +61,11 @@ def read_trace(path: str | Path) -> dict[str, Any]:
     return doc
 
 
+def _series(steps: list[dict[str, Any]], key: str) -> list[float]:
+    """Values per step, NaN where missing, so lines break instead of bridging gaps."""
+    return [float("nan") if s.get(key) is None else float(s[key]) for s in steps]
+
+
 def _spans(xs: list[int], labels: list[str]) -> list[tuple[int, int, str]]:
     out: list[tuple[int, int, str]] = []
     for x, lab in zip(xs, labels):
@@ -97,17 +102,15 @@ def plot_trace(doc: dict[str, Any], out: str | Path, title: str | None = None) -
                and s.get("matchness") is not None]
         if pts:
             ax.scatter(*zip(*pts), s=7, color=colour, label=src, zorder=3)
-    best = [(xi, s["best_matchness"]) for xi, s in zip(x, steps) if s.get("best_matchness") is not None]
-    if best:
-        ax.plot(*zip(*best), color="black", lw=1.2, label="best set", zorder=4)
+    if any(s.get("best_matchness") is not None for s in steps):
+        ax.plot(x, _series(steps, "best_matchness"), color="black", lw=1.2, label="best set", zorder=4)
     ax.set_ylabel("matchness")
     ax.set_ylim(-0.02, 1.02)
     ax.legend(loc="lower right", fontsize=7, ncol=3)
 
     ax = axes[1]
-    acc = [(xi, s["acceptance"]) for xi, s in zip(x, steps) if s.get("acceptance") is not None]
-    if acc:
-        ax.plot(*zip(*acc), color="#1f77b4", lw=1.2, label="rolling acceptance")
+    if any(s.get("acceptance") is not None for s in steps):
+        ax.plot(x, _series(steps, "acceptance"), color="#1f77b4", lw=1.2, label="rolling acceptance")
     ax.set_ylabel("acceptance")
     ax.set_ylim(-0.02, 1.02)
     ax.legend(loc="lower right", fontsize=7)
@@ -115,9 +118,8 @@ def plot_trace(doc: dict[str, Any], out: str | Path, title: str | None = None) -
     ax = axes[2]
     for key, colour, label in (("predicted_speedup", "#ff7f0e", "predicted"), ("measured_speedup", "#2ca02c",
                                                                              "measured (rolling)")):
-        pts = [(xi, s[key]) for xi, s in zip(x, steps) if s.get(key) is not None]
-        if pts:
-            ax.plot(*zip(*pts), color=colour, lw=1.2, label=label)
+        if any(s.get(key) is not None for s in steps):
+            ax.plot(x, _series(steps, key), color=colour, lw=1.2, label=label)
     ax.axhline(1.0, color="black", lw=0.8, ls="--")
     ax.set_ylabel("speed-up vs plain")
     ax.set_xlabel("decoding step (grey lines: request boundaries; shading: search / accelerate / plain)")
