@@ -41,7 +41,8 @@ class Driver:
         self.opt, self.score = opt, score
         self.evaluations = 0
 
-    def request(self, steps: int, step_time=lambda skip: 1.0, accept=lambda skip: (1, 2)) -> GenerationStats:
+    def request(self, steps: int, step_time=lambda skip: 1.0, accept=lambda skip: (1, 2),
+                eval_time: float = 0.0) -> GenerationStats:
         opt, stats = self.opt, GenerationStats()
         n = 1
         for _ in range(steps):
@@ -49,6 +50,7 @@ class Driver:
                 cand = opt.propose()
                 opt.observe(cand, self.score(cand))
                 self.evaluations += 1
+                stats.time_optimize += eval_time
             skip = opt.current()
             acc, drafted = accept(skip) if skip is not None else (0, 0)
             stats.steps += 1
@@ -238,6 +240,26 @@ def test_waits_for_the_window_and_persists_across_requests():
 # ------------------------------------------------------------------------------------------
 # cost model
 # ------------------------------------------------------------------------------------------
+def test_search_time_budget_per_request():
+    """Scoring a proposal costs 3 plain steps here; the search gets at most 25 % of each request."""
+    cfg = OptimizerConfig.reference(context_window=4, max_opt_share=0.25, max_opt_iter=10_000,
+                                    max_tolerance_iter=10_000)
+    opt = SkipOptimizer(8, cfg)
+    d = Driver(opt, lambda s: 0.3)
+    for _ in range(3):
+        before = d.evaluations
+        d.request(120, eval_time=3.0)
+        evals = d.evaluations - before
+        # searched <= 1/3 of decoding (120 steps of 1 s), give or take the evaluation that crosses it
+        assert 3.0 * (evals - 1) <= 120 / 3 and evals >= 10
+    unlimited = SkipOptimizer(8, OptimizerConfig.reference(context_window=4, max_opt_iter=10_000,
+                                                           max_tolerance_iter=10_000))
+    d = Driver(unlimited, lambda s: 0.3)
+    d.request(120, eval_time=3.0)
+    # the paper: one proposal every step once n_generated > window + 1 (n = 1, 3, 5, 7, ...: from step 4)
+    assert d.evaluations == 120 - 3
+
+
 def test_cost_model_prediction_matches_formula():
     costs = CostModel(full_step=0.1, attn=0.001, mlp=0.004, lm_head=0.02, fixed=0.01, draft_extra=0.002,
                       verify_sizes=(1, 2, 4, 8), verify_times=(0.1, 0.15, 0.2, 0.3), num_layers=10)

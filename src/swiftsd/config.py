@@ -32,9 +32,10 @@ class OptimizerConfig:
     fallback: bool = True  # never slower: decode plainly while the draft cannot pay
     min_speedup: float = 1.0  # predicted / measured speed-up under which the draft is not used
     measure_window: int = 32  # drafted steps in the rolling measured speed-up
-    probe_interval: int = 256  # plain steps before re-trying the best set (doubles after a failed probe)
+    probe_interval: int = 64  # plain steps before re-trying the best set (doubles after a failed probe)
     probe_steps: int = 16  # drafted steps a probe runs
     calibrate_acceptance: bool = True  # fit predicted acceptance to the loop's (tree, confidence stop)
+    miss_scale_prior: float = 0.5  # acceptance miss rate / matchness miss rate before the loop has drafted
     calibrate_every: int = 16  # one plain step in this many while drafting times the baseline (0 = never)
     max_opt_share: float = 0.25  # at most this share of decoding time goes to scoring proposals (1 = no cap)
     give_up_after: int = 100  # stop searching after this many proposals if no set predicts min_speedup (0 = never)
@@ -69,6 +70,8 @@ class OptimizerConfig:
         lo_hi = self.ratio_range
         if len(lo_hi) != 2 or not 0.0 < lo_hi[0] <= lo_hi[1] <= 1.0:
             raise InvalidArgumentError(f"optimizer ratio_range must be (low, high) with 0 < low <= high <= 1, got {lo_hi}")
+        if not 0.0 < self.miss_scale_prior <= 2.0:
+            raise InvalidArgumentError(f"optimizer miss_scale_prior must be in (0, 2], got {self.miss_scale_prior!r}")
         if self.gp_alpha <= 0 or self.kappa < 0 or self.bayes_n_smart < 0 or self.gp_restarts < 0:
             raise InvalidArgumentError("optimizer gp_alpha must be > 0 and kappa, bayes_n_smart, gp_restarts >= 0")
 

@@ -406,7 +406,7 @@ class OptimizerState:
     best_stale: bool = True  # best not yet scored on the current request's window
     stop_reason: str | None = None
     nodes_per_depth: float = 1.0  # tree nodes verified per drafted depth (EMA)
-    miss_scale: float = 1.0  # calibration: acceptance α = 1 − miss_scale·(1 − matchness)
+    miss_scale: float = 1.0  # calibration: acceptance α = 1 − miss_scale·(1 − matchness); starts at the prior
     baseline_acceptance: float | None = None  # rolling acceptance right after the search stopped
     plain_steps_since_probe: int = 0
     probe_interval: int = 0
@@ -416,6 +416,8 @@ class OptimizerState:
     time_optimizing: float = 0.0  # seconds in step 2 (proposal + matchness), all requests
     time_decoding: float = 0.0  # seconds in steps 3-7 (draft, verify, commit), all requests
     time_measuring: float = 0.0  # seconds measuring device costs (once, inside time_optimizing)
+    request_optimizing: float = 0.0  # this request's search seconds (cost measurement excluded)
+    request_decoding: float = 0.0  # this request's seconds in steps 3-7
 
 
 class SkipOptimizer:
@@ -442,7 +444,8 @@ class SkipOptimizer:
     def reset(self) -> None:
         """Forget everything learnt (keeps the device cost model: the device did not change)."""
         cfg = self.config
-        self.state = OptimizerState(best=self.start, probe_interval=cfg.probe_interval)
+        self.state = OptimizerState(best=self.start, probe_interval=cfg.probe_interval,
+                                    miss_scale=cfg.miss_scale_prior if cfg.calibrate_acceptance else 1.0)
         self.history: list[Evaluation] = []
         self.rng = np.random.default_rng(cfg.seed)
         self._new_round_strategies()
@@ -454,7 +457,7 @@ class SkipOptimizer:
         self._plain_times: deque[float] = deque(maxlen=32)
         self._accept = _Rolling(cfg.drift_window)  # (accepted, drafted)
         self._opt_time_seen = 0.0
-        self._stats_id: int | None = None
+        self._measuring_seen = 0.0
         if not cfg.enabled:
             self.state.phase = ACCELERATE
 
@@ -493,9 +496,9 @@ class SkipOptimizer:
         st, cfg = self.state, self.config
         if st.phase != SEARCH or n_generated <= cfg.context_window + 1:
             return False
-        searched = st.time_optimizing - st.time_measuring  # the one-off cost measurement is not search
-        if cfg.max_opt_share < 1.0 and searched > cfg.max_opt_share / (1.0 - cfg.max_opt_share) * st.time_decoding:
-            return False  # over the time budget: decode now, search on a later step
+        share = cfg.max_opt_share
+        if share < 1.0 and st.request_optimizing > share / (1.0 - share) * st.request_decoding:
+            return False  # over this request's time budget: decode now, search on a later step
         return (n_generated - cfg.context_window - 2) % cfg.opt_interval == 0 or st.best_stale
 
     def propose(self) -> SkipSet:
@@ -574,11 +577,13 @@ class SkipOptimizer:
         """After each step: rolling speed / acceptance, fallback and drift decisions, a trace record."""
         st = self.state
         st.steps += 1
-        if id(stats) != self._stats_id:
-            self._stats_id, self._opt_time_seen = id(stats), 0.0
-        st.time_optimizing += stats.time_optimize - self._opt_time_seen
+        spent = stats.time_optimize - self._opt_time_seen
         self._opt_time_seen = stats.time_optimize
+        st.time_optimizing += spent
+        st.request_optimizing += spent - (st.time_measuring - self._measuring_seen)
+        self._measuring_seen = st.time_measuring
         st.time_decoding += step_time or 0.0
+        st.request_decoding += step_time or 0.0
         if drafted > 0:
             tree = stats.tree_sizes[-1] if stats.tree_sizes else 1 + drafted
             st.nodes_per_depth = 0.9 * st.nodes_per_depth + 0.1 * max(1.0, (tree - 1) / drafted)
@@ -662,6 +667,8 @@ class SkipOptimizer:
     def _begin_request(self) -> None:
         st = self.state
         st.requests += 1
+        st.request_optimizing = st.request_decoding = 0.0
+        self._opt_time_seen = 0.0  # stats.time_optimize restarts with each request
         st.best_stale = True
         self._last_n = 0
 
