@@ -114,11 +114,12 @@ def cost_table() -> dict:
     return out
 
 
-def compare_runs(skip: SkipSet, max_new: int) -> list[dict]:
+def compare_runs(skip: SkipSet, max_new: int, n_prompts: int) -> list[dict]:
     runs = []
-    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"), OMP_NUM_THREADS=str(torch.get_num_threads()))
+    ids = TIMED_IDS[:n_prompts]
     for dtype in ("bfloat16", "float32"):
-        for qid, text in zip(TIMED_IDS, questions(TIMED_IDS)):
+        for qid, text in zip(ids, questions(ids)):
             cmd = ["flock", LOCK, sys.executable, "-m", "swiftsd.cli", "generate", "--model", MODEL,
                    "--dtype", dtype, "--device", "cpu", "--chat", "--prompt", text, "--max-new-tokens", str(max_new),
                    "--skip-set", skip.to_json(), "--compare", "--json"]
@@ -138,7 +139,12 @@ def main() -> None:
     ap.add_argument("--select-tokens", type=int, default=64)
     ap.add_argument("--skip-set", default=None, help="skip the selection rule; use this JSON set")
     ap.add_argument("--resume", action="store_true", help="keep the phases already in the JSON file")
+    ap.add_argument("--prompts", type=int, default=len(TIMED_IDS), help="timed prompts per dtype")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads here and in the timed subprocesses (1: one core per job, so a "
+                         "neighbouring job on the other core does not skew the ratio)")
     args = ap.parse_args()
+    torch.set_num_threads(args.threads)
     report: dict = json.loads(OUT.read_text()) if args.resume and OUT.is_file() else {}
     report.update(model=MODEL, machine=machine(), date=time.strftime("%Y-%m-%d"))
     if "matchness" not in report:
@@ -156,7 +162,7 @@ def main() -> None:
         print(f"{dtype} verify block / single token: {table['verify_relative']}", flush=True)
     chosen = SkipSet.from_json(args.skip_set) if args.skip_set else CANDIDATES[pick(report)]
     report["chosen"] = chosen.to_dict()
-    report["runs"] = compare_runs(chosen, args.max_new_tokens)
+    report["runs"] = compare_runs(chosen, args.max_new_tokens, args.prompts)
     OUT.write_text(json.dumps(report, indent=2))
     print(f"wrote {OUT}")
 

@@ -169,6 +169,8 @@ def write_report(out: Path, stem: str, records: Sequence[Record], rows: Sequence
 def render_markdown(records: Sequence[Record], rows: Sequence[Row], meta: dict[str, Any], greedy: bool,
                     unavailable: dict[str, str], stem: str = "") -> str:
     hw = meta.get("gpu") or f"{meta.get('cpu')} ({meta.get('cpu_cores')} cores)"
+    if not meta.get("gpu") and meta.get("torch_threads"):
+        hw += f", {meta['torch_threads']} torch thread(s)"
     mode = "greedy" if greedy else f"sampling, temperature {meta.get('temperature')}"
     overall = [r for r in rows if r.category == OVERALL]
     return (
