@@ -37,7 +37,7 @@ class OptimizerConfig:
     calibrate_acceptance: bool = True  # fit predicted acceptance to the loop's (tree, confidence stop)
     miss_scale_prior: float = 0.5  # acceptance miss rate / matchness miss rate before the loop has drafted
     calibrate_every: int = 16  # one plain step in this many while drafting times the baseline (0 = never)
-    max_opt_share: float = 0.25  # at most this share of decoding time goes to scoring proposals (1 = no cap)
+    max_opt_share: float = 0.05  # at most this share of each request's decoding time scores proposals (1 = no cap)
     give_up_after: int = 100  # stop searching after this many proposals if no set predicts min_speedup (0 = never)
     drift: bool = True  # re-open the search when acceptance falls well below its value at stop
     drift_window: int = 32  # drafted steps in the rolling acceptance
