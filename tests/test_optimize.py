@@ -243,7 +243,7 @@ def test_waits_for_the_window_and_persists_across_requests():
 def test_search_time_budget_per_request():
     """Scoring a proposal costs 3 plain steps here; the search gets at most 25 % of each request."""
     cfg = OptimizerConfig.reference(context_window=4, max_opt_share=0.25, max_opt_iter=10_000,
-                                    max_tolerance_iter=10_000)
+                                    max_tolerance_iter=10_000, budget_decay=1.0)
     opt = SkipOptimizer(8, cfg)
     d = Driver(opt, lambda s: 0.3)
     for _ in range(3):
@@ -258,6 +258,25 @@ def test_search_time_budget_per_request():
     d.request(120, eval_time=3.0)
     # the paper: one proposal every step once n_generated > window + 1 (n = 1, 3, 5, 7, ...: from step 4)
     assert d.evaluations == 120 - 3
+
+
+def test_search_budget_decays_while_nothing_pays():
+    """No set can pay (synthetic costs: c = 1): each request searches about half as long as the last."""
+    cfg = OptimizerConfig(context_window=4, max_opt_share=0.25, budget_decay=0.5, give_up_after=0,
+                          max_opt_iter=10_000, max_tolerance_iter=10_000)
+    opt = SkipOptimizer(8, cfg, costs=synthetic_costs(8, c=1.0))
+    d = Driver(opt, lambda s: 0.3)
+    per_request = []
+    for _ in range(6):
+        before = d.evaluations
+        d.request(240, eval_time=3.0)
+        per_request.append(d.evaluations - before)
+    # budget 1/3, 1/7, 1/15, ... of 240 s of decoding, 3 s a scoring: about 26, 11, 5, 2, 1, 0 scorings
+    assert per_request[0] >= 20 and per_request[-1] <= 3, per_request
+    assert all(b <= a for a, b in zip(per_request, per_request[1:])), per_request
+    assert opt.state.unpaid_requests == 5 and opt.state_dict()["unpaid_requests"] == 5
+    # spent on the search over the stream: bounded by about twice the first request's budget
+    assert 3.0 * sum(per_request) <= 2 * 240 / 3 + 3 * 6
 
 
 def test_cost_model_prediction_matches_formula():

@@ -38,6 +38,7 @@ class OptimizerConfig:
     miss_scale_prior: float = 0.5  # acceptance miss rate / matchness miss rate before the loop has drafted
     calibrate_every: int = 16  # one plain step in this many while drafting times the baseline (0 = never)
     max_opt_share: float = 0.05  # at most this share of each request's decoding time scores proposals (1 = no cap)
+    budget_decay: float = 0.5  # while no set pays, each request's search budget is this x the last one's (1 = constant)
     give_up_after: int = 100  # stop searching after this many proposals if no set predicts min_speedup (0 = never)
     drift: bool = True  # re-open the search when acceptance falls well below its value at stop
     drift_window: int = 32  # drafted steps in the rolling acceptance
@@ -70,6 +71,8 @@ class OptimizerConfig:
         lo_hi = self.ratio_range
         if len(lo_hi) != 2 or not 0.0 < lo_hi[0] <= lo_hi[1] <= 1.0:
             raise InvalidArgumentError(f"optimizer ratio_range must be (low, high) with 0 < low <= high <= 1, got {lo_hi}")
+        if not 0.0 < self.budget_decay <= 1.0:
+            raise InvalidArgumentError(f"optimizer budget_decay must be in (0, 1], got {self.budget_decay!r}")
         if not 0.0 < self.miss_scale_prior <= 2.0:
             raise InvalidArgumentError(f"optimizer miss_scale_prior must be in (0, 2], got {self.miss_scale_prior!r}")
         if self.gp_alpha <= 0 or self.kappa < 0 or self.bayes_n_smart < 0 or self.gp_restarts < 0:

@@ -418,6 +418,7 @@ class OptimizerState:
     time_measuring: float = 0.0  # seconds measuring device costs (once, inside time_optimizing)
     request_optimizing: float = 0.0  # this request's search seconds (cost measurement excluded)
     request_decoding: float = 0.0  # this request's seconds in steps 3-7
+    unpaid_requests: int = 0  # consecutive requests that ended searching with no set that pays
 
 
 class SkipOptimizer:
@@ -458,6 +459,7 @@ class SkipOptimizer:
         self._accept = _Rolling(cfg.drift_window)  # (accepted, drafted)
         self._opt_time_seen = 0.0
         self._measuring_seen = 0.0
+        self._eval_time = 0.0  # seconds one proposal's scoring took (EMA): the budget's next expense
         if not cfg.enabled:
             self.state.phase = ACCELERATE
 
@@ -497,8 +499,10 @@ class SkipOptimizer:
         if st.phase != SEARCH or n_generated <= cfg.context_window + 1:
             return False
         share = cfg.max_opt_share
-        if share < 1.0 and st.request_optimizing > share / (1.0 - share) * st.request_decoding:
-            return False  # over this request's time budget: decode now, search on a later step
+        if share < 1.0:  # a time budget: the next scoring must fit in it (decode now, search later)
+            share *= cfg.budget_decay ** st.unpaid_requests  # searching in vain: search less and less
+            if st.request_optimizing + self._eval_time > share / (1.0 - share) * st.request_decoding:
+                return False
         return (n_generated - cfg.context_window - 2) % cfg.opt_interval == 0 or st.best_stale
 
     def propose(self) -> SkipSet:
@@ -580,8 +584,11 @@ class SkipOptimizer:
         spent = stats.time_optimize - self._opt_time_seen
         self._opt_time_seen = stats.time_optimize
         st.time_optimizing += spent
-        st.request_optimizing += spent - (st.time_measuring - self._measuring_seen)
+        searched = spent - (st.time_measuring - self._measuring_seen)
+        st.request_optimizing += searched
         self._measuring_seen = st.time_measuring
+        if searched > 0:
+            self._eval_time = searched if self._eval_time == 0 else 0.7 * self._eval_time + 0.3 * searched
         st.time_decoding += step_time or 0.0
         st.request_decoding += step_time or 0.0
         if drafted > 0:
@@ -666,6 +673,8 @@ class SkipOptimizer:
     # -- internals -------------------------------------------------------------------
     def _begin_request(self) -> None:
         st = self.state
+        if st.requests > 0 and st.phase == SEARCH:
+            st.unpaid_requests = 0 if self._pays() else st.unpaid_requests + 1
         st.requests += 1
         st.request_optimizing = st.request_decoding = 0.0
         self._opt_time_seen = 0.0  # stats.time_optimize restarts with each request
@@ -767,6 +776,7 @@ class SkipOptimizer:
         st.phase, st.round, st.round_iterations, st.since_improvement = SEARCH, st.round + 1, 0, 0
         st.best_stale, st.stop_reason, st.baseline_acceptance = True, None, None
         st.drift_reopenings += 1
+        st.unpaid_requests = 0  # new data: the search gets its full budget again
         self._accept.clear()
         self._new_round_strategies()
 
@@ -807,6 +817,7 @@ class SkipOptimizer:
             "baseline_acceptance": st.baseline_acceptance, "nodes_per_depth": st.nodes_per_depth,
             "miss_scale": st.miss_scale,
             "probes": st.probes, "drift_reopenings": st.drift_reopenings,
+            "unpaid_requests": st.unpaid_requests,
             "time_optimizing": st.time_optimizing, "time_decoding": st.time_decoding,
             "time_measuring_costs": st.time_measuring,
             "costs": costs.to_dict() if costs else None,
