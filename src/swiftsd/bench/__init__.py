@@ -159,6 +159,8 @@ def run(args: argparse.Namespace) -> int:
     for name, why in unavailable.items():
         print(f"swiftsd bench: {name}: n/a: {why}", file=sys.stderr)
 
+    dtype = _dtype_short(model.dtype)
+    meta = machine_info(dtype, str(device))  # before the run: the date and commit of what is measured
     load_before = _loadavg()
     with torch.inference_mode():
         warm_up(methods, tok, params, args.warmup)
@@ -166,8 +168,6 @@ def run(args: argparse.Namespace) -> int:
 
         isolated = _isolated_costs(methods, records)
 
-    dtype = _dtype_short(model.dtype)
-    meta = machine_info(dtype, str(device))
     meta.update(
         model=args.model, data=args.data or "built-in", categories=list(dict.fromkeys(p.category for p in prompts)),
         prompts=len(prompts), turns=sum(len(p.turns) for p in prompts), max_new_tokens=args.max_new_tokens,
