@@ -459,6 +459,14 @@ def test_optimizer_config_validation():
         OptimizerConfig(context_window=0)
     with pytest.raises(InvalidArgumentError, match="ratio_range"):
         OptimizerConfig(ratio_range=(0.5, 0.2))
+    with pytest.raises(InvalidArgumentError, match="budget_decay"):
+        OptimizerConfig(budget_decay=0.0)
+    with pytest.raises(InvalidArgumentError, match="budget_decay"):
+        OptimizerConfig(budget_decay=1.5)
+    with pytest.raises(InvalidArgumentError, match="miss_scale_prior"):
+        OptimizerConfig(miss_scale_prior=-1.0)
+    with pytest.raises(InvalidArgumentError, match="max_opt_share"):
+        OptimizerConfig(max_opt_share=0.0)
     with pytest.raises(InvalidArgumentError, match="unknown optimizer option"):
         SwiftDecoder(tiny_model("llama"), optimizer={"skip_ration": 0.3})
     assert not math.isnan(OptimizerConfig.reference().skip_ratio)
