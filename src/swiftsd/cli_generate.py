@@ -135,7 +135,11 @@ def run(args: argparse.Namespace) -> int:
             compare=comparison.to_dict() if comparison else None), indent=2))
     else:
         print(f"[swiftsd] {result.stats.summary()}", file=sys.stderr)
-        print(f"[swiftsd] skip set {result.stats.skip_set}", file=sys.stderr)
+        skip = result.stats.skip_set
+        print(f"[swiftsd] skip set {skip if skip is not None else 'none: the last steps decoded plainly'}",
+              file=sys.stderr)
+        if result.stats.optimizer is not None:  # the optimiser ran for this request: show its state
+            print(f"[swiftsd] {decoder.optimizer.summary()}", file=sys.stderr)
         if comparison is not None:
             print(f"[compare] {comparison.summary()}", file=sys.stderr)
     return 0
