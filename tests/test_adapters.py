@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from swiftsd import SkipSet, UnsupportedModelError
-from swiftsd.cache import SlotKVCache
-from swiftsd.models import get_adapter, supported_model_types
-from swiftsd.tree import build_tree
+from swiftsd.engine.cache import SlotKVCache
+from swiftsd.engine.models import get_adapter, supported_model_types
+from swiftsd.engine.tree import build_tree
 from tiny import ARCHS, tiny_model
 
 
@@ -163,7 +163,7 @@ def test_supported_types_cover_the_seven_families() -> None:
 
 def test_measure_draft_cost_reports_c() -> None:
     from swiftsd import InvalidSkipSetError, SwiftDecoder
-    from swiftsd.cost import measure_draft_cost
+    from swiftsd.engine.cost import measure_draft_cost
 
     dec = SwiftDecoder(tiny_model("qwen2", seed=0), optimizer=False)
     r = measure_draft_cost(dec, {"attn": [1, 2], "mlp": [3]}, n=3, context=16, warmup=1, verify_sizes=(2, 40))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from swiftsd.cache import SlotKVCache
+from swiftsd.engine.cache import SlotKVCache
 
 H, D = 2, 3  # kv heads, head dim
 

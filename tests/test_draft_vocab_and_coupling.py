@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from swiftsd import SkipSet, SwiftDecoder
-from swiftsd.verify import PositionNoise, coupled_sample
+from swiftsd.engine.verify import PositionNoise, coupled_sample
 from swiftsd.config import SamplingParams
 from tiny import ARCHS, tiny_model
 

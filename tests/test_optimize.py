@@ -12,8 +12,9 @@ import torch
 from torch import nn
 
 from swiftsd import OptimizerConfig, SkipSet, SwiftDecoder
-from swiftsd.cache import SlotKVCache
-from swiftsd.optimize import ACCELERATE, PLAIN, CostModel, SkipOptimizer, expected_tokens, measure_costs
+from swiftsd.engine.cache import SlotKVCache
+from swiftsd.engine.cost import CostModel, expected_tokens, measure_costs
+from swiftsd.optimize import ACCELERATE, PLAIN, SkipOptimizer
 from swiftsd.stats import GenerationStats
 from tiny import tiny_model
 
@@ -353,7 +354,7 @@ def test_gives_up_when_nothing_pays_unless_measured():
 
 def test_acceptance_calibration():
     """The loop accepts more than matchness says (tree, confidence stop): predictions are fitted to it."""
-    from swiftsd.optimize import effective_acceptance
+    from swiftsd.engine.cost import effective_acceptance
 
     L = 8
     cfg = OptimizerConfig(context_window=4, max_opt_iter=5, max_tolerance_iter=5, drift=False, fallback=False)

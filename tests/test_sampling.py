@@ -20,8 +20,8 @@ import torch
 
 from swiftsd import SkipSet, SwiftDecoder
 from swiftsd.config import SamplingParams
-from swiftsd.tree import TreeLayout, build_tree
-from swiftsd.verify import multi_candidate_speculative_sampling, target_probs, warp_logits
+from swiftsd.engine.tree import TreeLayout, build_tree
+from swiftsd.engine.verify import multi_candidate_speculative_sampling, target_probs, warp_logits
 from tiny import tiny_model
 
 

@@ -490,7 +490,7 @@ def test_seeded_sampling_is_reproducible_with_a_fixed_skip_set(ref):
 def test_store_read_at_start_and_written_on_sigterm(tiny_dir, tmp_path):
     pytest.importorskip("swiftsd.store", reason="the skip-set store (optimiser issue) has not landed")
     from swiftsd.loading import resolve
-    from swiftsd.skipset import SkipSet
+    from swiftsd.engine.skipset import SkipSet
     from swiftsd.store import read_store, save_skip_set
 
     store = tmp_path / "store.json"

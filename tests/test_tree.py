@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from swiftsd.tree import build_tree, widths_from_confidence
-from swiftsd.verify import greedy_verify
+from swiftsd.engine.tree import build_tree, widths_from_confidence
+from swiftsd.engine.verify import greedy_verify
 
 
 def _mask_from_pairs(n: int, pairs: set[tuple[int, int]]) -> torch.Tensor:

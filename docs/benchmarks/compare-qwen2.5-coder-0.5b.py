@@ -6,7 +6,7 @@
    the full model's greedy tokens the draft predicts, one parallel draft forward
    from the prompt's full-model cache, as SWIFT scores sets) on four Spec-Bench
    coding prompts that are NOT the ones timed later.
-2. Draft cost c of every candidate, fp32 and bf16 (swiftsd.cost.measure_draft_cost).
+2. Draft cost c of every candidate, fp32 and bf16 (swiftsd.engine.cost.measure_draft_cost).
 3. `swiftsd generate --compare --json` on four other Spec-Bench coding prompts,
    bf16 and fp32, with the chosen set, each run as its own process.
 Timed steps run under `flock /tmp/swiftsd-bench.lock` so no two timed jobs overlap.
@@ -30,8 +30,8 @@ import torch
 import transformers
 
 from swiftsd import SkipSet, SwiftDecoder, load
-from swiftsd.cache import SlotKVCache
-from swiftsd.cost import measure_draft_cost
+from swiftsd.engine.cache import SlotKVCache
+from swiftsd.engine.cost import measure_draft_cost
 
 ROOT = Path(__file__).resolve().parents[2]
 QUESTIONS = ROOT.parent / "shared" / "data" / "spec_bench" / "question.jsonl"

@@ -35,7 +35,7 @@ import torch
 
 from swiftsd import OptimizerConfig, SkipSet, SwiftDecoder, load
 from swiftsd.bench.data import build_input, evenly_spaced, load_prompts
-from swiftsd.cache import SlotKVCache
+from swiftsd.engine.cache import SlotKVCache
 from swiftsd.trace import plot_trace, read_trace, write_trace
 
 HERE = Path(__file__).resolve().parent

@@ -11,7 +11,7 @@ from .errors import (
     SwiftSDError,
     UnsupportedModelError,
 )
-from .skipset import SkipSet
+from .engine.skipset import SkipSet
 from .stats import GenerationStats
 
 __version__ = "0.1.0"

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import InvalidArgumentError, InvalidSkipSetError
-from .skipset import SkipSet
+from .engine.skipset import SkipSet
 
 
 def add_model_arguments(p: argparse.ArgumentParser) -> None:

@@ -23,7 +23,7 @@ from . import cli_common
 from .config import SamplingParams
 from .decoder import GenerationResult, SwiftDecoder
 from .errors import InvalidArgumentError, SwiftSDError
-from .skipset import SkipSet
+from .engine.skipset import SkipSet
 
 WARMUP_TOKENS = 8  # --compare: tokens each method generates once, untimed, before the timed runs
 

@@ -14,15 +14,15 @@ from typing import TYPE_CHECKING, Any, Generator, Iterator, Sequence
 
 import torch
 
-from .cache import SlotKVCache
+from .engine.cache import SlotKVCache
 from .config import SamplingParams, SwiftConfig
 from .errors import ContextLengthError, InvalidArgumentError
-from .models import DraftHead, get_adapter
+from .engine.models import DraftHead, get_adapter
 from .optimize import SkipOptimizer, make_optimizer
-from .skipset import SkipSet
+from .engine.skipset import SkipSet
 from .stats import GenerationStats
-from .tree import build_tree, widths_from_confidence
-from .verify import (
+from .engine.tree import build_tree, widths_from_confidence
+from .engine.verify import (
     PositionNoise,
     coupled_sample,
     greedy_verify,

@@ -36,192 +36,20 @@ import math
 import statistics
 import time
 from collections import deque
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 import numpy as np
-import torch
 
 from .config import OptimizerConfig
-from .skipset import SkipSet
+from .engine.cost import CostModel, Prediction, effective_acceptance, measure_costs
+from .engine.skipset import SkipSet
 
 if TYPE_CHECKING:
-    from .models import DecoderAdapter
+    from .engine.models import DecoderAdapter
     from .stats import GenerationStats
 
 SEARCH, ACCELERATE, PLAIN = "search", "accelerate", "plain"
-
-
-# ----------------------------------------------------------------------------------
-# Cost model
-# ----------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Prediction:
-    """Predicted effect of drafting with one skip set; times are in plain decoding steps."""
-
-    speedup: float  # E[tokens/round] / time per round
-    draft_len: int  # k, the draft length that maximises the speed-up
-    tokens_per_round: float  # E[tokens/round] = (1 − α^(k+1)) / (1 − α)
-    time_per_round: float  # k·c + v(1 + w·k)
-    draft_cost: float  # c: one draft step / one plain step
-    acceptance: float  # α used (the set's matchness)
-
-
-def expected_tokens(alpha: float, k: float) -> float:
-    """Tokens one round commits when each of k drafted tokens is accepted with prob. α, i.i.d.
-
-    (accepted prefix + the bonus token): sum_{i=0..k} α^i = (1 − α^(k+1)) / (1 − α).
-    """
-    if alpha >= 1.0:
-        return float(k + 1)
-    return (1.0 - alpha ** (k + 1)) / (1.0 - alpha)
-
-
-def effective_acceptance(tokens_per_round: float, draft_len: float) -> float:
-    """The α for which ``expected_tokens(α, draft_len)`` equals an observed mean (bisection)."""
-    if tokens_per_round >= draft_len + 1:
-        return 1.0
-    lo, hi = 0.0, 1.0
-    for _ in range(50):
-        mid = (lo + hi) / 2
-        if expected_tokens(mid, draft_len) < tokens_per_round:
-            lo = mid
-        else:
-            hi = mid
-    return lo
-
-
-@dataclass(frozen=True)
-class CostModel:
-    """Measured seconds on the running device; see :func:`measure_costs`.
-
-    A draft step with skip set S costs ``full_step − |S.attn|·attn − |S.mlp|·mlp
-    + draft_extra`` (``draft_extra`` < 0 when the draft's LM head scores fewer rows
-    than the full one); verifying n tree nodes costs ``verify(n)`` (piecewise linear
-    in the timed sizes); a plain decoding step costs ``verify(1) = full_step``.
-    """
-
-    full_step: float  # one-token full forward (a plain decoding step)
-    attn: float  # one attention sublayer, one token
-    mlp: float  # one MLP sublayer, one token
-    lm_head: float  # the LM head on one row
-    fixed: float  # the rest of a forward: embedding, masks, RoPE, final norm, Python
-    draft_extra: float  # per drafted token: softmax + top-k, and the draft head's cost minus the full head's
-    verify_sizes: tuple[int, ...]  # tree sizes timed (1 first)
-    verify_times: tuple[float, ...]  # full forward over that many nodes
-    num_layers: int
-    device: str = ""
-    dtype: str = ""
-    context: int = 0  # committed tokens the timed forwards attended to
-
-    def draft_step(self, skip: SkipSet) -> float:
-        t = self.full_step - len(skip.attn) * self.attn - len(skip.mlp) * self.mlp + self.draft_extra
-        return max(t, self.fixed + self.lm_head + self.draft_extra, 1e-3 * self.full_step)
-
-    def draft_cost(self, skip: SkipSet) -> float:
-        """c: one draft step relative to one plain step."""
-        return self.draft_step(skip) / self.full_step
-
-    def verify(self, n: float) -> float:
-        """Seconds to verify ``n`` tree nodes in one full forward (linear between timed sizes)."""
-        xs, ys = self.verify_sizes, self.verify_times
-        if n <= xs[0]:
-            return ys[0]
-        for (x0, y0), (x1, y1) in zip(zip(xs, ys), zip(xs[1:], ys[1:])):
-            if n <= x1:
-                return y0 + (y1 - y0) * (n - x0) / (x1 - x0)
-        if len(xs) == 1:
-            return ys[0] * n
-        slope = (ys[-1] - ys[-2]) / (xs[-1] - xs[-2])
-        return ys[-1] + slope * (n - xs[-1])
-
-    def predict(self, alpha: float, skip: SkipSet, max_draft: int, nodes_per_depth: float = 1.0) -> Prediction:
-        """Best speed-up over draft lengths k = 1..max_draft (see docs/optimizer.md).
-
-        speedup(k) = E[tokens/round](α, k) / (k·c + v(1 + w·k) / v(1)), with c the
-        draft cost, v the verify cost, w the tree nodes per drafted depth.
-        """
-        a = min(max(float(alpha), 0.0), 1.0)
-        c = self.draft_cost(skip)
-        best: Prediction | None = None
-        for k in range(1, max(1, max_draft) + 1):
-            e = expected_tokens(a, k)
-            t = k * c + self.verify(1 + nodes_per_depth * k) / self.full_step
-            p = Prediction(e / t, k, e, t, c, a)
-            if best is None or p.speedup > best.speedup:
-                best = p
-        assert best is not None
-        return best
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["verify_sizes"], d["verify_times"] = list(self.verify_sizes), list(self.verify_times)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "CostModel":
-        d = dict(d)
-        d["verify_sizes"], d["verify_times"] = tuple(d["verify_sizes"]), tuple(d["verify_times"])
-        return cls(**d)
-
-
-def measure_costs(adapter: "DecoderAdapter", context: int = 64, n: int = 3,
-                  verify_sizes: tuple[int, ...] = (2, 4, 8, 16, 32), draft_vocab: int = 0) -> CostModel:
-    """Time a few forwards on the running device (a few seconds for a 0.5B model on CPU).
-
-    Forward timings come from :func:`swiftsd.cost.measure_draft_cost` (alternating
-    full / draft single-token steps, medians): with every inner attention sublayer
-    skipped, then every inner MLP, then everything, so ``attn = (t_full − t_no_attn)
-    / (L − 2)``; the verification sizes ride along with the first. The LM head is
-    timed alone, full and restricted to ``draft_vocab`` rows (the draft's head).
-    """
-    from .cost import measure_draft_cost
-
-    L = adapter.num_layers
-    inner, everything = list(range(1, L - 1)), list(range(L))
-    kw = dict(n=n, context=context, warmup=1)
-    no_attn = measure_draft_cost(adapter, SkipSet(attn=inner), verify_sizes=verify_sizes, **kw)
-    no_mlp = measure_draft_cost(adapter, SkipSet(mlp=inner), **kw)
-    empty = measure_draft_cost(adapter, SkipSet(attn=everything, mlp=everything), **kw)
-    full = statistics.median([no_attn["full_ms"], no_mlp["full_ms"], empty["full_ms"]]) / 1e3
-    n_inner = max(1, L - 2)
-    attn = max(0.0, full * (1.0 - no_attn["c"]) / n_inner)
-    mlp = max(0.0, full * (1.0 - no_mlp["c"]) / n_inner)
-    empty_s = full * empty["c"]
-
-    head = adapter.model.get_output_embeddings()
-    vocab, dev = head.weight.shape[0], adapter.device
-    k = draft_vocab if 0 < draft_vocab < vocab else vocab
-    h = torch.zeros(1, head.weight.shape[1], dtype=adapter.dtype, device=dev)
-    rows = head.weight[torch.randperm(vocab, generator=torch.Generator().manual_seed(0))[:k].to(dev)]
-    logits = torch.zeros(k, device=dev)
-
-    def timed(fn: Callable[[], Any]) -> float:
-        fn()
-        times = []
-        for _ in range(n):
-            t0 = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t0)
-        return statistics.median(times)
-
-    with torch.inference_mode():
-        head_full = timed(lambda: head(h))
-        head_draft = timed(lambda: torch.nn.functional.linear(h, rows))
-        extra = timed(lambda: torch.topk(logits.softmax(-1), 10))
-    head_full = min(head_full, empty_s)
-    # Monotone in n despite timing noise: contention only slows a run down, so a size
-    # that timed slower than a larger one is an outlier; take the running minimum from
-    # the largest size down (and never below a plain step).
-    ns = sorted(int(x) for x in no_attn["verify_relative"])
-    vt = [max(no_attn["verify_relative"][x], 1.0) * full for x in ns]
-    for i in range(len(vt) - 2, -1, -1):
-        vt[i] = min(vt[i], vt[i + 1])
-    return CostModel(
-        full_step=full, attn=attn, mlp=mlp, lm_head=head_full, fixed=max(0.0, empty_s - head_full),
-        draft_extra=extra + head_draft - head_full, verify_sizes=(1, *ns), verify_times=(full, *vt),
-        num_layers=L, device=str(dev), dtype=str(adapter.dtype).replace("torch.", ""), context=context,
-    )
 
 
 # ----------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import InvalidArgumentError, InvalidSkipSetError
-from .skipset import SkipSet
+from .engine.skipset import SkipSet
 
 if TYPE_CHECKING:
     from .optimize import SkipOptimizer

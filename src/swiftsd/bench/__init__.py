@@ -19,7 +19,7 @@ from typing import Any
 from ..cli_common import add_model_arguments, add_skip_arguments, load_model, parse_skip_set
 from ..config import SamplingParams
 from ..errors import InvalidArgumentError
-from ..skipset import SkipSet
+from ..engine.skipset import SkipSet
 from .data import load_prompts
 from .methods import METHOD_NAMES, GenParams, build_methods
 from .metrics import OVERALL, mismatches, summarize
@@ -85,7 +85,7 @@ def _isolated_costs(methods: list, records: list) -> dict[str, Any]:
     """c of each swiftsd method's last skip set from ``cost.measure_draft_cost``: adapter forwards
     alone (no draft-loop overhead), next to the in-stream c of the table."""
     try:
-        from ..cost import measure_draft_cost
+        from ..engine.cost import measure_draft_cost
     except ImportError:
         return {}
     out: dict[str, Any] = {}

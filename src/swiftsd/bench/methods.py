@@ -15,7 +15,7 @@ from typing import Any, Sequence
 import torch
 
 from ..decoder import SwiftDecoder
-from ..skipset import SkipSet
+from ..engine.skipset import SkipSet
 
 METHOD_NAMES = ("plain", "swiftsd", "swiftsd-static", "swiftsd-chain", "pld", "early-exit")
 

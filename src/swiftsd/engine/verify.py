@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import torch
 
-from .config import SamplingParams
+from ..config import SamplingParams
 from .tree import TreeLayout
 
 

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from .cache import SlotKVCache
-from .errors import UnsupportedModelError
+from ..errors import UnsupportedModelError
 from .skipset import SkipSet
 
 

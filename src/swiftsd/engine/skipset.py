@@ -10,7 +10,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
-from .errors import InvalidSkipSetError
+from ..errors import InvalidSkipSetError
 
 
 def _as_sorted_tuple(xs: Iterable[int], what: str) -> tuple[int, ...]:

@@ -1,0 +1,287 @@
+"""Measured draft cost c: one draft forward with a skip set over one full single-token forward.
+
+With perfect acceptance a speculative step can save at most a factor of about
+1/c, so c decides whether a skip set can pay on a given device and dtype. The
+LM head is never skipped, so on small models with large vocabularies c stays
+high even when many sublayers are skipped; measure it rather than assume it.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any, Callable, Sequence
+
+import torch
+
+from ..errors import InvalidArgumentError
+from .cache import SlotKVCache
+from .skipset import SkipSet
+
+if TYPE_CHECKING:
+    from .models import DecoderAdapter
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measure_draft_cost(
+    decoder_or_adapter: Any,
+    skip_set: SkipSet | dict | str,
+    n: int = 30,
+    context: int = 128,
+    warmup: int = 3,
+    verify_sizes: Sequence[int] = (),
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Median times of single-token forwards at position ``context`` (full and draft), and c.
+
+    Both forwards are decode steps exactly as the decode loop runs them: one
+    token, attending ``context`` cached tokens, LM head included. Full and
+    draft runs alternate, and c is the median of the ratios of adjacent
+    (draft, full) pairs: on a shared machine other jobs come and go, and an
+    adjacent pair sees the same load where two separate medians need not. ``verify_sizes`` also times one full forward over a
+    causal block of each size (a chain-shaped verification tree), reported
+    relative to the single-token full forward.
+    """
+    adapter: DecoderAdapter = getattr(decoder_or_adapter, "adapter", decoder_or_adapter)
+    if isinstance(skip_set, str):
+        skip_set = SkipSet.from_json(skip_set)
+    skip = SkipSet.from_dict(skip_set).validate(adapter.num_layers)
+    if n < 1 or context < 1 or warmup < 0:
+        raise InvalidArgumentError(f"need n >= 1, context >= 1, warmup >= 0; got n={n} context={context} "
+                                   f"warmup={warmup}")
+    dev = adapter.device
+    vocab = adapter.model.get_input_embeddings().weight.shape[0]
+    ids = torch.randint(0, vocab, (context + 1,), generator=torch.Generator().manual_seed(seed)).to(dev)
+    biggest = max([1, *verify_sizes])
+    cache = SlotKVCache(adapter.num_layers, context + biggest + 1)
+    causal = torch.ones(context, context, dtype=torch.bool, device=dev).tril()
+    adapter.forward(ids[:context], torch.arange(context, device=dev), cache, 0, 0, causal, None,
+                    logits_rows=slice(context - 1, context))
+    cache.rollback(context)
+    tok, pos = ids[context:], torch.tensor([context], device=dev)
+    one = torch.ones(1, 1, dtype=torch.bool, device=dev)
+
+    def step(s: SkipSet | None) -> Callable[[], None]:
+        return lambda: adapter.forward(tok, pos, cache, context, context, one, s)
+
+    def timed(fn: Callable[[], None]) -> float:
+        _sync(dev)
+        t0 = time.perf_counter()
+        fn()
+        _sync(dev)
+        return time.perf_counter() - t0
+
+    full_step, draft_step = step(None), step(skip)
+    for _ in range(warmup):
+        full_step()
+        draft_step()
+    full: list[float] = []
+    draft: list[float] = []
+    for i in range(n):
+        order = ((full, full_step), (draft, draft_step)) if i % 2 == 0 else ((draft, draft_step), (full, full_step))
+        for times, fn in order:
+            times.append(timed(fn))
+    full_s, draft_s = statistics.median(full), statistics.median(draft)
+    c = statistics.median(d / f for d, f in zip(draft, full))
+
+    verify: dict[int, float] = {}
+    for size in verify_sizes:
+        block = ids[context - size + 1 : context + 1] if size <= context + 1 else ids[-1:].repeat(size)
+        mask = torch.ones(size, size, dtype=torch.bool, device=dev).tril()
+        positions = torch.arange(context, context + size, device=dev)
+        fn = lambda: adapter.forward(block, positions, cache, context, context, mask, None)  # noqa: E731
+        for _ in range(warmup):
+            fn()
+        verify[int(size)] = statistics.median(timed(fn) for _ in range(n)) / full_s
+
+    return {
+        "c": c,  # median of paired draft/full ratios
+        "c_of_medians": draft_s / full_s,
+        "full_ms": 1e3 * full_s,
+        "draft_ms": 1e3 * draft_s,
+        "skip_set": skip.to_dict(),
+        "skipped_sublayers": len(skip),
+        "total_sublayers": 2 * adapter.num_layers,
+        "verify_relative": verify,  # tree size -> full forward time / single-token full forward time
+        "n": n,
+        "context": context,
+        "device": str(dev),
+        "dtype": str(adapter.dtype).replace("torch.", ""),
+    }
+
+
+# ----------------------------------------------------------------------------------
+# The cost model the planner and the optimiser read
+# ----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Prediction:
+    """Predicted effect of drafting with one skip set; times are in plain decoding steps."""
+
+    speedup: float  # E[tokens/round] / time per round
+    draft_len: int  # k, the draft length that maximises the speed-up
+    tokens_per_round: float  # E[tokens/round] = (1 − α^(k+1)) / (1 − α)
+    time_per_round: float  # k·c + v(1 + w·k)
+    draft_cost: float  # c: one draft step / one plain step
+    acceptance: float  # α used (the set's matchness)
+
+
+def expected_tokens(alpha: float, k: float) -> float:
+    """Tokens one round commits when each of k drafted tokens is accepted with prob. α, i.i.d.
+
+    (accepted prefix + the bonus token): sum_{i=0..k} α^i = (1 − α^(k+1)) / (1 − α).
+    """
+    if alpha >= 1.0:
+        return float(k + 1)
+    return (1.0 - alpha ** (k + 1)) / (1.0 - alpha)
+
+
+def effective_acceptance(tokens_per_round: float, draft_len: float) -> float:
+    """The α for which ``expected_tokens(α, draft_len)`` equals an observed mean (bisection)."""
+    if tokens_per_round >= draft_len + 1:
+        return 1.0
+    lo, hi = 0.0, 1.0
+    for _ in range(50):
+        mid = (lo + hi) / 2
+        if expected_tokens(mid, draft_len) < tokens_per_round:
+            lo = mid
+        else:
+            hi = mid
+    return lo
+
+
+@dataclass(frozen=True)
+class CostModel:
+    """Measured seconds on the running device; see :func:`measure_costs`.
+
+    A draft step with skip set S costs ``full_step − |S.attn|·attn − |S.mlp|·mlp
+    + draft_extra`` (``draft_extra`` < 0 when the draft's LM head scores fewer rows
+    than the full one); verifying n tree nodes costs ``verify(n)`` (piecewise linear
+    in the timed sizes); a plain decoding step costs ``verify(1) = full_step``.
+    """
+
+    full_step: float  # one-token full forward (a plain decoding step)
+    attn: float  # one attention sublayer, one token
+    mlp: float  # one MLP sublayer, one token
+    lm_head: float  # the LM head on one row
+    fixed: float  # the rest of a forward: embedding, masks, RoPE, final norm, Python
+    draft_extra: float  # per drafted token: softmax + top-k, and the draft head's cost minus the full head's
+    verify_sizes: tuple[int, ...]  # tree sizes timed (1 first)
+    verify_times: tuple[float, ...]  # full forward over that many nodes
+    num_layers: int
+    device: str = ""
+    dtype: str = ""
+    context: int = 0  # committed tokens the timed forwards attended to
+
+    def draft_step(self, skip: SkipSet) -> float:
+        t = self.full_step - len(skip.attn) * self.attn - len(skip.mlp) * self.mlp + self.draft_extra
+        return max(t, self.fixed + self.lm_head + self.draft_extra, 1e-3 * self.full_step)
+
+    def draft_cost(self, skip: SkipSet) -> float:
+        """c: one draft step relative to one plain step."""
+        return self.draft_step(skip) / self.full_step
+
+    def verify(self, n: float) -> float:
+        """Seconds to verify ``n`` tree nodes in one full forward (linear between timed sizes)."""
+        xs, ys = self.verify_sizes, self.verify_times
+        if n <= xs[0]:
+            return ys[0]
+        for (x0, y0), (x1, y1) in zip(zip(xs, ys), zip(xs[1:], ys[1:])):
+            if n <= x1:
+                return y0 + (y1 - y0) * (n - x0) / (x1 - x0)
+        if len(xs) == 1:
+            return ys[0] * n
+        slope = (ys[-1] - ys[-2]) / (xs[-1] - xs[-2])
+        return ys[-1] + slope * (n - xs[-1])
+
+    def predict(self, alpha: float, skip: SkipSet, max_draft: int, nodes_per_depth: float = 1.0) -> Prediction:
+        """Best speed-up over draft lengths k = 1..max_draft (see docs/optimizer.md).
+
+        speedup(k) = E[tokens/round](α, k) / (k·c + v(1 + w·k) / v(1)), with c the
+        draft cost, v the verify cost, w the tree nodes per drafted depth.
+        """
+        a = min(max(float(alpha), 0.0), 1.0)
+        c = self.draft_cost(skip)
+        best: Prediction | None = None
+        for k in range(1, max(1, max_draft) + 1):
+            e = expected_tokens(a, k)
+            t = k * c + self.verify(1 + nodes_per_depth * k) / self.full_step
+            p = Prediction(e / t, k, e, t, c, a)
+            if best is None or p.speedup > best.speedup:
+                best = p
+        assert best is not None
+        return best
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["verify_sizes"], d["verify_times"] = list(self.verify_sizes), list(self.verify_times)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "CostModel":
+        d = dict(d)
+        d["verify_sizes"], d["verify_times"] = tuple(d["verify_sizes"]), tuple(d["verify_times"])
+        return cls(**d)
+
+
+def measure_costs(adapter: "DecoderAdapter", context: int = 64, n: int = 3,
+                  verify_sizes: tuple[int, ...] = (2, 4, 8, 16, 32), draft_vocab: int = 0) -> CostModel:
+    """Time a few forwards on the running device (a few seconds for a 0.5B model on CPU).
+
+    Forward timings come from :func:`swiftsd.cost.measure_draft_cost` (alternating
+    full / draft single-token steps, medians): with every inner attention sublayer
+    skipped, then every inner MLP, then everything, so ``attn = (t_full − t_no_attn)
+    / (L − 2)``; the verification sizes ride along with the first. The LM head is
+    timed alone, full and restricted to ``draft_vocab`` rows (the draft's head).
+    """
+    L = adapter.num_layers
+    inner, everything = list(range(1, L - 1)), list(range(L))
+    kw = dict(n=n, context=context, warmup=1)
+    no_attn = measure_draft_cost(adapter, SkipSet(attn=inner), verify_sizes=verify_sizes, **kw)
+    no_mlp = measure_draft_cost(adapter, SkipSet(mlp=inner), **kw)
+    empty = measure_draft_cost(adapter, SkipSet(attn=everything, mlp=everything), **kw)
+    full = statistics.median([no_attn["full_ms"], no_mlp["full_ms"], empty["full_ms"]]) / 1e3
+    n_inner = max(1, L - 2)
+    attn = max(0.0, full * (1.0 - no_attn["c"]) / n_inner)
+    mlp = max(0.0, full * (1.0 - no_mlp["c"]) / n_inner)
+    empty_s = full * empty["c"]
+
+    head = adapter.model.get_output_embeddings()
+    vocab, dev = head.weight.shape[0], adapter.device
+    k = draft_vocab if 0 < draft_vocab < vocab else vocab
+    h = torch.zeros(1, head.weight.shape[1], dtype=adapter.dtype, device=dev)
+    rows = head.weight[torch.randperm(vocab, generator=torch.Generator().manual_seed(0))[:k].to(dev)]
+    logits = torch.zeros(k, device=dev)
+
+    def timed(fn: Callable[[], Any]) -> float:
+        fn()
+        times = []
+        for _ in range(n):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+        return statistics.median(times)
+
+    with torch.inference_mode():
+        head_full = timed(lambda: head(h))
+        head_draft = timed(lambda: torch.nn.functional.linear(h, rows))
+        extra = timed(lambda: torch.topk(logits.softmax(-1), 10))
+    head_full = min(head_full, empty_s)
+    # Monotone in n despite timing noise: contention only slows a run down, so a size
+    # that timed slower than a larger one is an outlier; take the running minimum from
+    # the largest size down (and never below a plain step).
+    ns = sorted(int(x) for x in no_attn["verify_relative"])
+    vt = [max(no_attn["verify_relative"][x], 1.0) * full for x in ns]
+    for i in range(len(vt) - 2, -1, -1):
+        vt[i] = min(vt[i], vt[i + 1])
+    return CostModel(
+        full_step=full, attn=attn, mlp=mlp, lm_head=head_full, fixed=max(0.0, empty_s - head_full),
+        draft_extra=extra + head_draft - head_full, verify_sizes=(1, *ns), verify_times=(full, *vt),
+        num_layers=L, device=str(dev), dtype=str(adapter.dtype).replace("torch.", ""), context=context,
+    )
+
+
