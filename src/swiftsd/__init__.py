@@ -12,13 +12,17 @@ from .errors import (
     UnsupportedModelError,
 )
 from .engine.skipset import SkipSet
+from .identity import ModelIdentity, model_identity
 from .stats import GenerationStats
 
 __version__ = "0.1.0"
 
 
 def load(name_or_path: str, dtype=None, device=None):
-    """Load ``(model, tokenizer)`` from a packaged short name, a directory, a .gguf file or a hub id."""
+    """Load ``(model, tokenizer)`` from a packaged short name, a directory, a .gguf file or a hub id.
+
+    ``model_identity(model)`` names what was loaded (name, revision or content hash, dtype).
+    """
     from .loading import load as _load
 
     return _load(name_or_path, dtype=dtype, device=device)
@@ -26,6 +30,7 @@ def load(name_or_path: str, dtype=None, device=None):
 
 __all__ = [
     "ContextLengthError", "GenerationResult", "GenerationStats", "GenerationStream", "InvalidArgumentError",
-    "InvalidSkipSetError", "MissingPackageError", "ModelNotFoundError", "OptimizerConfig", "SamplingParams",
-    "SkipSet", "SwiftConfig", "SwiftDecoder", "SwiftSDError", "UnsupportedModelError", "load",
+    "InvalidSkipSetError", "MissingPackageError", "ModelIdentity", "ModelNotFoundError", "OptimizerConfig",
+    "SamplingParams", "SkipSet", "SwiftConfig", "SwiftDecoder", "SwiftSDError", "UnsupportedModelError", "load",
+    "model_identity",
 ]

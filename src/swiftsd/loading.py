@@ -47,6 +47,7 @@ from typing import Any, Callable
 import torch
 
 from .errors import InvalidArgumentError, MissingPackageError, ModelNotFoundError, UnsupportedModelError
+from .identity import CACHE_MARKER
 
 __all__ = [
     "DEFAULT_MODEL",
@@ -55,7 +56,6 @@ __all__ = [
     "ModelSource",
     "cache_dir",
     "load",
-    "model_identity",
     "packaged_model_names",
     "parse_device",
     "parse_dtype",
@@ -66,7 +66,7 @@ DEFAULT_MODEL = "smollm2-135m"
 
 CACHE_ENV = "SWIFTSD_CACHE_DIR"
 CACHE_FORMAT = 1
-MARKER = "swiftsd-cache.json"
+MARKER = CACHE_MARKER  # swiftsd.identity reads its "name" to name a model loaded from the cache
 STALE_TMP_SECONDS = 24 * 3600
 
 
@@ -460,8 +460,8 @@ class ModelSource:
     """Where ``load`` would take a model from.
 
     kind: "packaged" (a short name), "hf_dir" (a local directory with config.json),
-    "gguf" (a local .gguf file) or "hub" (a hub id). ``identity`` is what
-    ``model_identity`` returns for the loaded model.
+    "gguf" (a local .gguf file) or "hub" (a hub id). ``identity`` is the name
+    :func:`swiftsd.identity.model_identity` gives the loaded model.
     """
 
     kind: str
@@ -628,10 +628,9 @@ def _load_tokenizer(source: str, **kw):
         raise ModelNotFoundError(f"no usable tokenizer in {source}: {e}") from e
 
 
-def _finish(model, tokenizer, identity: str, device: torch.device):
+def _finish(model, tokenizer, device: torch.device):
     model = model.to(device)  # a no-op when already there
     model.eval()
-    model.config.swiftsd_name = identity
     return model, tokenizer
 
 
@@ -667,7 +666,7 @@ def load(
         folder = src.path
     model = _from_pretrained(str(folder), dt)
     tokenizer = _load_tokenizer(str(folder))
-    return _finish(model, tokenizer, src.identity, dev)
+    return _finish(model, tokenizer, dev)
 
 
 def _load_hub(src: ModelSource, dt, dev: torch.device):
@@ -686,18 +685,4 @@ def _load_hub(src: ModelSource, dt, dev: torch.device):
             else f"from_pretrained failed: {e}"
         )
         raise ModelNotFoundError(_unknown_name_message(hub_id, reason)) from e
-    return _finish(model, tokenizer, src.identity, dev)
-
-
-def model_identity(model) -> str:
-    """Stable name of a loaded model: the short name for packaged models, else
-    the absolute path or hub id it was loaded from. Used as a key for stored
-    per-model data such as skip sets."""
-    config = getattr(model, "config", None)
-    name = getattr(config, "swiftsd_name", None)
-    if name:
-        return str(name)
-    name = getattr(config, "_name_or_path", None) or getattr(model, "name_or_path", None)
-    if name:
-        return str(name)
-    return type(model).__name__
+    return _finish(model, tokenizer, dev)

@@ -7,9 +7,10 @@ Layout (version 1)::
                                             "matchness": 0.81, "date": "2026-11-24T01:00:00+00:00",
                                             "num_layers": 24, ...extra fields...}}}}
 
-The model key is :func:`swiftsd.loading.model_identity` (the packaged short name,
-or the path / hub id a model was loaded from). Writes replace the file
-atomically, so a reader never sees half a store.
+The model key is the ``name`` of :func:`swiftsd.identity.model_identity` (the
+packaged short name, or the path / hub id a model was loaded from); an entry
+written from an optimiser also records the identity's revision and dtype. Writes
+replace the file atomically, so a reader never sees half a store.
 """
 
 from __future__ import annotations
@@ -22,8 +23,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import InvalidArgumentError, InvalidSkipSetError
 from .engine.skipset import SkipSet
+from .errors import InvalidArgumentError, InvalidSkipSetError
+from .identity import model_identity
 
 if TYPE_CHECKING:
     from .optimize import SkipOptimizer
@@ -116,9 +118,7 @@ def save_skip_set(path: str | Path, model_key: str, task: str, skip_set: SkipSet
 
 def model_key(model: Any) -> str:
     """The store key of a loaded model (its packaged short name, path or hub id)."""
-    from .loading import model_identity
-
-    return model_identity(model)
+    return model_identity(model).name
 
 
 def resolve_start_set(path: str | Path | None, model: Any, task: str = "default",
@@ -151,7 +151,9 @@ def save_optimizer_result(path: str | Path, model: Any, task: str, optimizer: "S
     if matchness is None:
         return False
     d = optimizer.state_dict()
-    save_skip_set(path, model_key(model), task, skip, matchness, num_layers=optimizer.num_layers,
+    ident = model_identity(model)
+    save_skip_set(path, ident.name, task, skip, matchness, num_layers=optimizer.num_layers,
+                  revision=ident.revision, dtype=ident.dtype,
                   objective=d["objective"], predicted_speedup=d["predicted_speedup"],
                   measured_speedup=d["measured_speedup"], iterations=d["iterations"],
                   draft_cost=d["draft_cost"], phase=d["phase"])
