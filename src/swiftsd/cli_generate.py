@@ -22,6 +22,8 @@ import torch
 from . import cli_common
 from .config import SamplingParams
 from .decoder import GenerationResult, SwiftDecoder
+from .detok import IncrementalDetokenizer
+from .eos import resolve_eos
 from .errors import InvalidArgumentError, SwiftSDError
 from .engine.skipset import SkipSet
 
@@ -172,32 +174,19 @@ def _print_stream(decoder: SwiftDecoder, tokenizer: Any, ids: list[int], gen_kwa
 
 
 def incremental_text(tokenizer: Any, chunks: Iterable[list[int]]) -> Iterable[str]:
-    """The new text after each chunk of token ids.
-
-    Decodes the whole new-token list every time and yields the new suffix, so a
-    multi-byte character split across tokens is printed only once it is whole
-    (a trailing U+FFFD means "incomplete": hold it back until the next chunk).
-    """
-    tokens: list[int] = []
-    printed = ""
+    """The new text after each chunk of token ids; a character split across tokens is held back
+    until it is whole (and flushed as is if the generation ends inside it)."""
+    detok = IncrementalDetokenizer(tokenizer)
     for chunk in chunks:
-        tokens.extend(chunk)
-        text = tokenizer.decode(tokens, skip_special_tokens=True)
-        if text.endswith("\ufffd"):
-            continue
-        if text.startswith(printed) and len(text) > len(printed):
-            yield text[len(printed):]
-            printed = text
-    text = tokenizer.decode(tokens, skip_special_tokens=True)
-    if text.startswith(printed) and len(text) > len(printed):  # a held-back tail that never completed
-        yield text[len(printed):]
+        if text := detok.add(chunk):
+            yield text
+    if tail := detok.flush():
+        yield tail
 
 
 def _eos(model: Any) -> list[int] | None:
-    eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-    if eos is None:
-        return None
-    return [int(eos)] if isinstance(eos, int) else [int(e) for e in eos]
+    """The model's EOS ids as ``model.generate`` takes them (None: no EOS)."""
+    return sorted(resolve_eos(model)) or None
 
 
 def plain_generate(model: Any, ids: list[int], max_new_tokens: int, params: SamplingParams,

@@ -372,14 +372,9 @@ class SwiftDecoder:
         return ids
 
     def _parse_eos(self, eos_token_id: int | Sequence[int] | None) -> set[int]:
-        if eos_token_id is None:
-            gc = getattr(self.model, "generation_config", None)
-            eos_token_id = getattr(gc, "eos_token_id", None)
-        if eos_token_id is None:
-            return set()
-        if isinstance(eos_token_id, int):
-            return {eos_token_id}
-        return {int(e) for e in eos_token_id}
+        from .eos import resolve_eos
+
+        return resolve_eos(self.model, eos_token_id)
 
     def _parse_skip(self, skip: SkipSet | dict | str) -> SkipSet:
         if isinstance(skip, str):
