@@ -9,6 +9,10 @@ from typing import Any, Mapping
 from .errors import InvalidArgumentError
 
 
+DRAFTER_NAMES = ("layerskip", "lookup", "suffix")
+METHODS = ("swiftsd", "swift-paper")
+
+
 @dataclass(frozen=True)
 class OptimizerConfig:
     """SWIFT optimisation phase; defaults are the reference implementation's (DESIGN.md §1)."""
@@ -108,6 +112,15 @@ class SwiftConfig:
     # "rejection" (the paper's multi-candidate speculative sampling). Both are exact.
     sampler: str = "coupled"
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    # -- where drafts come from and how a step is chosen (beyond the paper) --
+    drafters: tuple[str, ...] = ("layerskip", "lookup", "suffix")
+    tree: str = "dynamic"  # layer-skip tree: "dynamic" (EAGLE-2-style frontier) or "paper" (chain + siblings)
+    frontier: int = 4  # dynamic tree: nodes expanded per draft depth (one forward over them)
+    max_nodes: int = 64  # verification tree size at most (root included)
+    planner: bool = True  # choose drafters and tree size per step by the measured cost model
+    tree_widths_greedy: tuple[int, ...] | None = None  # paper tree under greedy decoding (None: tree_widths)
+    suffix_max_tokens: int = 262_144  # stream suffix index bound (oldest requests evicted first)
+    cost_cache: bool = True  # keep the measured cost model on disk, per (model, device, dtype, threads)
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.stop_threshold <= 1.0:
@@ -124,20 +137,56 @@ class SwiftConfig:
                 f"got widths={self.tree_widths} thresholds={self.tree_thresholds}"
             )
 
+        unknown = [d for d in self.drafters if d not in DRAFTER_NAMES]
+        if unknown or len(set(self.drafters)) != len(self.drafters):
+            raise InvalidArgumentError(f"drafters must be distinct names among {list(DRAFTER_NAMES)}, "
+                                       f"got {list(self.drafters)}")
+        if self.tree not in ("dynamic", "paper"):
+            raise InvalidArgumentError(f"tree must be 'dynamic' or 'paper', got {self.tree!r}")
+        for name in ("frontier", "max_nodes", "suffix_max_tokens"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise InvalidArgumentError(f"{name} must be an integer >= 1, got {v!r}")
+        if self.tree_widths_greedy is not None and (len(self.tree_widths_greedy) != len(self.tree_widths)
+                                                    or min(self.tree_widths_greedy) < 1):
+            raise InvalidArgumentError(f"tree_widths_greedy needs {len(self.tree_widths)} entries >= 1, "
+                                       f"got {self.tree_widths_greedy}")
+
     @property
     def max_width(self) -> int:
-        return max(self.tree_widths) if self.use_tree else 1
+        widths = (*self.tree_widths, *(self.tree_widths_greedy or ()))
+        return max(widths) if self.use_tree else 1
+
+    def widths_for(self, greedy: bool) -> tuple[int, ...]:
+        """The paper tree's widths per confidence band (the reference code's greedy table if set)."""
+        w = self.tree_widths_greedy if greedy and self.tree_widths_greedy is not None else self.tree_widths
+        return w if self.use_tree else (1,) * len(w)
+
+    @classmethod
+    def paper(cls, **changes: Any) -> "SwiftConfig":
+        """SWIFT as published: the layer-skip chain plus siblings, the paper's thresholds, the
+        reference optimiser, no planner, no draft vocabulary subset, multi-candidate speculative
+        sampling. Where paper and reference code differ, the reference code is followed: greedy
+        decoding uses its tree widths 3/5/8/10, sampling the paper's 1/3/5/10."""
+        ref: dict[str, Any] = dict(drafters=("layerskip",), tree="paper", planner=False, draft_vocab=0,
+                                   sampler="rejection", tree_widths=(1, 3, 5, 10), tree_widths_greedy=(3, 5, 8, 10),
+                                   optimizer=OptimizerConfig.reference())
+        ref.update(changes)
+        return cls(**ref)
 
     @classmethod
     def from_kwargs(cls, kwargs: Mapping[str, Any]) -> "SwiftConfig":
         """Build from flat keyword arguments; ``optimizer`` may be a dict or an OptimizerConfig."""
+        kw = dict(kwargs)
+        method = kw.pop("method", "swiftsd")
+        if method not in METHODS:
+            raise InvalidArgumentError(f"method must be one of {list(METHODS)}, got {method!r}")
         names = {f.name for f in fields(cls)}
-        unknown = set(kwargs) - names
+        unknown = set(kw) - names
         if unknown:
             raise InvalidArgumentError(
-                f"unknown SwiftDecoder option(s) {sorted(unknown)}; valid options: {sorted(names)}"
+                f"unknown SwiftDecoder option(s) {sorted(unknown)}; valid options: {sorted(names | {'method'})}"
             )
-        kw = dict(kwargs)
         opt = kw.get("optimizer")
         if isinstance(opt, Mapping):
             onames = {f.name for f in fields(OptimizerConfig)}
@@ -147,9 +196,15 @@ class SwiftConfig:
             kw["optimizer"] = OptimizerConfig(**opt)
         elif opt is False:
             kw["optimizer"] = OptimizerConfig(enabled=False)
-        for key in ("tree_thresholds", "tree_widths"):
-            if key in kw:
+        for key in ("tree_thresholds", "tree_widths", "tree_widths_greedy", "drafters"):
+            if kw.get(key) is not None:
+                if isinstance(kw[key], str):
+                    kw[key] = tuple(x.strip() for x in kw[key].split(",") if x.strip())
                 kw[key] = tuple(kw[key])
+        if method == "swift-paper":
+            if isinstance(opt, Mapping):
+                kw["optimizer"] = OptimizerConfig.reference(**opt)
+            return cls.paper(**kw)
         return cls(**kw)
 
     def with_(self, **changes: Any) -> "SwiftConfig":

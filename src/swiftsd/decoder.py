@@ -1,38 +1,41 @@
-"""The decode loop: draft with a skip set, verify a tree in one pass, commit.
+"""The decode loop: plan, draft, build the tree, verify, accept, commit.
 
-One loop serves greedy and sampling, speculative and plain steps (a step with
-no skip set drafts nothing and verifies the root alone, which is plain
-decoding). It yields the tokens of every step for streaming.
+One loop serves greedy and sampling, speculative and plain steps (a step whose
+trie is the root alone is plain decoding). Drafts come from the drafters in
+``drafters/`` (the layer-skipped model, prompt lookup, a stream suffix index)
+into one trie; the planner picks, per step and by the measured cost model,
+which drafters run and how many nodes to verify. It yields the tokens of every
+step for streaming. The per-request state lives in :class:`_Run`.
 """
 
 from __future__ import annotations
 
 import random
 import time
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Generator, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, Generator, Iterator, Sequence
 
 import torch
 
-from .engine.cache import SlotKVCache
 from .config import SamplingParams, SwiftConfig
-from .errors import ContextLengthError, InvalidArgumentError
+from .drafters import DraftTrie, Request, make_drafters
+from .drafters.layerskip import LayerSkipDrafter, ModelStep
+from .engine.cache import SlotKVCache
+from .engine.cost import CostModel, cached_costs
 from .engine.models import DraftHead, get_adapter
-from .optimize import SkipOptimizer, make_optimizer
 from .engine.skipset import SkipSet
+from .engine.tree import TreeLayout, build_tree
+from .engine.verify import PositionNoise, coupled_sample, greedy_verify, multi_candidate_speculative_sampling, \
+    target_probs
+from .errors import ContextLengthError, InvalidArgumentError
+from .optimize import SkipOptimizer
+from .planner import WallClockBound, best_node_count, forecast_layerskip
 from .stats import GenerationStats
-from .engine.tree import build_tree, widths_from_confidence
-from .engine.verify import (
-    PositionNoise,
-    coupled_sample,
-    greedy_verify,
-    multi_candidate_speculative_sampling,
-    target_probs,
-    warp_logits,
-)
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+LogitsProcessor = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 @dataclass
@@ -63,12 +66,40 @@ class GenerationStream:
 
 
 @dataclass
-class _Draft:
-    """One draft pass: per depth, the candidates (chain token first) and their odds."""
+class _Run:
+    """One request's state while it decodes."""
 
-    cands: list[list[int]]  # [D][<=max_width]
-    top1: list[float]  # [D] draft top-1 probability (the confidence)
-    q: list[torch.Tensor]  # [D] x [V] draft probs (sampling only)
+    req: Request
+    cache: SlotKVCache
+    head: DraftHead | None
+    params: SamplingParams  # the target's warp (temperature 1 and no warp when a processor does it)
+    draft_params: SamplingParams  # what drafts propose with
+    generator: torch.Generator
+    noise: PositionNoise | None
+    eos: set[int]
+    max_new: int
+    skip_override: SkipSet | None
+    processor: LogitsProcessor | None
+    stats: GenerationStats
+    t_start: float
+    done: bool = False
+    clock: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def tokens(self) -> list[int]:
+        return self.req.tokens
+
+    @property
+    def remaining(self) -> int:
+        return self.max_new - (len(self.req.tokens) - self.req.prompt_len)
+
+
+@dataclass
+class _Plan:
+    run_model: bool  # run the layer-skip draft this step
+    skip: SkipSet | None
+    max_depth: int
+    min_mass: float
 
 
 def _causal(n: int, device: torch.device) -> torch.Tensor:
@@ -79,8 +110,9 @@ class SwiftDecoder:
     """SWIFT self-speculative decoding for a stock Hugging Face causal LM.
 
     ``SwiftDecoder(model, tokenizer, skip_set=..., **config)``; config keys are the
-    fields of :class:`SwiftConfig` (``optimizer`` takes a dict of
-    :class:`OptimizerConfig` fields, or ``False``).
+    fields of :class:`SwiftConfig` plus ``method`` ("swiftsd", or "swift-paper" for
+    the paper's algorithm); ``optimizer`` takes a dict of :class:`OptimizerConfig`
+    fields, or ``False``; ``drafters`` a subset of ("layerskip", "lookup", "suffix").
     """
 
     def __init__(
@@ -96,18 +128,19 @@ class SwiftDecoder:
         self.config = SwiftConfig.from_kwargs(config)
         self.num_layers = self.adapter.num_layers
         self.skip_set = self._parse_skip(skip_set) if skip_set is not None else SkipSet.uniform(self.num_layers)
-        # The on-the-fly optimiser (optimize.py): starts from the given set, learns across requests.
+        self._costs: CostModel | None = None
+        self.drafters = make_drafters(self.config)
         self.optimizer: SkipOptimizer | None = None
-        # Tokens generated over the stream: the draft vocabulary favours them.
-        self.token_counts = torch.zeros(self.adapter.vocab_size, dtype=torch.long)
-        if self.config.optimizer.enabled:
-            self.optimizer = make_optimizer(self.adapter, self.config.optimizer, self.skip_set, self.config.max_draft,
-                                            self.config.draft_vocab)
+        if self.config.optimizer.enabled and "layerskip" in self.drafters:
+            self.optimizer = SkipOptimizer(self.num_layers, self.config.optimizer, start=self.skip_set,
+                                           costs=lambda: self.costs, max_draft=self.config.max_draft)
+        self._wall = WallClockBound()
+        self.token_counts = torch.zeros(self.adapter.vocab_size, dtype=torch.long)  # the draft vocabulary's order
 
     # -- public API ------------------------------------------------------------
     def generate(
         self,
-        input_ids: torch.Tensor | Sequence[int] | str,
+        input_ids: Any,
         max_new_tokens: int = 128,
         temperature: float = 0.0,
         top_p: float = 1.0,
@@ -115,9 +148,11 @@ class SwiftDecoder:
         eos_token_id: int | Sequence[int] | None = None,
         seed: int | None = None,
         skip_set: SkipSet | dict | str | None = None,
+        logits_processor: LogitsProcessor | None = None,
     ) -> GenerationResult:
         """Generate like ``model.generate`` (greedy when temperature is 0), only faster."""
-        stream = self.stream(input_ids, max_new_tokens, temperature, top_p, top_k, eos_token_id, seed, skip_set)
+        stream = self.stream(input_ids, max_new_tokens, temperature, top_p, top_k, eos_token_id, seed, skip_set,
+                             logits_processor)
         for _ in stream:
             pass
         assert stream.result is not None
@@ -125,7 +160,7 @@ class SwiftDecoder:
 
     def stream(
         self,
-        input_ids: torch.Tensor | Sequence[int] | str,
+        input_ids: Any,
         max_new_tokens: int = 128,
         temperature: float = 0.0,
         top_p: float = 1.0,
@@ -133,8 +168,15 @@ class SwiftDecoder:
         eos_token_id: int | Sequence[int] | None = None,
         seed: int | None = None,
         skip_set: SkipSet | dict | str | None = None,
+        logits_processor: LogitsProcessor | None = None,
     ) -> GenerationStream:
-        """Like :meth:`generate`, yielding the token ids each step accepts. Validates eagerly."""
+        """Like :meth:`generate`, yielding the token ids each step accepts. Validates eagerly.
+
+        ``logits_processor``: an HF-style ``proc(input_ids [k, L], scores [k, V])`` applied
+        to the target's logits of every verified node with that node's own prefix. It
+        then does the warping: the decoder samples from softmax(processed scores) when
+        temperature > 0 (temperature/top-k/top-p still shape the drafts).
+        """
         ids = self._parse_prompt(input_ids)
         params = SamplingParams(temperature=temperature, top_p=top_p, top_k=top_k)
         if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
@@ -145,168 +187,263 @@ class SwiftDecoder:
                 f"prompt ({len(ids)} tokens) + max_new_tokens ({max_new_tokens}) = {len(ids) + max_new_tokens} "
                 f"exceeds the model's context of {limit} tokens; shorten the prompt or lower max_new_tokens"
             )
+        if logits_processor is not None and not callable(logits_processor):
+            raise InvalidArgumentError("logits_processor must be callable(input_ids, scores) -> scores")
         eos = self._parse_eos(eos_token_id)
         skip = self._parse_skip(skip_set) if skip_set is not None else None
         seed = seed if seed is not None else random.getrandbits(63)
-        gen = torch.Generator(device=self.adapter.device)
-        gen.manual_seed(seed)
-        noise = None
-        if not params.greedy and self.config.sampler == "coupled":
-            noise = PositionNoise(seed, self.adapter.vocab_size, self.adapter.device)
-        return GenerationStream(self._decode(ids, max_new_tokens, params, eos, gen, noise, skip))
+        return GenerationStream(self._decode(self._start(ids, max_new_tokens, params, eos, seed, skip,
+                                                         logits_processor)))
+
+    @property
+    def costs(self) -> CostModel:
+        """The device's measured cost model: read from the on-disk cache, else measured (seconds) once."""
+        if self._costs is None:
+            directory = None
+            if self.config.cost_cache:
+                from .loading import cache_dir
+
+                directory = cache_dir() / "costs"
+            self._costs = cached_costs(self.adapter, self.config.draft_vocab, directory)
+        return self._costs
+
+    def reset(self) -> None:
+        """Forget what the stream taught: the optimiser's search, every drafter's state, token counts."""
+        if self.optimizer is not None:
+            self.optimizer.reset()
+        for d in self.drafters.values():
+            d.reset()
+        self.token_counts.zero_()
+        self._wall = WallClockBound()
 
     # -- the loop ------------------------------------------------------------------
-    def _decode(
-        self,
-        ids: list[int],
-        max_new: int,
-        params: SamplingParams,
-        eos: set[int],
-        gen: torch.Generator,
-        noise: PositionNoise | None,
-        skip_override: SkipSet | None,
-    ) -> Generator[list[int], None, GenerationResult]:
-        cfg, ad, dev = self.config, self.adapter, self.adapter.device
-        opt = self.optimizer if skip_override is None else None
-        stats = GenerationStats(prompt_tokens=len(ids))
-        t_start = time.perf_counter()
-        P = len(ids)
-        window = opt.config.context_window if opt is not None else 0
-        cache = SlotKVCache(ad.num_layers, P + max_new + cfg.max_draft * cfg.max_width + window + 2)
-        head = self._draft_head(ids, eos)
+    def _decode(self, run: _Run) -> Generator[list[int], None, GenerationResult]:
+        yield self._prefill(run)  # 1. the full model reads the prompt and picks the first token
+        while not run.done:
+            self._optimise(run)  # 2. while searching, score one proposed skip set by matchness
+            trie = self._draft_free(run)  # 3. lookup and suffix drafts: no model forward
+            plan = self._plan(run, trie)  # 4. run the layer-skip draft? by cost and acceptance counts
+            self._draft_model(run, plan, trie)  # 5. the layer-skip draft adds its tree to the same trie
+            trie, layout = self._tree(run, trie)  # 6. keep the nodes that pay; memoised layout
+            logits = self._verify(run, trie, layout)  # 7. one full-model forward over the tree
+            accepted, bonus = self._accept(run, trie, layout, logits)  # 8. longest agreeing path + bonus
+            yield self._commit(run, trie, layout, plan, accepted, bonus)  # 9. keep its KV, emit its tokens
+        return self._finish(run)
 
-        # 1. Prefill: the full model reads the prompt and picks the first new token.
-        logits = ad.forward(torch.tensor(ids, device=dev), torch.arange(P, device=dev), cache, 0, 0,
+    def _start(self, ids: list[int], max_new: int, params: SamplingParams, eos: set[int], seed: int,
+               skip: SkipSet | None, processor: LogitsProcessor | None) -> _Run:
+        cfg, ad = self.config, self.adapter
+        window = self.optimizer.config.context_window if self.optimizer is not None else 0
+        draft_slots = 1 + cfg.max_draft * max(cfg.frontier, cfg.max_width)
+        cache = SlotKVCache(ad.num_layers, len(ids) + max_new + draft_slots + cfg.max_nodes + window + 2)
+        gen = torch.Generator(device=ad.device)
+        gen.manual_seed(seed)
+        noise = None
+        if not params.greedy and cfg.sampler == "coupled":
+            noise = PositionNoise(seed, ad.vocab_size, ad.device)
+        target = SamplingParams(temperature=1.0) if processor is not None and not params.greedy else params
+        req = Request(tokens=list(ids), prompt_len=len(ids), eos=frozenset(eos))
+        return _Run(req=req, cache=cache, head=self._draft_head(ids, eos), params=target, draft_params=params,
+                    generator=gen, noise=noise, eos=eos, max_new=max_new, skip_override=skip, processor=processor,
+                    stats=GenerationStats(prompt_tokens=len(ids)), t_start=time.perf_counter())
+
+    def _prefill(self, run: _Run) -> list[int]:
+        ad, dev, P = self.adapter, self.adapter.device, len(run.tokens)
+        logits = ad.forward(torch.tensor(run.tokens, device=dev), torch.arange(P, device=dev), run.cache, 0, 0,
                             _causal(P, dev), None, logits_rows=slice(P - 1, P))
-        cache.rollback(P)
-        first = self._pick(logits[0], params, gen, noise, P)
-        tokens = ids + [first]  # committed; the cache holds all but the last
-        stats.time_prefill = time.perf_counter() - t_start
-        yield [first]
-        done = first in eos or max_new == 1
+        run.cache.rollback(P)
+        if run.processor is not None:
+            logits = run.processor(torch.tensor([run.tokens], device=dev), logits)
+        first = self._pick(logits[0], run, P)
+        run.tokens.append(first)  # committed; the cache holds all but the last
+        run.stats.time_prefill = time.perf_counter() - run.t_start
+        run.done = first in run.eos or run.max_new == 1
+        return [first]
 
-        while not done:
-            n, remaining = len(tokens), max_new - (len(tokens) - P)
+    def _optimise(self, run: _Run) -> None:
+        t0 = time.perf_counter()
+        opt = self.optimizer if run.skip_override is None else None
+        n, P = len(run.tokens), run.req.prompt_len
+        if opt is not None and opt.wants_proposal(n - P):
+            cand = opt.propose()
+            opt.observe(cand, self.matchness(cand, run.tokens, P, run.cache, opt.config.context_window, run.head))
+        run.clock["t0"], run.clock["t1"] = t0, time.perf_counter()
+        run.stats.time_optimize += run.clock["t1"] - t0
 
-            # 2. Optimise: while searching, score one proposed skip set by matchness.
-            t0 = time.perf_counter()
-            if opt is not None and opt.wants_proposal(n - P):
-                cand = opt.propose()
-                opt.observe(cand, self.matchness(cand, tokens, P, cache, window, head))
-            skip = skip_override if skip_override is not None else (opt.current() if opt else self.skip_set)
-            t1 = time.perf_counter()
+    def _current_skip(self, run: _Run) -> SkipSet | None:
+        if run.skip_override is not None:
+            return run.skip_override
+        if self.optimizer is None:
+            return self.skip_set
+        if not self.config.planner:
+            return self.optimizer.current()  # the paper's loop: the optimiser alone decides
+        best = self.optimizer.best()[0]
+        return None if best.is_empty() else best
 
-            # 3. Draft: the layer-skipped model extends the last token while confident.
-            budget = min(cfg.max_draft, remaining - 1) if skip is not None else 0
-            draft = self._draft(tokens[-1], n - 1, cache, skip, head, budget, params, gen, noise)
-            t2 = time.perf_counter()
+    def _draft_free(self, run: _Run) -> DraftTrie:
+        trie = DraftTrie.rooted(run.tokens[-1])
+        if run.remaining > 1:
+            for d in self.drafters.values():
+                if d.free:
+                    d.propose(run.req, trie, 4 * self.config.max_nodes)
+        return trie
 
-            # 4. Tree: siblings per depth from the draft's confidence (memoised shape).
-            widths = tuple(min(w, len(c)) for w, c in zip(self._widths(draft.top1), draft.cands))
-            layout = build_tree(widths)
-            tree_tokens = [tokens[-1]] + [c[j] for c, w in zip(draft.cands, widths) for j in range(w)]
+    def _plan(self, run: _Run, trie: DraftTrie) -> _Plan:
+        """Run the layer-skip draft only when its forecast beats what the free drafts offer."""
+        cfg = self.config
+        ls: LayerSkipDrafter | None = self.drafters.get("layerskip")  # type: ignore[assignment]
+        skip = self._current_skip(run) if ls is not None else None
+        depth = max(0, min(cfg.max_draft, run.remaining - 1))
+        if ls is None or skip is None or depth == 0:
+            return _Plan(False, None, depth, 0.0)
+        ls.use_skip(skip)
+        if not cfg.planner:
+            return _Plan(True, skip, depth, 0.0)
+        costs = self.costs
+        free_rate, free_gain = 1.0, 1.0
+        if len(trie) > 1:
+            _, free_rate = best_node_count(trie.score[1:], costs, 0.0, cfg.max_nodes)
+            free_gain = 1.0 + sum(sorted(trie.score[1:])[-2 * depth :])
+        prior = 0.5
+        opt = self.optimizer if run.skip_override is None else None
+        if opt is not None and opt.best()[1] is not None:
+            prior = opt.acceptance(opt.best()[1])
+        fc = forecast_layerskip(costs, skip, ls.acceptance(prior), cfg.frontier, depth, free_gain)
+        run_model = fc.rate > max(1.0, free_rate) * 1.02 and not self._wall.veto(fc.rate)
+        return _Plan(run_model, skip, min(depth, fc.depth + 2), fc.cost_per_depth * max(1.0, free_rate))
 
-            # 5. Verify: one full-model forward over every node of the tree.
-            logits = ad.forward(torch.tensor(tree_tokens, device=dev), (n - 1) + layout.depth.to(dev), cache,
-                                n - 1, n - 1, layout.mask.to(dev), None)
+    def _draft_model(self, run: _Run, plan: _Plan, trie: DraftTrie) -> None:
+        cfg = self.config
+        t_free = time.perf_counter()
+        if plan.run_model:
+            rejection = not run.params.greedy and run.noise is None
+            run.req.scratch["model_step"] = ModelStep(
+                adapter=self.adapter, cache=run.cache, skip=plan.skip, head=run.head, params=run.draft_params,
+                generator=run.generator, noise=run.noise, rejection=rejection,
+                max_depth=plan.max_depth, frontier=cfg.frontier if cfg.use_tree else 1, min_mass=plan.min_mass,
+                widths=(cfg.tree_thresholds, cfg.widths_for(run.params.greedy)), stop_threshold=cfg.stop_threshold)
+            # the rejection sampler keeps every sampled node: the budget is the tree's size
+            budget = cfg.max_nodes - len(trie) if rejection else 4 * cfg.max_nodes
+            self.drafters["layerskip"].propose(run.req, trie, budget)
+        run.clock["t2"] = time.perf_counter()
+        run.clock["model_draft"] = run.clock["t2"] - t_free if plan.run_model else 0.0
+        run.stats.time_draft += run.clock["t2"] - run.clock["t1"]
 
-            # 6. Accept: the longest path agreeing with the target's argmax (greedy) or its
-            #    seeded Gumbel-max sample (coupled); or multi-candidate speculative sampling.
-            if params.greedy:
-                accepted, bonus = greedy_verify(tree_tokens, logits.argmax(-1).tolist(), layout)
-            elif noise is not None:
-                g = noise.rows(list(range(n, n + len(widths) + 1)))[layout.depth.to(dev)]
-                accepted, bonus = greedy_verify(tree_tokens, coupled_sample(logits, params, g).tolist(), layout)
-                noise.forget_before(n)
-            else:
-                p_nodes = target_probs(logits, params)
-                q = torch.stack(draft.q) if draft.q else p_nodes[:0]
-                accepted, bonus = multi_candidate_speculative_sampling(tree_tokens, p_nodes, q, layout, gen)
-            t3 = time.perf_counter()
+    def _tree(self, run: _Run, trie: DraftTrie) -> tuple[DraftTrie, TreeLayout]:
+        """Keep the node count that maximises expected tokens per time; the layout is memoised by shape."""
+        cfg = self.config
+        max_nodes = min(cfg.max_nodes, len(trie))
+        if cfg.planner and len(trie) > 1:
+            costs = self.costs
+            spent = run.clock["model_draft"] / costs.full_step if run.clock["model_draft"] else 0.0
+            n, _ = best_node_count(trie.score[1:], costs, spent, max_nodes)
+            trie = trie.select(max(n, sum(trie.keep)))
+        elif len(trie) > max_nodes:
+            trie = trie.select(max_nodes)
+        return trie, build_tree(tuple(trie.parents))
 
-            # 7. Commit: keep the accepted path's KV entries, emit its tokens and the bonus.
-            cache.keep(n - 1, [0] + accepted)
-            new = [tree_tokens[i] for i in accepted] + [bonus]
-            for i, t in enumerate(new):
-                if t in eos:
-                    new, done = new[: i + 1], True
-                    break
-            new = new[:remaining]
-            done = done or len(new) == remaining
-            tokens += new
-            stats.steps += 1
-            stats.plain_steps += int(budget == 0)
-            stats.draft_lengths.append(len(draft.cands))
-            stats.accepted_lengths.append(len(accepted))
-            stats.tree_sizes.append(layout.size)
-            stats.time_optimize += t1 - t0
-            stats.time_draft += t2 - t1
-            stats.time_verify += t3 - t2
-            if opt is not None:
-                opt.record_step(stats, accepted=len(accepted), drafted=len(draft.cands),
-                                step_time=time.perf_counter() - t1)
-            yield new
+    def _verify(self, run: _Run, trie: DraftTrie, layout: TreeLayout) -> torch.Tensor:
+        ad, dev, n = self.adapter, self.adapter.device, len(run.tokens)
+        logits = ad.forward(torch.tensor(trie.tokens, device=dev), (n - 1) + layout.depth.to(dev), run.cache,
+                            n - 1, n - 1, layout.mask.to(dev), None)
+        if run.processor is not None:
+            logits = self._process(run, trie, layout, logits)
+        return logits
 
-        stats.new_tokens = len(tokens) - P
-        self.token_counts += torch.bincount(torch.tensor(tokens[P:]), minlength=self.token_counts.numel())
-        stats.wall_time = time.perf_counter() - t_start
+    def _process(self, run: _Run, trie: DraftTrie, layout: TreeLayout, logits: torch.Tensor) -> torch.Tensor:
+        """Apply the logits processor to every node with its own prefix (nodes of one depth in one call)."""
+        dev = logits.device
+        base = torch.tensor(run.tokens, device=dev)
+        toks = torch.tensor(trie.tokens, device=dev)
+        out = torch.empty_like(logits)
+        for d in range(layout.max_depth + 1):
+            nodes = [i for i, x in enumerate(layout.depths) if x == d]
+            idx = torch.tensor(nodes, device=dev)
+            path = toks[layout.paths[nodes, 1 : d + 1].to(dev)] if d else toks[:0].expand(len(nodes), 0)
+            prefix = torch.cat([base.expand(len(nodes), -1), path], dim=1)
+            out[idx] = run.processor(prefix, logits[idx].clone())
+        return out
+
+    def _accept(self, run: _Run, trie: DraftTrie, layout: TreeLayout, logits: torch.Tensor
+                ) -> tuple[list[int], int]:
+        """Greedy: longest path equal to the target's argmax. Coupled: to its seeded Gumbel-max
+        sample. Rejection: multi-candidate speculative sampling over the mixed tree."""
+        n, dev = len(run.tokens), self.adapter.device
+        if run.params.greedy:
+            return greedy_verify(trie.tokens, logits.argmax(-1).tolist(), layout)
+        if run.noise is not None:
+            g = run.noise.rows(list(range(n, n + layout.max_depth + 1)))[layout.depth.to(dev)]
+            out = greedy_verify(trie.tokens, coupled_sample(logits, run.params, g).tolist(), layout)
+            run.noise.forget_before(n)
+            return out
+        p_nodes = target_probs(logits, run.params)
+        return multi_candidate_speculative_sampling(trie.tokens, p_nodes, trie.q, trie.sampled, layout,
+                                                    run.generator)
+
+    def _commit(self, run: _Run, trie: DraftTrie, layout: TreeLayout, plan: _Plan, accepted: list[int],
+                bonus: int) -> list[int]:
+        n, stats = len(run.tokens), run.stats
+        run.cache.keep(n - 1, [0] + accepted)
+        new = [trie.tokens[i] for i in accepted] + [bonus]
+        for i, t in enumerate(new):
+            if t in run.eos:
+                new, run.done = new[: i + 1], True
+                break
+        new = new[: run.remaining]
+        run.done = run.done or len(new) == run.remaining
+        t3 = time.perf_counter()
+        stats.time_verify += t3 - run.clock["t2"]
+        for d in self.drafters.values():
+            d.observe(run.req, trie, accepted)
+        self._record(run, trie, layout, plan, accepted, t3 - run.clock["t1"])
+        run.tokens.extend(new)
+        return new
+
+    def _record(self, run: _Run, trie: DraftTrie, layout: TreeLayout, plan: _Plan, accepted: list[int],
+                step_time: float) -> None:
+        stats = run.stats
+        drafted = layout.size - 1
+        stats.steps += 1
+        stats.plain_steps += int(drafted == 0)
+        stats.draft_lengths.append(layout.max_depth)
+        stats.accepted_lengths.append(len(accepted))
+        stats.tree_sizes.append(layout.size)
+        hit = set(accepted)
+        for i in range(1, layout.size):
+            for src in trie.sources[i]:
+                d = stats.per_drafter.setdefault(src, {"proposed": 0, "accepted": 0})
+                d["proposed"] += 1
+                d["accepted"] += int(i in hit)
+        self._wall.record(plan.run_model, len(accepted) + 1, step_time, layout.size)
+        opt = self.optimizer if run.skip_override is None else None
+        if opt is not None:
+            model_nodes = sum(1 for s in trie.sources[1:] if "layerskip" in s)
+            opt.record_step(stats, accepted=len(accepted) if model_nodes else 0,
+                            drafted=layout.max_depth if model_nodes else 0, step_time=step_time)
+
+    def _finish(self, run: _Run) -> GenerationResult:
+        stats, P = run.stats, run.req.prompt_len
+        stats.new_tokens = len(run.tokens) - P
+        self.token_counts += torch.bincount(torch.tensor(run.tokens[P:]), minlength=self.token_counts.numel())
+        for d in self.drafters.values():
+            d.end_request(run.req)
+        stats.wall_time = time.perf_counter() - run.t_start
         stats.time_other = stats.wall_time - (stats.time_prefill + stats.time_draft + stats.time_verify
                                               + stats.time_optimize)
-        last = skip_override if skip_override is not None else (opt.current() if opt else self.skip_set)
+        last = self._current_skip(run) if "layerskip" in self.drafters else None
         stats.skip_set = last.to_dict() if last is not None else None
+        opt = self.optimizer if run.skip_override is None else None
         stats.optimizer = opt.state_dict() if opt is not None else None
-        seq = torch.tensor([tokens], dtype=torch.long, device=dev)
+        seq = torch.tensor([run.tokens], dtype=torch.long, device=self.adapter.device)
         return GenerationResult(sequences=seq, stats=stats)
 
     # -- pieces of the loop ---------------------------------------------------------
-    def _draft(self, root: int, pos: int, cache: SlotKVCache, skip: SkipSet | None, head: DraftHead | None,
-               budget: int, params: SamplingParams, gen: torch.Generator, noise: PositionNoise | None) -> _Draft:
-        """Autoregressive draft from ``root`` at position ``pos``, in slots from ``pos`` on."""
-        cfg, ad, dev = self.config, self.adapter, self.adapter.device
-        out = _Draft([], [], [])
-        tok, one = root, torch.ones(1, 1, dtype=torch.bool, device=dev)
-        for d in range(budget):
-            logits = ad.forward(torch.tensor([tok], device=dev), torch.tensor([pos + d], device=dev), cache,
-                                pos + d, pos + d, one, skip, head=head)[0]
-            if params.greedy:
-                top = torch.topk(logits.softmax(-1), min(cfg.max_width, logits.shape[-1]))
-                conf, idx = float(top.values[0]), top.indices
-            elif noise is not None:  # propose with the noise the target will use at this position
-                w = warp_logits(logits, params)
-                g = noise.at(pos + d + 1)
-                scores = w + (g if head is None else g[head.token_ids])
-                k = min(cfg.max_width, int(torch.isfinite(w).sum()))
-                idx = torch.topk(scores, k).indices
-                conf = float(w.softmax(-1).max())
-            else:
-                q = target_probs(logits, params)  # over the draft vocabulary
-                k = min(cfg.max_width, int((q > 0).sum()))
-                idx = torch.multinomial(q, k, replacement=False, generator=gen)
-                conf = float(q.max())
-                if head is not None:  # back to the full vocabulary for verification
-                    q = q.new_zeros(self.adapter.vocab_size).index_copy_(0, head.token_ids, q)
-                out.q.append(q)
-            cands = (head.token_ids[idx] if head is not None else idx).tolist()
-            out.cands.append(cands)
-            out.top1.append(conf)
-            tok = cands[0]
-            if conf < cfg.stop_threshold:
-                break
-        return out
-
-    def _widths(self, top1: list[float]) -> tuple[int, ...]:
-        cfg = self.config
-        if not cfg.use_tree:
-            return (1,) * len(top1)
-        return widths_from_confidence(top1, cfg.tree_thresholds, cfg.tree_widths, cfg.max_width)
-
-    def _pick(self, logits: torch.Tensor, params: SamplingParams, gen: torch.Generator,
-              noise: PositionNoise | None, position: int) -> int:
-        if params.greedy:
+    def _pick(self, logits: torch.Tensor, run: _Run, position: int) -> int:
+        if run.params.greedy:
             return int(logits.argmax())
-        if noise is not None:
-            return int(coupled_sample(logits, params, noise.at(position)))
-        return int(torch.multinomial(target_probs(logits, params), 1, generator=gen))
+        if run.noise is not None:
+            return int(coupled_sample(logits, run.params, run.noise.at(position)))
+        return int(torch.multinomial(target_probs(logits, run.params), 1, generator=run.generator))
 
     def matchness(self, skip: SkipSet, tokens: list[int], prompt_len: int, cache: SlotKVCache,
                   window: int, head: DraftHead | None = None) -> float:
@@ -334,7 +471,7 @@ class SwiftDecoder:
         """The draft's vocabulary for one request: prompt and EOS tokens, then tokens the
         stream has generated (most frequent first), then the lowest ids."""
         V, K = self.adapter.vocab_size, self.config.draft_vocab
-        if K == 0 or K >= V:
+        if K == 0 or K >= V or "layerskip" not in self.drafters:
             return None
         score = self.token_counts.double() + 1.0 - torch.arange(V, dtype=torch.double) / V
         score[torch.tensor(prompt + sorted(eos), dtype=torch.long)] = float("inf")
@@ -342,34 +479,10 @@ class SwiftDecoder:
         return self.adapter.draft_head(ids)
 
     # -- input parsing ------------------------------------------------------------------
-    def _parse_prompt(self, input_ids: torch.Tensor | Sequence[int] | str) -> list[int]:
-        if isinstance(input_ids, str):
-            if self.tokenizer is None:
-                raise InvalidArgumentError("a text prompt needs a tokenizer: SwiftDecoder(model, tokenizer)")
-            ids = self.tokenizer(input_ids, return_tensors=None)["input_ids"]
-        elif isinstance(input_ids, torch.Tensor):
-            if input_ids.dim() == 2:
-                if input_ids.shape[0] != 1:
-                    raise InvalidArgumentError(
-                        f"swiftsd decodes one sequence at a time; got a batch of {input_ids.shape[0]}. "
-                        "Call generate once per prompt.")
-                input_ids = input_ids[0]
-            if input_ids.dim() != 1 or input_ids.dtype not in (torch.long, torch.int, torch.int32, torch.int16):
-                raise InvalidArgumentError(f"input_ids must be a LongTensor [1, n] or [n], got {tuple(input_ids.shape)} "
-                                           f"{input_ids.dtype}")
-            ids = input_ids.tolist()
-        else:
-            try:
-                ids = [int(i) for i in input_ids]
-            except (TypeError, ValueError) as exc:
-                raise InvalidArgumentError(f"input_ids must be token ids, got {input_ids!r}") from exc
-        if not ids:
-            raise InvalidArgumentError("the prompt is empty: give at least one token")
-        vocab = self.model.get_input_embeddings().weight.shape[0]
-        bad = [i for i in ids if not 0 <= i < vocab]
-        if bad:
-            raise InvalidArgumentError(f"token ids {bad[:5]} are outside the model's vocabulary [0, {vocab})")
-        return ids
+    def _parse_prompt(self, input_ids: Any) -> list[int]:
+        from .prompt import parse_prompt  # str, ids, tensor, BatchEncoding / dict: see swiftsd.prompt
+
+        return parse_prompt(input_ids, self.tokenizer, self.model.get_input_embeddings().weight.shape[0])
 
     def _parse_eos(self, eos_token_id: int | Sequence[int] | None) -> set[int]:
         from .eos import resolve_eos

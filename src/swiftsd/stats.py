@@ -26,6 +26,7 @@ class GenerationStats:
     skip_set: dict[str, list[int]] | None = None
     optimizer: dict[str, Any] | None = None
     trace: list[dict[str, Any]] = field(default_factory=list)  # per-step records (optimiser issue)
+    per_drafter: dict[str, dict[str, int]] = field(default_factory=dict)  # name -> proposed / accepted nodes
 
     @property
     def draft_tokens(self) -> int:

@@ -228,20 +228,57 @@ class CostModel:
         return cls(**d)
 
 
+def measure_verify_costs(adapter: "DecoderAdapter", sizes: Sequence[int], context: int = 64, rounds: int = 5,
+                         seed: int = 0) -> dict[int, float]:
+    """Median seconds of one full forward over a causal block of each size, sizes interleaved in rounds.
+
+    Every round times every size once, in a shuffled order, after one warm-up round:
+    timing each size in its own run lets a warm-up or a burst of load land on one size
+    (on qwen-1.5b, 8 nodes once timed at 0.84 of a one-token step).
+    """
+    import random as _random
+
+    dev = adapter.device
+    sizes = sorted({1, *(int(x) for x in sizes)})
+    vocab = adapter.model.get_input_embeddings().weight.shape[0]
+    ids = torch.randint(0, vocab, (context + max(sizes),), generator=torch.Generator().manual_seed(seed)).to(dev)
+    cache = SlotKVCache(adapter.num_layers, context + max(sizes) + 1)
+    causal = torch.ones(context, context, dtype=torch.bool, device=dev).tril()
+    adapter.forward(ids[:context], torch.arange(context, device=dev), cache, 0, 0, causal, None,
+                    logits_rows=slice(context - 1, context))
+    cache.rollback(context)
+    blocks = {n: (ids[context : context + n], torch.arange(context, context + n, device=dev),
+                  torch.ones(n, n, dtype=torch.bool, device=dev).tril()) for n in sizes}
+    times: dict[int, list[float]] = {n: [] for n in sizes}
+    order = list(sizes)
+    rng = _random.Random(seed)
+    for r in range(rounds + 1):
+        rng.shuffle(order)
+        for n in order:
+            tok, pos, mask = blocks[n]
+            _sync(dev)
+            t0 = time.perf_counter()
+            adapter.forward(tok, pos, cache, context, context, mask, None)
+            _sync(dev)
+            if r > 0:  # round 0 warms up
+                times[n].append(time.perf_counter() - t0)
+    return {n: statistics.median(t) for n, t in times.items()}
+
+
 def measure_costs(adapter: "DecoderAdapter", context: int = 64, n: int = 3,
-                  verify_sizes: tuple[int, ...] = (2, 4, 8, 16, 32), draft_vocab: int = 0) -> CostModel:
+                  verify_sizes: tuple[int, ...] = (2, 4, 8, 16, 32, 64), draft_vocab: int = 0) -> CostModel:
     """Time a few forwards on the running device (a few seconds for a 0.5B model on CPU).
 
-    Forward timings come from :func:`swiftsd.cost.measure_draft_cost` (alternating
-    full / draft single-token steps, medians): with every inner attention sublayer
-    skipped, then every inner MLP, then everything, so ``attn = (t_full − t_no_attn)
-    / (L − 2)``; the verification sizes ride along with the first. The LM head is
-    timed alone, full and restricted to ``draft_vocab`` rows (the draft's head).
+    Forward timings come from :func:`measure_draft_cost` (alternating full / draft
+    single-token steps, medians): with every inner attention sublayer skipped, then
+    every inner MLP, then everything, so ``attn = (t_full − t_no_attn) / (L − 2)``.
+    Verification sizes are timed interleaved in rounds (:func:`measure_verify_costs`).
+    The LM head is timed alone, full and restricted to ``draft_vocab`` rows.
     """
     L = adapter.num_layers
     inner, everything = list(range(1, L - 1)), list(range(L))
     kw = dict(n=n, context=context, warmup=1)
-    no_attn = measure_draft_cost(adapter, SkipSet(attn=inner), verify_sizes=verify_sizes, **kw)
+    no_attn = measure_draft_cost(adapter, SkipSet(attn=inner), **kw)
     no_mlp = measure_draft_cost(adapter, SkipSet(mlp=inner), **kw)
     empty = measure_draft_cost(adapter, SkipSet(attn=everything, mlp=everything), **kw)
     full = statistics.median([no_attn["full_ms"], no_mlp["full_ms"], empty["full_ms"]]) / 1e3
@@ -269,13 +306,14 @@ def measure_costs(adapter: "DecoderAdapter", context: int = 64, n: int = 3,
     with torch.inference_mode():
         head_full = timed(lambda: head(h))
         head_draft = timed(lambda: torch.nn.functional.linear(h, rows))
-        extra = timed(lambda: torch.topk(logits.softmax(-1), 10))
+        extra = timed(lambda: torch.topk(logits.softmax(-1), min(10, k)))
     head_full = min(head_full, empty_s)
-    # Monotone in n despite timing noise: contention only slows a run down, so a size
-    # that timed slower than a larger one is an outlier; take the running minimum from
-    # the largest size down (and never below a plain step).
-    ns = sorted(int(x) for x in no_attn["verify_relative"])
-    vt = [max(no_attn["verify_relative"][x], 1.0) * full for x in ns]
+    measured = measure_verify_costs(adapter, verify_sizes, context=context, rounds=max(3, n + 2))
+    # Relative to the one-token forward timed in the same rounds; monotone in n despite
+    # noise (contention only slows a run down, so a size that timed slower than a larger
+    # one is an outlier): the running minimum from the largest size down, never below 1.
+    ns = sorted(x for x in measured if x > 1)
+    vt = [max(measured[x] / measured[1], 1.0) * full for x in ns]
     for i in range(len(vt) - 2, -1, -1):
         vt[i] = min(vt[i], vt[i + 1])
     return CostModel(
@@ -283,5 +321,62 @@ def measure_costs(adapter: "DecoderAdapter", context: int = 64, n: int = 3,
         draft_extra=extra + head_draft - head_full, verify_sizes=(1, *ns), verify_times=(full, *vt),
         num_layers=L, device=str(dev), dtype=str(adapter.dtype).replace("torch.", ""), context=context,
     )
+
+
+COST_FORMAT = 2
+
+
+def cost_key(adapter: "DecoderAdapter", draft_vocab: int) -> str:
+    """What the cost model depends on: the model (config and a weight fingerprint), device, dtype,
+    threads, processor and torch version. A changed one measures afresh."""
+    import hashlib
+    import json
+    import platform
+
+    model = adapter.model
+    w = model.get_output_embeddings().weight
+    with torch.inference_mode():
+        fingerprint = float(w[: min(8, w.shape[0]), : min(16, w.shape[1])].double().sum())
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu)
+    except OSError:
+        pass
+    parts = {"format": COST_FORMAT, "config": model.config.to_json_string(use_diff=False),
+             "weights": fingerprint, "device": str(adapter.device), "dtype": str(adapter.dtype),
+             "threads": torch.get_num_threads(), "cpu": cpu, "torch": torch.__version__, "draft_vocab": draft_vocab,
+             "gpu": torch.cuda.get_device_name(adapter.device) if adapter.device.type == "cuda" else None}
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:24]
+
+
+def cached_costs(adapter: "DecoderAdapter", draft_vocab: int, directory: Any | None) -> CostModel:
+    """The cost model from ``directory`` (one JSON per :func:`cost_key`), measured and saved when absent.
+
+    Measuring takes seconds; every later decoder of the same (model, device, dtype,
+    threads) reads it back. A file that cannot be read is measured over.
+    """
+    import json
+    import os
+    import tempfile
+    from pathlib import Path
+
+    if directory is None:
+        return measure_costs(adapter, draft_vocab=draft_vocab)
+    path = Path(directory) / f"{cost_key(adapter, draft_vocab)}.json"
+    try:
+        return CostModel.from_dict(json.loads(path.read_text(encoding="utf-8")))
+    except (OSError, ValueError, TypeError, KeyError):
+        pass
+    costs = measure_costs(adapter, draft_vocab=draft_vocab)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(costs.to_dict(), f)
+        os.replace(tmp, path)
+    except OSError:
+        pass  # a read-only cache: measure again next time
+    return costs
 
 

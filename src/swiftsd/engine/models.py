@@ -9,6 +9,7 @@ against the stock model's forward.
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from typing import Callable
 
@@ -35,6 +36,21 @@ class DraftHead:
     bias: torch.Tensor | None  # [K] or None
 
 
+def _cache_kwarg(attn: nn.Module) -> str:
+    """The name under which this transformers' attention modules take the KV cache.
+
+    transformers 5.24 renamed ``past_key_values`` to ``cache`` (the old name still
+    works there, with a FutureWarning); 5.23 and earlier take only
+    ``past_key_values`` and would silently drop ``cache=`` into ``**kwargs``, so
+    the name is read from the signature once, not guessed.
+    """
+    try:
+        params = inspect.signature(attn.forward).parameters
+    except (TypeError, ValueError):
+        return "past_key_values"
+    return "cache" if "cache" in params else "past_key_values"
+
+
 class DecoderAdapter:
     """Llama-style pre-norm residual wiring (Llama, Mistral, Qwen2, Qwen3, Phi-3)."""
 
@@ -54,6 +70,7 @@ class DecoderAdapter:
         self.max_positions: int | None = getattr(cfg, "max_position_embeddings", None)
         self.vocab_size: int = model.lm_head.weight.shape[0] if hasattr(model, "lm_head") else 0
         self.softcap: float | None = getattr(cfg, "final_logit_softcapping", None)
+        self.cache_kwarg: str = _cache_kwarg(self.layers[0].self_attn) if self.num_layers else "cache"
         impl = getattr(cfg, "_attn_implementation", "eager")
         if impl and "flash" in impl:
             raise UnsupportedModelError(
@@ -83,13 +100,16 @@ class DecoderAdapter:
 
     # -- the forward ---------------------------------------------------------
     def build_masks(
-        self, positions: torch.Tensor, visible_prefix: int, slot_start: int, block_mask: torch.Tensor
+        self, positions: torch.Tensor, visible_prefix: int, slot_start: int, block_mask: torch.Tensor,
+        past_visible: torch.Tensor | None = None, past_positions: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor | None]:
         """Additive masks [1, 1, q, slot_start+q], one per attention type.
 
         Queries see slots [0, visible_prefix) (committed tokens at positions
-        0..visible_prefix-1), never slots [visible_prefix, slot_start), and the
-        block's own slots as ``block_mask`` [q, q] allows.
+        0..visible_prefix-1), the block's own slots as ``block_mask`` [q, q] allows,
+        and of the slots [visible_prefix, slot_start) only those ``past_visible``
+        [q, slot_start - visible_prefix] allows (a draft tree's earlier depths, at
+        ``past_positions``); none of them without it.
 
         A single query that sees every slot (a draft step or a plain step, whose
         position equals its slot) gets ``None``: SDPA then runs grouped-query
@@ -104,6 +124,8 @@ class DecoderAdapter:
         vis = torch.zeros(q, slot_start + q, dtype=torch.bool, device=dev)
         vis[:, :visible_prefix] = True
         vis[:, slot_start:] = block_mask
+        if past_visible is not None:
+            vis[:, visible_prefix:slot_start] = past_visible
         masks = {}
         neg = torch.finfo(self.dtype).min
         for kind in set(self.layer_types):
@@ -112,6 +134,8 @@ class DecoderAdapter:
                 k_pos = torch.full((slot_start + q,), -(10**9), dtype=torch.long, device=dev)
                 k_pos[:visible_prefix] = torch.arange(visible_prefix, device=dev)
                 k_pos[slot_start:] = positions
+                if past_positions is not None:
+                    k_pos[visible_prefix:slot_start] = past_positions
                 v = vis & (k_pos[None, :] > positions[:, None] - self.sliding_window)
             m = torch.zeros(v.shape, dtype=self.dtype, device=dev).masked_fill_(~v, neg)
             masks[kind] = m[None, None]
@@ -137,18 +161,21 @@ class DecoderAdapter:
         skip: SkipSet | None = None,
         logits_rows: torch.Tensor | slice | None = None,
         head: DraftHead | None = None,
+        past_visible: torch.Tensor | None = None,
+        past_positions: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Logits [rows, V] (float32) for ``input_ids`` [q] written at slots [slot_start, slot_start+q).
 
         ``skip`` leaves those sublayers out (the draft); ``None`` runs the full model.
         ``logits_rows`` picks which positions reach the LM head (all by default);
         ``head`` scores only a vocabulary subset (columns follow ``head.token_ids``).
+        ``past_visible`` / ``past_positions``: see :meth:`build_masks` (tree drafting).
         """
         q = input_ids.numel()
         cache.begin_write(slot_start, q)
         position_ids = positions[None]
         h = self.base.embed_tokens(input_ids[None])
-        masks = self.build_masks(positions, visible_prefix, slot_start, block_mask)
+        masks = self.build_masks(positions, visible_prefix, slot_start, block_mask, past_visible, past_positions)
         pe = self.rope(h, position_ids)
         skip_attn = set(skip.attn) if skip else set()
         skip_mlp = set(skip.mlp) if skip else set()
@@ -160,7 +187,7 @@ class DecoderAdapter:
                     position_embeddings=pe(i),
                     attention_mask=masks[self.layer_types[i]],
                     position_ids=position_ids,
-                    past_key_values=cache,
+                    **{self.cache_kwarg: cache},
                 )
             if i not in skip_mlp:
                 h = self.mlp_block(layer, h)

@@ -1,13 +1,12 @@
-"""The verification tree: a pure, memoised function of per-depth widths.
+"""The verification tree: a pure, memoised function of a trie's parent array.
 
-Layout (node 0 is the root, i.e. the last committed token)::
-
-    depth:    0      1            2            ...
-    nodes:  [root, c1, s1_1.., c2, s2_1.., ...]
-
-``c_d`` is the draft's top-1 token at depth d (the chain); ``s_d_j`` are its
-siblings (the draft's next candidates at the same depth), children of
-``c_{d-1}``. Only the chain grows deeper, as in SWIFT's reference tree.
+Any token trie can be verified in one forward pass. Node 0 is the root (the
+last committed token); ``parents[i] < i`` is node i's parent, so nodes come
+in an order where every parent precedes its children (the order drafters
+create them in). Everything the loop needs per shape is computed here once
+and memoised: the attention mask (each node sees its ancestors and itself),
+depths (positions are ``committed + depth``), children lists and the
+retrieval indices (each node's path from the root).
 """
 
 from __future__ import annotations
@@ -20,51 +19,84 @@ import torch
 
 @dataclass(frozen=True)
 class TreeLayout:
-    """Index tensors for one tree shape (all on CPU; move once per step)."""
+    """Index tensors for one trie shape (all on CPU; move once per step)."""
 
-    widths: tuple[int, ...]  # candidates per depth, chain node included
+    parents: tuple[int, ...]  # [N] parent node of each node, -1 for the root
     mask: torch.Tensor  # [N, N] bool, True = node i may attend node j (its ancestors and itself)
     depth: torch.Tensor  # [N] long, 0 for the root
     parent: torch.Tensor  # [N] long, -1 for the root
-    chain: torch.Tensor  # [D+1] long, node index of the chain node at each depth (root first)
-    candidates: tuple[tuple[int, ...], ...]  # per depth d=1..D: node indices, chain node first
+    children: tuple[tuple[int, ...], ...]  # [N] child nodes of each node, in node order
+    paths: torch.Tensor  # [N, D+1] long: node i's path root..i, padded with -1 (retrieval indices)
+    depths: tuple[int, ...]  # [N] depth of each node, as ints for the loop's Python side
 
     @property
     def size(self) -> int:
-        return int(self.depth.numel())
+        return len(self.parents)
+
+    @property
+    def max_depth(self) -> int:
+        return max(self.depths)
+
+    def path(self, node: int) -> list[int]:
+        """Node indices from the root's first child down to ``node`` (the root excluded)."""
+        out = []
+        while node > 0:
+            out.append(node)
+            node = self.parents[node]
+        return out[::-1]
 
 
 @lru_cache(maxsize=4096)
-def build_tree(widths: tuple[int, ...]) -> TreeLayout:
-    """Mask, depths, parents and candidate indices for a chain-with-siblings tree."""
-    if any(w < 1 for w in widths):
-        raise ValueError(f"tree widths must be >= 1, got {widths}")
-    parent = [-1]
-    depth = [0]
-    chain = [0]
-    candidates: list[tuple[int, ...]] = []
-    for d, w in enumerate(widths, start=1):
-        first = len(parent)
-        for _ in range(w):
-            parent.append(chain[-1])
-            depth.append(d)
-        candidates.append(tuple(range(first, first + w)))
-        chain.append(first)
-    n = len(parent)
+def build_tree(parents: tuple[int, ...]) -> TreeLayout:
+    """Mask, depths, children and retrieval indices for the trie ``parents`` (memoised by shape)."""
+    if not parents or parents[0] != -1:
+        raise ValueError(f"a trie's parent array starts with -1 (the root), got {parents[:4]}")
+    n = len(parents)
+    for i in range(1, n):
+        if not 0 <= parents[i] < i:
+            raise ValueError(f"node {i} has parent {parents[i]}: parents must precede their children")
+    depth = [0] * n
+    for i in range(1, n):
+        depth[i] = depth[parents[i]] + 1
+    kids: list[list[int]] = [[] for _ in range(n)]
+    for i in range(1, n):
+        kids[parents[i]].append(i)
+    paths = torch.full((n, max(depth) + 1), -1, dtype=torch.long)
     mask = torch.zeros(n, n, dtype=torch.bool)
     for i in range(n):
         j = i
         while j >= 0:
             mask[i, j] = True
-            j = parent[j]
+            paths[i, depth[j]] = j
+            j = parents[j]
     return TreeLayout(
-        widths=tuple(widths),
+        parents=tuple(parents),
         mask=mask,
         depth=torch.tensor(depth, dtype=torch.long),
-        parent=torch.tensor(parent, dtype=torch.long),
-        chain=torch.tensor(chain, dtype=torch.long),
-        candidates=tuple(candidates),
+        parent=torch.tensor(parents, dtype=torch.long),
+        children=tuple(tuple(k) for k in kids),
+        paths=paths,
+        depths=tuple(depth),
     )
+
+
+@lru_cache(maxsize=1024)
+def chain_with_siblings(widths: tuple[int, ...]) -> tuple[int, ...]:
+    """SWIFT's reference tree as a parent array: a top-1 chain, with ``widths[d-1] - 1``
+    siblings of the chain node at each depth d (children of the chain node above).
+
+    Node order per depth: the chain node first, then its siblings, so the chain
+    node at depth d is the first node of that depth.
+    """
+    if any(w < 1 for w in widths):
+        raise ValueError(f"tree widths must be >= 1, got {widths}")
+    parents = [-1]
+    chain = 0
+    for w in widths:
+        first = len(parents)
+        parents.extend([chain] * w)
+        chain = first
+    return tuple(parents)
 
 
 def widths_from_confidence(

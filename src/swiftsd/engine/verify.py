@@ -90,26 +90,24 @@ def coupled_sample(logits: torch.Tensor, params: SamplingParams, noise: torch.Te
 
 
 def greedy_verify(
-    tree_tokens: list[int], target_argmax: list[int], layout: TreeLayout
+    tree_tokens: list[int], target_tokens: list[int], layout: TreeLayout
 ) -> tuple[list[int], int]:
-    """Longest path whose tokens equal the target's argmax.
+    """Longest root path whose tokens equal the target's choice, over any trie.
 
     tree_tokens: [N] token of each node (node 0 = root, already committed).
-    target_argmax: [N] target argmax *after* each node.
+    target_tokens: [N] the target's token *after* each node (its argmax, or its
+    seeded Gumbel-max sample for the coupled sampler).
     Returns (accepted node indices excluding the root, bonus token).
     """
     node = 0
     accepted: list[int] = []
-    for depth, cands in enumerate(layout.candidates, start=1):
-        want = target_argmax[node]
-        hit = next((c for c in cands if tree_tokens[c] == want), None)
+    while True:
+        want = target_tokens[node]
+        hit = next((c for c in layout.children[node] if tree_tokens[c] == want), None)
         if hit is None:
-            break
+            return accepted, want
         accepted.append(hit)
         node = hit
-        if hit != int(layout.chain[depth]):  # a sibling: it has no children
-            break
-    return accepted, target_argmax[node]
 
 
 def _normalize(x: torch.Tensor) -> torch.Tensor | None:
@@ -120,50 +118,57 @@ def _normalize(x: torch.Tensor) -> torch.Tensor | None:
 def multi_candidate_speculative_sampling(
     tree_tokens: list[int],
     p_nodes: torch.Tensor,
-    q_depths: torch.Tensor,
+    q_nodes: dict[int, torch.Tensor],
+    sampled: list[int],
     layout: TreeLayout,
     generator: torch.Generator | None = None,
 ) -> tuple[list[int], int]:
-    """Recursive rejection sampling over a tree's candidates, without replacement.
+    """Recursive rejection sampling over any trie whose children are drafts with or without probabilities.
 
     tree_tokens: [N]; p_nodes: [N, V] target probs after each node;
-    q_depths: [D, V] draft probs at each depth (the distribution the candidates
-    of that depth were drawn from, in order, without replacement).
+    q_nodes: node -> [V] the draft distribution that node's *sampled* children were
+    drawn from, without replacement; sampled: [N] a node's rank among those draws, or
+    -1 for a point mass (e.g. a lookup or suffix draft).
 
-    At a depth, try candidates x_1, x_2, ... in order: accept x_i with prob
-    min(1, p(x_i) / q(x_i)); on rejection p <- norm(max(p - q, 0)) and x_i is
-    masked out of q (q renormalised). If all are rejected, the bonus token is
-    drawn from the residual p. This returns tokens distributed exactly as p.
+    At a node, try its sampled children in draw order, then its point-mass children:
+    accept x with prob min(1, p(x) / q(x)), q = δ_x for a point mass; on rejection
+    p <- norm(max(p - q, 0)) and a sampled x is masked out of q (q renormalised).
+    If every child is rejected, the bonus token is drawn from the residual p.
+    Each candidate's q is its true proposal given what came before (point masses are
+    fixed by the context), so this returns tokens distributed exactly as p.
     Returns (accepted node indices excluding the root, bonus token).
     """
     node = 0
     accepted: list[int] = []
     dev = p_nodes.device
-    for depth, cands in enumerate(layout.candidates, start=1):
+    while True:
+        kids = layout.children[node]
+        order = sorted((c for c in kids if sampled[c] >= 0), key=lambda c: sampled[c])
+        order += [c for c in kids if sampled[c] < 0]
+        if not order:
+            break
         p = p_nodes[node].clone()
-        q = q_depths[depth - 1].clone()
+        q = q_nodes[node].clone() if node in q_nodes else None
         hit = None
-        for c in cands:
+        for c in order:
             x = tree_tokens[c]
-            px, qx = float(p[x]), float(q[x])
+            px = float(p[x])
+            qx = float(q[x]) if sampled[c] >= 0 and q is not None else 1.0
             r = float(torch.rand((), generator=generator, device=dev))
             if qx > 0 and r < min(1.0, px / qx):
                 hit = c
                 break
-            residual = _normalize(torch.clamp(p - q, min=0))
+            if sampled[c] >= 0 and q is not None:
+                residual = _normalize(torch.clamp(p - q, min=0))
+                q[x] = 0
+                q = _normalize(q)
+            else:
+                p[x] = 0
+                residual = _normalize(p)
             if residual is not None:
                 p = residual
-            q[x] = 0
-            q_next = _normalize(q)
-            if q_next is None:  # the draft has no mass left to propose
-                break
-            q = q_next
         if hit is None:
-            bonus = int(torch.multinomial(p, 1, generator=generator))
-            return accepted, bonus
+            return accepted, int(torch.multinomial(p, 1, generator=generator))
         accepted.append(hit)
         node = hit
-        if hit != int(layout.chain[depth]):
-            break
-    bonus = int(torch.multinomial(p_nodes[node], 1, generator=generator))
-    return accepted, bonus
+    return accepted, int(torch.multinomial(p_nodes[node], 1, generator=generator))

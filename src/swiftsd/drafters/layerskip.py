@@ -1,0 +1,238 @@
+"""SWIFT's draft: the same model with a skip set, drafting a tree.
+
+Two shapes:
+- ``dynamic`` (default): EAGLE-2-style. At each depth one draft forward runs
+  over the ``frontier`` best nodes (by cumulative draft probability), each
+  attending its own ancestors; every child it proposes becomes a candidate,
+  and the planner later keeps the best nodes overall. Drafting stops when the
+  frontier's probability mass no longer pays for another draft forward.
+- ``paper``: the reference tree, a top-1 chain drafted while the top-1
+  probability stays above ``stop_threshold``, with siblings per depth chosen
+  from that depth's confidence. Used by ``method="swift-paper"`` and by the
+  rejection sampler, whose exactness needs a tree shape fixed before the
+  draws (children are sampled from q without replacement, flagged ``keep``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from ..config import SamplingParams
+from ..engine.cache import SlotKVCache
+from ..engine.models import DecoderAdapter, DraftHead
+from ..engine.skipset import SkipSet
+from ..engine.tree import widths_from_confidence
+from ..engine.verify import PositionNoise, target_probs, warp_logits
+from .base import DraftTrie, Request
+from .ngram import Calibration, bucket, learn
+
+
+@dataclass
+class ModelStep:
+    """What a model drafter needs for one step, set by the decoder."""
+
+    adapter: DecoderAdapter
+    cache: SlotKVCache
+    skip: SkipSet | None
+    head: DraftHead | None
+    params: SamplingParams
+    generator: torch.Generator
+    noise: PositionNoise | None
+    rejection: bool  # the rejection sampler verifies: fixed shape, sampled children
+    max_depth: int
+    frontier: int  # dynamic tree: nodes expanded per depth
+    min_mass: float  # dynamic tree: stop when the frontier's total score falls under this
+    widths: tuple[tuple[float, ...], tuple[int, ...]]  # paper tree: (thresholds, widths)
+    stop_threshold: float
+
+
+class LayerSkipDrafter:
+    """Drafts with the target's own weights, some sublayers skipped (the skip set)."""
+
+    name = "layerskip"
+    free = False
+
+    def __init__(self, shape: str = "dynamic") -> None:
+        self.shape = shape
+        self.reset()
+
+    def reset(self) -> None:
+        self.calib = Calibration(prior=0.7)
+        self.hits = 0.0  # per-depth acceptance of the layer-skip draft (decayed counts)
+        self.trials = 0.0
+        self.skip: SkipSet | None = None
+        self.depths_drafted = 0.0  # mean draft forwards per drafted step (decayed)
+        self.steps_drafted = 0.0
+
+    # -- what the planner reads ---------------------------------------------------------
+    def acceptance(self, prior: float) -> float:
+        """P(a depth's layer-skip candidate is accepted | the parent was), from counts, with a prior."""
+        return (self.hits + 4.0 * prior) / (self.trials + 4.0)
+
+    def mean_depth(self, default: float) -> float:
+        return self.depths_drafted / self.steps_drafted if self.steps_drafted > 0.5 else default
+
+    def use_skip(self, skip: SkipSet | None) -> None:
+        """A new skip set: its acceptance is not this one's."""
+        if skip != self.skip:
+            self.skip, self.hits, self.trials = skip, 0.0, 0.0
+
+    # -- the drafter interface ----------------------------------------------------------
+    def propose(self, req: Request, trie: DraftTrie, budget: int) -> None:
+        ms: ModelStep | None = req.scratch.get("model_step")
+        if ms is None or ms.skip is None or budget <= 0 or ms.max_depth <= 0:
+            return
+        if self.shape == "paper" or ms.rejection:
+            depths = self._paper(req, trie, budget, ms)
+        else:
+            depths = self._dynamic(req, trie, budget, ms)
+        self.depths_drafted = 0.98 * self.depths_drafted + depths
+        self.steps_drafted = 0.98 * self.steps_drafted + 1.0
+
+    def observe(self, req: Request, trie: DraftTrie, accepted: list[int]) -> None:
+        tags = trie.tags.get(self.name)
+        if not tags:
+            return
+        learn(self.calib, trie, accepted, self.name)
+        on_path = [0, *accepted]
+        for parent, child in zip(on_path, on_path[1:] + [None]):
+            if not any(trie.parents[n] == parent for n in tags):
+                break  # the draft proposed nothing under this node
+            self.trials = 0.995 * self.trials + 1.0
+            hit = child is not None and child in tags
+            self.hits = 0.995 * self.hits + float(hit)
+            if not hit:
+                break
+
+    def end_request(self, req: Request) -> None:
+        req.scratch.pop("model_step", None)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"calibration": self.calib.state_dict(), "hits": self.hits, "trials": self.trials,
+                "skip": self.skip.to_dict() if self.skip is not None else None,
+                "depths_drafted": self.depths_drafted, "steps_drafted": self.steps_drafted}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.calib.load_state_dict(state["calibration"])
+        self.hits, self.trials = float(state["hits"]), float(state["trials"])
+        self.skip = SkipSet.from_dict(state["skip"]) if state["skip"] is not None else None
+        self.depths_drafted, self.steps_drafted = float(state["depths_drafted"]), float(state["steps_drafted"])
+
+    # -- draft forwards -------------------------------------------------------------------
+    def _children(self, logits: torch.Tensor, k: int, ms: ModelStep, position: int
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Top candidates per row: (token ids [r, k], their draft probs [r, k], q [r, V] or None).
+
+        Greedy: the draft's top-k. Coupled sampling: top-k of warped logits plus the noise the
+        target will use at ``position`` (so the draft proposes the target's likely sample).
+        Rejection sampling: k draws without replacement from q (q returned on the full vocabulary).
+        """
+        head, params = ms.head, ms.params
+        k = max(1, min(k, logits.shape[-1]))
+        if params.greedy:
+            probs = logits.softmax(-1)
+            top = torch.topk(probs, k, dim=-1)
+            idx, p, q = top.indices, top.values, None
+        elif not ms.rejection:
+            w = warp_logits(logits, params)
+            g = ms.noise.at(position) if ms.noise is not None else torch.zeros(())
+            g = g if head is None or g.dim() == 0 else g[head.token_ids]
+            k = max(1, min(k, int(torch.isfinite(w).sum(-1).min())))
+            idx = torch.topk(w + g, k, dim=-1).indices
+            p, q = w.softmax(-1).gather(-1, idx), None
+        else:
+            q_sub = target_probs(logits, params)
+            k = max(1, min(k, int((q_sub > 0).sum(-1).min())))
+            idx = torch.multinomial(q_sub, k, replacement=False, generator=ms.generator)
+            p = q_sub.gather(-1, idx)
+            q = q_sub
+            if head is not None:
+                q = q_sub.new_zeros(q_sub.shape[0], ms.adapter.vocab_size).index_copy_(1, head.token_ids, q_sub)
+        tokens = head.token_ids[idx] if head is not None else idx
+        return tokens, p, q
+
+    def _paper(self, req: Request, trie: DraftTrie, budget: int, ms: ModelStep) -> int:
+        """Chain drafted while confident, siblings per depth from that depth's confidence."""
+        ad, dev = ms.adapter, ms.adapter.device
+        pos = len(req.tokens) - 1
+        one = torch.ones(1, 1, dtype=torch.bool, device=dev)
+        thresholds, widths = ms.widths
+        max_w = max(widths)
+        tags = trie.tags.setdefault(self.name, {})
+        node, tok, used, d = 0, req.tokens[-1], 0, 0
+        while d < ms.max_depth and used < budget:
+            logits = ad.forward(torch.tensor([tok], device=dev), torch.tensor([pos + d], device=dev), ms.cache,
+                                pos + d, pos + d, one, ms.skip, head=ms.head)
+            toks, p, q = self._children(logits, max_w, ms, pos + d + 1)
+            conf = float(q.max()) if q is not None else float(p[0, 0]) if ms.params.greedy else float(
+                warp_logits(logits, ms.params).softmax(-1).max())
+            w = widths_from_confidence([conf], thresholds, widths, max_w)[0]
+            w = min(w, toks.shape[-1], budget - used)
+            if q is not None:
+                trie.q[node] = q[0]
+            chain = None
+            for j, (t, pj) in enumerate(zip(toks[0, :w].tolist(), p[0, :w].tolist())):
+                b = bucket(0, d + 1)
+                child = trie.add(node, t, self.calib.prob(b, pj), self.name, sampled=j if q is not None else -1,
+                                 keep=q is not None)
+                tags[child] = (b, pj)
+                chain = child if j == 0 else chain
+            used += w
+            d += 1
+            if chain is None or conf < ms.stop_threshold:
+                break
+            node, tok = chain, trie.tokens[chain]
+        return d
+
+    def _dynamic(self, req: Request, trie: DraftTrie, budget: int, ms: ModelStep) -> int:
+        """EAGLE-2-style: expand the best ``frontier`` nodes per depth, one forward per depth."""
+        ad, dev = ms.adapter, ms.adapter.device
+        root_slot = len(req.tokens) - 1  # = the root's position
+        tags = trie.tags.setdefault(self.name, {})
+        slot_of = {0: root_slot}
+        frontier, next_slot, used, d = [0], root_slot, 0, 0
+        while d < ms.max_depth and used < budget and frontier:
+            k = len(frontier)
+            toks = torch.tensor([trie.tokens[f] for f in frontier], device=dev)
+            positions = torch.full((k,), root_slot + d, dtype=torch.long, device=dev)
+            past_vis = past_pos = None
+            if d > 0:
+                n_past = next_slot - root_slot
+                past_vis = torch.zeros(k, n_past, dtype=torch.bool)
+                for j, f in enumerate(frontier):
+                    a = trie.parents[f]
+                    while a >= 0:
+                        past_vis[j, slot_of[a] - root_slot] = True
+                        a = trie.parents[a]
+                past_vis = past_vis.to(dev)
+                past_pos = torch.empty(n_past, dtype=torch.long)
+                for node, slot in slot_of.items():
+                    past_pos[slot - root_slot] = root_slot + trie.depth(node)
+                past_pos = past_pos.to(dev)
+            block = torch.eye(k, dtype=torch.bool, device=dev)
+            logits = ad.forward(toks, positions, ms.cache, next_slot, root_slot, block, ms.skip, head=ms.head,
+                                past_visible=past_vis, past_positions=past_pos)
+            for j, f in enumerate(frontier):
+                slot_of[f] = next_slot + j
+            next_slot += k
+            cand_toks, cand_p, _ = self._children(logits, ms.frontier, ms, root_slot + d + 1)
+            new: list[int] = []
+            b = bucket(0, d + 1)
+            for j, f in enumerate(frontier):
+                for t, pj in zip(cand_toks[j].tolist(), cand_p[j].tolist()):
+                    if used >= budget:
+                        break
+                    existed = trie.child(f, t) is not None
+                    child = trie.add(f, t, self.calib.prob(b, pj), self.name)
+                    tags[child] = (b, pj)
+                    used += int(not existed)
+                    new.append(child)
+            d += 1
+            new.sort(key=lambda i: -trie.score[i])
+            frontier = new[: ms.frontier]
+            if sum(trie.score[i] for i in frontier) < ms.min_mass:
+                break
+        return d

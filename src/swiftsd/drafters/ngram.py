@@ -1,0 +1,166 @@
+"""What the two copy drafters (prompt lookup, stream suffix index) share.
+
+Both find earlier occurrences of the text's last n tokens and propose what
+followed them. All continuations go into one counted trie: a branch followed
+by more occurrences gets a larger share, and a node's acceptance estimate is
+``calibration x share``, learned from what verification accepted.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Sequence
+
+from .base import DraftTrie
+
+NgramKey = tuple[int, ...]
+
+
+@dataclass
+class Calibration:
+    """P(accept | parent accepted) ≈ ``factor(bucket) · share``, fitted from counts.
+
+    ``hits[b]`` counts accepted nodes of bucket b and ``mass[b]`` the shares of every
+    node of bucket b whose parent was accepted (a trial). Counts decay so the fit
+    follows the stream; the prior is ``prior`` over ``strength`` pseudo-trials.
+    """
+
+    prior: float = 0.5
+    strength: float = 4.0
+    decay: float = 0.995
+    hits: dict[str, float] = field(default_factory=dict)
+    mass: dict[str, float] = field(default_factory=dict)
+
+    def factor(self, bucket: str) -> float:
+        h, m = self.hits.get(bucket, 0.0), self.mass.get(bucket, 0.0)
+        return (h + self.prior * self.strength) / (m + self.strength)
+
+    def prob(self, bucket: str, share: float) -> float:
+        return min(0.98, self.factor(bucket) * share)
+
+    def observe(self, trials: Iterable[tuple[str, float, bool]]) -> None:
+        for bucket, share, hit in trials:
+            self.hits[bucket] = self.hits.get(bucket, 0.0) * self.decay + float(hit)
+            self.mass[bucket] = self.mass.get(bucket, 0.0) * self.decay + share
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"hits": dict(self.hits), "mass": dict(self.mass)}
+
+    def load_state_dict(self, d: dict[str, Any]) -> None:
+        self.hits, self.mass = dict(d["hits"]), dict(d["mass"])
+
+
+def bucket(n: int, depth: int) -> str:
+    """Calibration bucket: match length (1, 2, 3+) and depth (1, 2, 3-4, 5-8, 9+)."""
+    d = 1 if depth <= 1 else 2 if depth == 2 else 3 if depth <= 4 else 5 if depth <= 8 else 9
+    return f"n{min(n, 3)}d{d}"
+
+
+def add_continuations(
+    trie: DraftTrie,
+    matches: Sequence[tuple[int, Sequence[int]]],
+    budget: int,
+    max_depth: int,
+    calib: Calibration,
+    source: str,
+) -> dict[int, tuple[str, float]]:
+    """Insert the continuations of ``matches`` [(match length n, tokens after the match)],
+    best first, into ``trie`` under its root, within ``budget`` new nodes.
+
+    Returns node -> (calibration bucket, share) for the nodes this call proposed.
+    """
+    # 1. A local counted trie of every continuation (cheap: ints and dicts).
+    kids: dict[tuple[int, int], int] = {}
+    count: list[float] = [0.0]
+    token: list[int] = [-1]
+    parent: list[int] = [-1]
+    ngram: list[int] = [0]
+    for n, cont in matches:
+        node = 0
+        count[0] += 1.0
+        for tok in cont[:max_depth]:
+            nxt = kids.get((node, tok))
+            if nxt is None:
+                if len(token) - 1 >= budget:
+                    break
+                nxt = kids[(node, tok)] = len(token)
+                count.append(0.0)
+                token.append(tok)
+                parent.append(node)
+                ngram.append(n)
+            count[nxt] += 1.0
+            ngram[nxt] = max(ngram[nxt], n)
+            node = nxt
+    # 2. Into the shared trie, parents first, each with its calibrated share.
+    where = {0: 0}
+    tags: dict[int, tuple[str, float]] = {}
+    for i in range(1, len(token)):
+        share = count[i] / count[parent[i]]
+        depth = 1
+        j = parent[i]
+        while j > 0:
+            depth, j = depth + 1, parent[j]
+        b = bucket(ngram[i], depth)
+        node = trie.add(where[parent[i]], token[i], calib.prob(b, share), source)
+        where[i] = node
+        tags[node] = (b, share)
+    return tags
+
+
+def learn(calib: Calibration, trie: DraftTrie, accepted: list[int], source: str) -> None:
+    """Fit ``calib`` from one verification: every ``source`` node whose parent was accepted is a trial."""
+    on_path = {0, *accepted}
+    trials = []
+    for node, tag in trie.tags.get(source, {}).items():
+        if trie.parents[node] in on_path:
+            trials.append((tag[0], tag[1], node in on_path))
+    calib.observe(trials)
+
+
+class NgramIndex:
+    """Positions where each n-gram (n in [min_n, max_n]) ends, in token sequences keyed by id."""
+
+    def __init__(self, min_n: int, max_n: int) -> None:
+        self.min_n, self.max_n = min_n, max_n
+        self.ends: dict[NgramKey, list[tuple[int, int]]] = {}
+
+    def add(self, seq_id: int, tokens: Sequence[int], start: int, stop: int) -> None:
+        """Index the n-grams ending at positions [start, stop) of ``tokens``."""
+        for p in range(start, stop):
+            for n in range(self.min_n, self.max_n + 1):
+                if p - n + 1 < 0:
+                    break
+                self.ends.setdefault(tuple(tokens[p - n + 1 : p + 1]), []).append((seq_id, p))
+
+    def remove(self, seq_id: int, tokens: Sequence[int]) -> None:
+        for p in range(len(tokens)):
+            for n in range(self.min_n, self.max_n + 1):
+                if p - n + 1 < 0:
+                    break
+                key = tuple(tokens[p - n + 1 : p + 1])
+                hits = self.ends.get(key)
+                if hits is not None:
+                    hits[:] = [h for h in hits if h[0] != seq_id]
+                    if not hits:
+                        del self.ends[key]
+
+    def matches(self, tail: Sequence[int], tokens_of: Callable[[int], Sequence[int]], limit: int,
+                length: int) -> list[tuple[int, list[int]]]:
+        """Continuations (up to ``length`` tokens) after earlier occurrences of ``tail``'s suffixes.
+
+        Longest match first, most recent first within a length; one continuation per
+        occurrence, at most ``limit`` in all.
+        """
+        out: list[tuple[int, list[int]]] = []
+        seen: set[tuple[int, int]] = set()
+        for n in range(min(self.max_n, len(tail)), self.min_n - 1, -1):
+            for seq_id, p in reversed(self.ends.get(tuple(tail[len(tail) - n :]), ())):
+                if (seq_id, p) in seen:
+                    continue
+                seen.add((seq_id, p))
+                cont = list(tokens_of(seq_id)[p + 1 : p + 1 + length])
+                if cont:
+                    out.append((n, cont))
+                if len(out) >= limit:
+                    return out
+        return out

@@ -1,0 +1,102 @@
+"""One choice per step, by cost: which drafters run and how many nodes to verify.
+
+Inputs that noise cannot fake: the device's measured cost model (a draft
+forward per skip set and width, a verification forward per node count, in
+units of one plain step) and acceptance *counts* (each drafter's calibrated
+acceptance). Wall-clock step times are never used to choose; they can only
+lower an estimate (a sanity bound), never raise one.
+
+Expected tokens of a trie verified now are ``1 + Σ P(node accepted)``; its
+time is the draft time already spent plus ``V(nodes)``. The planner picks the
+node count that maximises tokens per time, and runs the layer-skip draft only
+when its predicted rate beats what the free drafts already offer.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+from .engine.cost import CostModel
+from .engine.skipset import SkipSet
+
+
+@dataclass(frozen=True)
+class LayerSkipForecast:
+    """Predicted rate of a layer-skip draft step, in tokens per plain-step time."""
+
+    rate: float
+    depth: int
+    cost_per_depth: float  # c: one draft forward over the frontier / one plain step
+
+
+def relative_verify(costs: CostModel, nodes: int) -> float:
+    """V(n): verifying ``n`` nodes in one forward, in plain steps."""
+    return costs.verify(nodes) / costs.full_step
+
+
+def best_node_count(scores: list[float], costs: CostModel, spent: float, max_nodes: int) -> tuple[int, float]:
+    """The node count N (root included) maximising (1 + top-(N-1) scores) / (spent + V(N)).
+
+    ``scores`` are P(accepted) of the candidate nodes; ``spent`` the draft time already
+    paid, in plain steps. Returns (N, its rate). N = 1 is a plain step.
+    """
+    ordered = sorted(scores, reverse=True)[: max(0, max_nodes - 1)]
+    best_n, best_rate, gain = 1, 1.0 / (spent + 1.0), 1.0
+    for i, s in enumerate(ordered, start=2):
+        gain += s
+        rate = gain / (spent + relative_verify(costs, i))
+        if rate > best_rate:
+            best_n, best_rate = i, rate
+    return best_n, best_rate
+
+
+def forecast_layerskip(costs: CostModel, skip: SkipSet, alpha: float, frontier: int, max_depth: int,
+                       free_gain: float) -> LayerSkipForecast:
+    """Best depth k for a layer-skip draft with per-depth acceptance ``alpha``.
+
+    Tokens: 1 + Σ_{i≤k} α^i (a chain; the tree's siblings are already in α, which is
+    measured on the trees the loop verifies), never less than what the free drafts
+    already give (``free_gain``). Time: k draft forwards over ``frontier`` tokens plus
+    verifying ``1 + 2k`` nodes (the planner keeps about two nodes per depth of a tree).
+    """
+    c = costs.draft_cost(skip) * relative_verify(costs, frontier)
+    best = LayerSkipForecast(0.0, 0, c)
+    e, a_i = 1.0, 1.0
+    for k in range(1, max(1, max_depth) + 1):
+        a_i *= alpha
+        e += a_i
+        t = k * c + relative_verify(costs, 1 + 2 * k)
+        rate = max(e, free_gain) / t
+        if rate > best.rate:
+            best = LayerSkipForecast(rate, k, c)
+    return best
+
+
+class WallClockBound:
+    """Observed tokens/s of layer-skip steps against plain-like steps: can only veto.
+
+    A loaded machine can make plain steps look slow and a draft look fast; so the
+    observation is used only when it says the draft is *worse* than predicted, and
+    only after enough steps of both kinds.
+    """
+
+    def __init__(self, window: int = 32) -> None:
+        self.drafted: deque[tuple[int, float]] = deque(maxlen=window)
+        self.plain: deque[float] = deque(maxlen=window)
+
+    def record(self, drafted_by_model: bool, tokens: int, seconds: float, nodes: int) -> None:
+        if drafted_by_model:
+            self.drafted.append((tokens, seconds))
+        elif nodes == 1:
+            self.plain.append(seconds)
+
+    def veto(self, predicted_rate: float) -> bool:
+        """True when wall clock says the layer-skip draft loses although predicted to win."""
+        if len(self.drafted) < 16 or len(self.plain) < 8:
+            return False
+        toks = sum(t for t, _ in self.drafted)
+        secs = sum(s for _, s in self.drafted)
+        plain = sorted(self.plain)[len(self.plain) // 2]
+        observed = toks / secs * plain if secs > 0 else 0.0
+        return observed < 1.0 and observed < 0.7 * predicted_rate
