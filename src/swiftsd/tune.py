@@ -11,6 +11,7 @@ The result is stored under (model identity, ``--task``), ready for
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from dataclasses import fields
 from typing import Any
@@ -40,6 +41,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", action="store_true", help="start from the set already stored in --out for this task")
     p.add_argument("--trace", default=None, metavar="FILE", help="write the per-step optimiser trace as JSON")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress bar (there is none anyway when stderr is not a terminal)")
 
 
 def parse_opt_overrides(items: list[str]) -> dict[str, Any]:
@@ -72,8 +75,6 @@ def parse_opt_overrides(items: list[str]) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
     from .bench.data import build_input, evenly_spaced, load_prompts
     from .decoder import SwiftDecoder
     from .store import load_skip_set, model_key, save_optimizer_result
@@ -98,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
 
     runs = []
     t0 = time.perf_counter()
-    bar = tqdm(prompts, desc=f"tune {key}/{task}", unit="prompt", dynamic_ncols=True)
+    bar = _progress(prompts, f"tune {key}/{task}", args.no_progress)
     for prompt in bar:
         ids = build_input(tok, prompt, 0, [])
         res = dec.generate(ids, max_new_tokens=args.max_new_tokens, seed=args.seed)
@@ -130,6 +131,14 @@ def run(args: argparse.Namespace) -> int:
     if args.trace:
         print(f"trace written to {args.trace} (draw it with: swiftsd plot-trace {args.trace})")
     return 0
+
+
+def _progress(prompts: list, desc: str, off: bool) -> Any:
+    """One tick per request, on stderr (stdout keeps only the result); none when stderr is not a terminal."""
+    from tqdm import tqdm
+
+    return tqdm(prompts, desc=desc, unit="prompt", dynamic_ncols=True, file=sys.stderr, leave=False,
+                disable=True if off else None)
 
 
 def _f(x: float | None) -> str:

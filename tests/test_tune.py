@@ -1,0 +1,50 @@
+"""`swiftsd tune` on a tiny model: the result on stdout, its progress bar on stderr and only on a terminal."""
+
+from __future__ import annotations
+
+import io
+import sys
+
+import pytest
+
+from swiftsd.cli import main
+from tiny_server_model import save_tiny_server_model
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    return save_tiny_server_model(tmp_path_factory.mktemp("tune") / "m")
+
+
+def _tune(tmp_path, model_dir, *extra):
+    data = tmp_path / "q.jsonl"
+    data.write_text('{"question_id": 1, "category": "qa", "turns": ["the cat and the dog"]}\n'
+                    '{"question_id": 2, "category": "qa", "turns": ["one two three one two three"]}\n')
+    return main(["tune", "--model", str(model_dir), "--data", str(data), "--n", "2", "--max-new-tokens", "4",
+                 "--out", str(tmp_path / "sets.json"), "--device", "cpu", "--dtype", "float32", *extra])
+
+
+def test_tune_bar_only_on_a_terminal(tmp_path, model_dir, capsys):
+    assert _tune(tmp_path, model_dir) == 0
+    cap = capsys.readouterr()
+    assert "best set:" in cap.out and "tune " not in cap.out  # the bar never reaches stdout
+    assert "tune " not in cap.err and "prompt" not in cap.err  # stderr is not a terminal: no bar
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_tune_bar_on_a_terminal_leaves_no_blank_lines(tmp_path, model_dir, monkeypatch):
+    term = _Terminal()
+    monkeypatch.setattr(sys, "stderr", term)
+    assert _tune(tmp_path, model_dir) == 0
+    err = term.getvalue()
+    ours = err[err.index("tune "):]  # after transformers' own loading bars
+    assert "0/2 [" in ours and "prompt" in ours  # a bar of one tick per request
+    assert "\n" not in ours  # the bar redraws in place and clears itself: no stray (blank) lines
+    term2 = _Terminal()
+    monkeypatch.setattr(sys, "stderr", term2)
+    assert _tune(tmp_path, model_dir, "--no-progress") == 0
+    assert "0/2 [" not in term2.getvalue()
