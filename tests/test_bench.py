@@ -1,4 +1,5 @@
-"""`swiftsd bench` on a tiny random model: every method runs, metrics follow from step logs, mismatches are loud."""
+"""`swiftsd bench` on a tiny random model: every method runs, metrics follow from step logs, impossible
+figures are refused, load cannot make a headline, mismatches are loud."""
 
 from __future__ import annotations
 
@@ -8,14 +9,17 @@ import math
 import pytest
 import torch
 
+from swiftsd.bench.base import AccountingError, Method, RunParams, TurnOutput
 from swiftsd.bench.data import BenchPrompt, build_input, evenly_spaced, load_prompts, read_jsonl, select
-from swiftsd.bench.methods import METHOD_NAMES, GenParams, build_methods, steps_from_log
+from swiftsd.bench.hf import _cache_length, runs_truncated
+from swiftsd.bench.methods import SWIFT_METHODS, Swift, build_methods, steps_from_log
 from swiftsd.bench.metrics import (
     committed_per_step, draft_cost, first_difference, mismatches, summarize, summarize_group,
 )
-from swiftsd.bench.report import markdown_table, mismatch_text, write_report
-from swiftsd.bench.runner import _announce_mismatches, rotated, run_stream, warm_up
+from swiftsd.bench.report import drafter_table, headlines, markdown_table, mismatch_text, write_report
+from swiftsd.bench.runner import _announce_mismatches, make_record, rotated, run_stream, warm_up
 from swiftsd.cli import main
+from swiftsd.config import SamplingParams
 from swiftsd.errors import InvalidArgumentError
 from tiny_server_model import build_model, build_tokenizer, save_tiny_server_model
 
@@ -23,6 +27,8 @@ PROMPTS = [
     BenchPrompt("p1", "mt_bench", ("the cat and the dog", "now the bird")),
     BenchPrompt("p2", "qa", ("one two three four one two three four one two",)),
 ]
+# what runs today; swift-paper / lookup-only join once the decoder takes method= / drafters=
+CORE = ["swiftsd", "swiftsd-static", "swiftsd-chain", "pld", "early-exit"]
 
 
 @pytest.fixture(scope="module")
@@ -32,23 +38,31 @@ def tiny():
     return model, tok
 
 
+def _available(methods, names):
+    got = {m.name: m.unavailable() for m in methods}
+    assert {n: got[n] for n in names} == {n: None for n in names}
+    return [m for m in methods if got[m.name] is None]
+
+
 @pytest.fixture(scope="module")
 def greedy_records(tiny):
     model, tok = tiny
-    methods = build_methods(METHOD_NAMES, model, tok, static_skip=None, early_exit_layer=3)
-    assert [m.unavailable() for m in methods] == [None] * len(METHOD_NAMES)
-    params = GenParams(max_new_tokens=16)
+    methods = _available(build_methods(CORE, model, tok, static_skip=None, early_exit_layer=3), ["plain", *CORE])
+    params = RunParams(max_new_tokens=16)
     with torch.inference_mode():
         warm_up(methods, tok, params, 1)
-        return run_stream(methods, tok, PROMPTS, params, seed=0, progress=False)
+        return run_stream(methods, tok, PROMPTS, params, seed=0, progress=False, repeats=2)
 
 
 def test_every_method_runs_on_every_turn(greedy_records):
     seen = {(r["method"], r["prompt_id"], r["turn"]) for r in greedy_records}
-    assert seen == {(m, p.id, t) for m in METHOD_NAMES for p in PROMPTS for t in range(len(p.turns))}
+    assert seen >= {(m, p.id, t) for m in ["plain", *CORE] for p in PROMPTS for t in range(len(p.turns))}
     for r in greedy_records:
         assert r["new_tokens"] == len(r["new_ids"]) >= 1
         assert r["wall_time"] > 0 and r["target_forwards"] >= 1
+        # two repeats per turn, the faster one reported, the load average recorded
+        assert r["repeats"] == 2 and r["wall_time"] == min(r["repeat_wall_times"])
+        assert r["repeat_outputs_identical"] and len(r["load_average"]) == 2
 
 
 def test_greedy_fp32_methods_equal_plain(greedy_records):
@@ -58,28 +72,57 @@ def test_greedy_fp32_methods_equal_plain(greedy_records):
 
 
 def test_step_logs_account_for_every_token(greedy_records):
+    """On the installed transformers (5.24 renamed the cache argument; 5.23 did not)."""
     for r in greedy_records:
+        assert "invalid" not in r, r["invalid"]
         committed = sum(a + 1 for a in r["accepted_lengths"])
         if r["method"] == "plain":
             assert r["target_forwards"] == r["new_tokens"] and r["draft_lengths"] == []
-        elif r["method"].startswith("swiftsd"):
+            assert r["committed_per_step"] == [1] * r["new_tokens"]
+        elif r["method"].startswith("swift") or r["method"] == "lookup-only":
             # the prefill commits one token, each step accepted + 1 (cut at EOS / the budget)
             assert len(r["accepted_lengths"]) == r["target_forwards"] - 1
             assert r["new_tokens"] <= 1 + committed
         else:  # HF assisted: each full forward commits accepted + 1, before the cut at EOS
             assert len(r["accepted_lengths"]) == r["target_forwards"]
-            assert committed == r["new_tokens"] + r["trimmed_after_eos"]
+            assert committed == r["new_tokens"] + r["trimmed_after_eos"] == sum(r["committed_per_step"])
         assert all(0 <= a <= d for a, d in zip(r["accepted_lengths"], r["draft_lengths"]))
+    pld = [r for r in greedy_records if r["method"] == "pld"]
+    assert all(d <= 10 for r in pld for d in r["draft_lengths"])  # prompt_lookup_num_tokens
+    assert sum(sum(r["draft_lengths"]) for r in pld) > 0  # the repetitive prompt gives lookup matches
     ee = [r for r in greedy_records if r["method"] == "early-exit"]
     assert sum(r["draft_forwards"] for r in ee) > 0 and all(r["time_draft"] is not None for r in ee)
+    # every drafted token of early exit costs one early-exit forward
+    assert all(sum(r["draft_lengths"]) <= r["draft_forwards"] for r in ee)
+    for row in summarize(greedy_records, greedy=True):
+        assert row.acceptance is None or 0.0 <= row.acceptance <= 1.0
+        assert row.invalid == 0
 
 
-def test_sampling_run(tiny):
+def test_cache_found_by_type_whatever_its_argument_name(tiny):
+    model, tok = tiny
+    from transformers import Cache
+
+    with torch.inference_mode():
+        out = model(input_ids=torch.tensor([[5, 6, 7, 8]]), use_cache=True)
+    cache = next(v for v in out.values() if isinstance(v, Cache))
+    assert _cache_length((), {"past_key_values": cache}) == 4  # transformers <= 5.23
+    assert _cache_length((), {"cache": cache}) == 4  # transformers 5.24
+    assert _cache_length((), {"input_ids": torch.zeros(1, 1)}) == 0
+
+
+def test_sampling_run_is_seeded_without_touching_the_global_rng(tiny):
     model, tok = tiny
     methods = build_methods(["swiftsd", "pld"], model, tok, static_skip=None)
-    params = GenParams(max_new_tokens=8, temperature=0.8, top_p=0.9)
+    params = RunParams(SamplingParams(temperature=1.5, top_p=0.95), max_new_tokens=8)
+    ids = build_input(tok, PROMPTS[1], 0, [])
+    state = torch.get_rng_state()
     with torch.inference_mode():
+        outs = {(m.name, s): m.generate(ids, params, s).new_ids for m in methods for s in (1, 1, 2, 3)}
         recs = run_stream(methods, tok, PROMPTS[1:], params, seed=3, progress=False)
+    assert torch.equal(torch.get_rng_state(), state)
+    for m in methods:
+        assert outs[(m.name, 1)] == m.generate(ids, params, 1).new_ids  # same seed, same sample
     assert {r["method"] for r in recs} == {"plain", "swiftsd", "pld"}
     rows = summarize(recs, greedy=False)
     assert all(r.identical is None for r in rows)
@@ -90,6 +133,8 @@ def test_early_exit_reports_na_for_bad_layer(tiny):
     model, tok = tiny
     (ee,) = [m for m in build_methods(["early-exit"], model, tok, None, early_exit_layer=6) if m.name != "plain"]
     assert "must be in [1, 6)" in ee.unavailable()
+    assert runs_truncated(model, 2) and runs_truncated(model, 5)
+    assert model.base_model.config.num_hidden_layers == 6  # the probe puts the setting back
 
 
 def test_rotation_changes_first_method(tiny):
@@ -98,6 +143,149 @@ def test_rotation_changes_first_method(tiny):
     assert [m.name for m in rotated(ms, 0)] == ["plain", "swiftsd", "pld"]
     assert [m.name for m in rotated(ms, 1)] == ["swiftsd", "pld", "plain"]
     assert [m.name for m in rotated(ms, 5)] == ["pld", "plain", "swiftsd"]
+
+
+def test_swift_state_copy_shares_weights_and_nothing_else(tiny):
+    model, tok = tiny
+    (m,) = [x for x in build_methods(["swiftsd"], model, tok, None) if x.name == "swiftsd"]
+    ids = build_input(tok, PROMPTS[1], 0, [])
+    params = RunParams(max_new_tokens=12)
+    with torch.inference_mode():
+        m.generate(ids, params, 0)
+        original = m.state()
+        before = original.optimizer.state_dict()
+        copy = m.copy_state(original)  # the runner copies inside inference mode
+    assert copy is not original and copy.model is model and copy.optimizer is not original.optimizer
+    m.set_state(copy)
+    m.generate(ids, params, 0)  # and the copy still works outside it
+    assert original.optimizer.state_dict() == before  # the copy learned, the original did not
+    assert copy.optimizer.state_dict() != before
+
+
+def _decoder_takes(model, tok, **options):
+    """Skip (clearly) when this SwiftDecoder does not take ``options`` yet; any other refusal fails."""
+    from swiftsd.decoder import SwiftDecoder
+
+    try:
+        SwiftDecoder(model, tok, **options)
+    except InvalidArgumentError as exc:
+        if "unknown" in str(exc) and all(k in str(exc) for k in options):
+            pytest.skip(f"SwiftDecoder does not take {options} yet: {exc}")
+        raise
+
+
+@pytest.mark.parametrize("name", ["swift-paper", "lookup-only"])
+def test_new_decoder_presets(tiny, name):
+    model, tok = tiny
+    _decoder_takes(model, tok, **SWIFT_METHODS[name])
+    methods = _available(build_methods([name], model, tok, None), ["plain", name])
+    with torch.inference_mode():
+        recs = run_stream(methods, tok, PROMPTS, RunParams(max_new_tokens=12), progress=False)
+    assert mismatches(recs) == [] and not any("invalid" in r for r in recs)
+    mine = [r for r in recs if r["method"] == name]
+    if name == "lookup-only":  # per-drafter counts, and no layer-skip drafter among them
+        per = [r["per_drafter"] for r in mine if r.get("per_drafter")]
+        assert per and all("layerskip" not in p or p["layerskip"]["proposed"] == 0 for p in per)
+        assert "| lookup-only |" in drafter_table(recs)
+
+
+def test_swift_method_with_an_option_the_decoder_refuses(tiny):
+    model, tok = tiny
+    m = Swift(model, tok, "odd", no_such_option=1)
+    assert m.decoder is None and "no_such_option" in m.unavailable()
+
+
+# -- repeats and load: a turn made slow on purpose -------------------------------------------
+class _Scripted(Method):
+    """A method whose wall time is scripted per (turn index, repeat): an injected clock.
+
+    Its state is the number of runs it has done, so the test sees which state each repeat starts from."""
+
+    def __init__(self, name, times, ids=(1, 2, 3, 4)):
+        self.name, self.times, self.ids = name, times, list(ids)
+        self.runs, self.count, self.started_from = 0, 0, []
+
+    def generate(self, input_ids, params, seed):
+        self.started_from.append(self.count)
+        t = self.times(len(self.started_from) - 1)
+        self.count += 1
+        self.runs += 1
+        return TurnOutput(new_ids=list(self.ids), wall_time=t, target_forwards=len(self.ids))
+
+    def state(self):
+        return self.count
+
+    def set_state(self, state):
+        self.count = state
+
+
+class _Tok:
+    def decode(self, ids, skip_special_tokens=True):
+        return " ".join(map(str, ids))
+
+
+def _scripted_run(monkeypatch, plain_times, twin_times, repeats):
+    monkeypatch.setattr("swiftsd.bench.runner.build_input", lambda tok, p, t, answers: [0, 1, 2])
+    plain, twin = _Scripted("plain", plain_times), _Scripted("twin", twin_times)
+    prompts = [BenchPrompt(f"q{i}", "qa", ("x",)) for i in range(3)]
+    recs = run_stream([plain, twin], _Tok(), prompts, RunParams(max_new_tokens=4), progress=False,
+                      repeats=repeats, say=lambda msg: None)
+    return recs, plain, twin
+
+
+def test_slow_turn_is_flagged_and_makes_no_headline(monkeypatch):
+    # plain's first run of the first turn is 5x slow (load); otherwise both take 1 s
+    slow_once = lambda k: 5.0 if k == 0 else 1.0  # noqa: E731
+    recs, plain, twin = _scripted_run(monkeypatch, slow_once, lambda k: 1.0, repeats=2)
+    first = [r for r in recs if r["method"] == "plain" and r["prompt_id"] == "q0"][0]
+    assert first["unstable"] and first["repeat_wall_times"] == [5.0, 1.0] and first["wall_time"] == 1.0
+    assert sum(r["unstable"] for r in recs) == 1
+    overall = {r.method: r for r in summarize(recs, greedy=True) if r.category == "overall"}["twin"]
+    assert overall.speedup_total == pytest.approx(1.0)  # the faster repeat counts, not the slow one
+    assert overall.verdict == "within noise" and overall.unstable == 1
+    (line,) = headlines([overall], 0.15)
+    assert line[0] and line[1].startswith("WARNING: twin") and "within the noise" in line[1]
+    # every repeat started from the same state; the kept state is one run further on
+    assert plain.started_from == [0, 0, 1, 1, 2, 2] and plain.count == 3
+    # the same load with one run per turn reads as a 1.67x "speed-up": a warning, never a headline
+    recs1, *_ = _scripted_run(monkeypatch, slow_once, lambda k: 1.0, repeats=1)
+    one = {r.method: r for r in summarize(recs1, greedy=True) if r.category == "overall"}["twin"]
+    assert one.speedup_total == pytest.approx(7 / 3) and one.verdict == "unchecked"
+    assert all(warn for warn, _ in headlines([one], 0.15))
+    assert "1 run: unchecked" in markdown_table([one])
+
+
+def test_steady_speedup_is_a_headline(monkeypatch):
+    jitter = lambda base: (lambda k: base * (1.0 + 0.02 * (k % 2)))  # noqa: E731
+    recs, _, twin = _scripted_run(monkeypatch, jitter(1.0), jitter(0.5), repeats=2)
+    assert not any(r["unstable"] for r in recs)
+    overall = {r.method: r for r in summarize(recs, greedy=True) if r.category == "overall"}["twin"]
+    assert overall.speedup_total == pytest.approx(2.0) and overall.verdict == "faster"
+    assert 1.0 < overall.speedup_low <= 2.0 <= overall.speedup_high
+    ((warn, line),) = headlines([overall], 0.15)
+    assert not warn and line.startswith("twin: 2.00× plain")
+
+
+# -- impossible figures -------------------------------------------------------------------------
+def test_impossible_step_log_is_marked_and_never_printed_as_acceptance():
+    p = BenchPrompt("a", "x", ("t",))
+    bad = TurnOutput(new_ids=list(range(8)), wall_time=1.0, target_forwards=3, draft_lengths=[0, 2, 1],
+                     accepted_lengths=[3, 2, 1])  # what transformers 5.24 made of PLD's log: 6 of 3
+    rec = make_record("pld", p, 0, 4, bad, 0)
+    assert rec["invalid"] and "accepted > drafted" in rec["invalid"][0]
+    plain = make_record("plain", p, 0, 4, TurnOutput(new_ids=list(range(8)), wall_time=2.0, target_forwards=8), 0)
+    assert "invalid" not in plain
+    rows = summarize([plain, rec], greedy=True)
+    pld = [r for r in rows if r.method == "pld"]
+    assert all(r.acceptance is None and r.invalid == 1 for r in pld)
+    table = markdown_table(rows)
+    assert "invalid (1 turn(s))" in table and "200%" not in table
+    # a JSONL written before the check is caught on reading too
+    old = dict(rec)
+    old.pop("invalid")
+    assert all(r.acceptance is None for r in summarize([plain, old], greedy=True) if r.method == "pld")
+    with pytest.raises(AccountingError, match="forwards but"):
+        steps_from_log([(5, 0, 0.1)], 5, [1, 1])
 
 
 # -- metrics from known step logs -------------------------------------------------------
@@ -164,9 +352,9 @@ def test_planted_mismatch_is_found_and_announced():
 def test_steps_from_hf_log():
     # prompt of 5; forward 1 verifies 3 drafts with the prompt, then 2 drafts, then a plain step
     full = [(5 + 3, 0, 0.1), (1 + 2, 7, 0.1), (1, 10, 0.1)]  # (input len, cache len, s)
-    drafted, accepted = steps_from_log(full, prompt_len=5, total_len=12)
+    drafted, accepted = steps_from_log(full, prompt_len=5, steps=[3, 3, 1])  # 5 -> 8 -> 11 -> 12 committed
     assert drafted == [3, 2, 0]
-    assert accepted == [2, 2, 0]  # 5 -> 8 -> 11 -> 12 committed
+    assert accepted == [2, 2, 0]
 
 
 def test_summarize_group_without_reference_pairs():
@@ -246,10 +434,40 @@ def test_cli_end_to_end(tmp_path, capsys):
     stdout = capsys.readouterr().out
     assert "| swiftsd-static | **overall** |" in stdout and "identical to plain" in stdout
     recs = [json.loads(line) for line in (out / "t.jsonl").read_text().splitlines()]
-    assert len(recs) == 3 * 4  # plain + 3 methods, 3 turns
+    assert len(recs) == 3 * 4  # plain + 3 methods, 3 turns: one record each, from the faster of 2 runs
+    assert all(len(r["repeat_wall_times"]) == 2 and r["wall_time"] == min(r["repeat_wall_times"]) for r in recs)
     machine = json.loads((out / "t.machine.json").read_text())
     assert machine["methods"]["swiftsd-static"]["skip_set"] == {"attn": [2], "mlp": [3]}
     assert machine["dtype"] == "fp32" and machine["cpu_cores"] >= 1 and not math.isnan(machine["max_new_tokens"])
+    assert machine["repeats"] == 2 and machine["noise_margin"] == 0.15
+    md = (out / "t.md").read_text()
+    assert "ran 2 times, interleaved" in md and "the faster run is reported" in md and "## Result" in md
+
+
+def test_cli_one_repeat_warns_and_claims_nothing(tmp_path, capsys):
+    model_dir = save_tiny_server_model(tmp_path / "m")
+    data = tmp_path / "d.jsonl"
+    data.write_text('{"question_id": 1, "category": "qa", "turns": ["one two one two one two"]}\n')
+    rc = main(["bench", "--model", str(model_dir), "--data", str(data), "--methods", "pld", "--repeats", "1",
+               "--max-new-tokens", "4", "--out", str(tmp_path / "o"), "--name", "t", "--warmup", "0",
+               "--device", "cpu", "--dtype", "float32"])
+    assert rc == 0
+    cap = capsys.readouterr()
+    assert "--repeats 1" in cap.err and "WARNING: pld" in cap.err
+    assert "WARNING: pld" in cap.out and "\n\n\n" not in cap.err  # no stray blank lines
+
+
+def test_cli_drafters_the_decoder_refuses_are_an_error(tmp_path, capsys):
+    model_dir = save_tiny_server_model(tmp_path / "m")
+    rc = main(["bench", "--model", str(model_dir), "--methods", "swiftsd", "--drafters", "bogus",
+               "--max-new-tokens", "4", "--out", str(tmp_path / "o"), "--no-progress", "--device", "cpu"])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "--method / --drafters" in err and "bogus" in err and "Traceback" not in err
+    assert main(["bench", "--model", str(model_dir), "--method", "nope", "--methods", "swiftsd", "--device", "cpu",
+                 "--out", str(tmp_path / "o"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "--method / --drafters" in err and "nope" in err and "Traceback" not in err
 
 
 @pytest.mark.parametrize("argv, msg", [
@@ -257,6 +475,9 @@ def test_cli_end_to_end(tmp_path, capsys):
     (["--data", "/nonexistent.jsonl"], "not found"),
     (["--categories", "nope"], "unknown category"),
     (["--temperature", "-1"], "temperature"),
+    (["--repeats", "0"], "--repeats must be >= 1"),
+    (["--max-new-tokens", "0"], "--max-new-tokens"),
+    (["--drafters", "lookup", "--methods", "pld"], "add swiftsd to --methods"),
 ])
 def test_cli_bad_input(argv, msg, capsys):
     assert main(["bench", "--no-progress", *argv]) == 2

@@ -1,9 +1,11 @@
 """`swiftsd bench`: Spec-Bench-style speed measurement against plain decoding and training-free peers.
 
-Every method runs on the same prompts in the same process, interleaved prompt by
-prompt (order rotated) after a warm-up, so machine drift hits all alike. Output:
-a markdown table (stdout and ``--out``), raw per-turn JSONL from which every
-number can be recomputed, a machine description and two PNG plots.
+Every method runs on the same prompts in the same process after a warm-up; each
+(method, turn) runs ``--repeats`` times, interleaved in rounds (order rotated), and
+the faster run counts, so load on a shared machine cannot make a headline (the
+report flags turns whose repeats disagree and warns when that spread could undo
+a speed-up). Output: a markdown table (stdout and ``--out``), raw per-turn JSONL
+from which every number can be recomputed, a machine description and two PNG plots.
 """
 
 from __future__ import annotations
@@ -21,10 +23,12 @@ from ..config import SamplingParams
 from ..errors import InvalidArgumentError
 from ..engine.skipset import SkipSet
 from .data import load_prompts
-from .methods import METHOD_NAMES, GenParams, build_methods
+from .methods import DEFAULT_METHODS, METHOD_NAMES, RunParams, Swift, build_methods
 from .metrics import OVERALL, mismatches, summarize
-from .report import machine_info, markdown_table, mismatch_text, speedup_matrix, write_report
-from .runner import run_stream, warm_up
+from .report import (
+    drafter_table, headlines, machine_info, markdown_table, mismatch_text, speedup_matrix, write_report,
+)
+from .runner import NOISE_MARGIN, run_stream, warm_up
 
 __all__ = ["add_arguments", "run"]
 
@@ -49,8 +53,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--top-k", type=int, default=0)
-    p.add_argument("--methods", type=_csv, default=list(METHOD_NAMES),
-                   help=f"comma-separated, from {','.join(METHOD_NAMES)} (plain always runs: it is the reference)")
+    p.add_argument("--methods", type=_csv, default=list(DEFAULT_METHODS),
+                   help=f"comma-separated, from {','.join(METHOD_NAMES)} (plain always runs: it is the reference; "
+                        f"default {','.join(DEFAULT_METHODS)})")
+    p.add_argument("--method", dest="swift_method", default=None,
+                   help="algorithm of the 'swiftsd' entry: swiftsd or swift-paper (default: the decoder's, swiftsd)")
+    p.add_argument("--drafters", type=_csv, default=None,
+                   help="drafters of the 'swiftsd' entry, comma-separated from layerskip,lookup,suffix "
+                        "(default: the decoder's, all of them)")
+    p.add_argument("--repeats", type=int, default=2,
+                   help="runs per (method, turn), interleaved; the faster counts. 1 only with a warning: "
+                        "a single run cannot tell a speed-up from load")
+    p.add_argument("--noise-margin", type=float, default=NOISE_MARGIN,
+                   help="flag a turn whose repeats differ by more than this share (0.15 = 15 %%)")
     p.add_argument("--out", default="bench-results", help="directory for the report files")
     p.add_argument("--name", default=None, help="file stem (default: <model>-<dtype>-<device>[-t<T>])")
     p.add_argument("--seed", type=int, default=0)
@@ -76,7 +91,7 @@ def _stored_skip_set(args: argparse.Namespace, model: Any) -> SkipSet | None:
     """The tuned set for (model, --task) from --skip-set-store, through the optimiser's store."""
     if not args.skip_set_store:
         return None
-    from ..store import resolve_start_set
+    from ..optimize.store import resolve_start_set
 
     return resolve_start_set(args.skip_set_store, model, args.task)
 
@@ -84,13 +99,11 @@ def _stored_skip_set(args: argparse.Namespace, model: Any) -> SkipSet | None:
 def _isolated_costs(methods: list, records: list) -> dict[str, Any]:
     """c of each swiftsd method's last skip set from ``cost.measure_draft_cost``: adapter forwards
     alone (no draft-loop overhead), next to the in-stream c of the table."""
-    try:
-        from ..engine.cost import measure_draft_cost
-    except ImportError:
-        return {}
+    from ..engine.cost import measure_draft_cost
+
     out: dict[str, Any] = {}
     for m in methods:
-        if not m.name.startswith("swiftsd"):
+        if not isinstance(m, Swift) or m.decoder is None:
             continue
         last = [r.get("skip_set") for r in records if r["method"] == m.name and r.get("skip_set")]
         if not last:
@@ -121,8 +134,52 @@ def recompute(path: str | Path) -> int:
     rows = summarize(records, greedy)
     print(mismatch_text(records, greedy))
     print()
+    for _, line in headlines(rows, float(meta.get("noise_margin") or NOISE_MARGIN)):
+        print(line)
+    print()
     print(markdown_table(rows, meta.get("unavailable") or {}))
     return 0
+
+
+def _swift_options(args: argparse.Namespace) -> dict[str, Any]:
+    """--method / --drafters for the 'swiftsd' entry, passed through to SwiftDecoder as given."""
+    out: dict[str, Any] = {}
+    if args.swift_method is not None:
+        out["method"] = args.swift_method
+    if args.drafters is not None:
+        out["drafters"] = tuple(args.drafters)
+    return out
+
+
+def _check_args(args: argparse.Namespace) -> RunParams:
+    """Validate what needs no model; one clear error per problem."""
+    sampling = SamplingParams(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k)
+    params = RunParams(sampling=sampling, max_new_tokens=args.max_new_tokens)
+    if args.warmup < 0:
+        raise InvalidArgumentError(f"--warmup must be >= 0, got {args.warmup}")
+    if args.repeats < 1:
+        raise InvalidArgumentError(f"--repeats must be >= 1 (2 or more to claim a speed-up), got {args.repeats}")
+    if not 0.0 < args.noise_margin < 10.0:
+        raise InvalidArgumentError(f"--noise-margin must be a share in (0, 10), e.g. 0.15; got {args.noise_margin}")
+    unknown = [m for m in args.methods if m not in METHOD_NAMES]
+    if unknown:
+        raise InvalidArgumentError(f"unknown method(s) {unknown}; choose from {','.join(METHOD_NAMES)}")
+    if (args.swift_method or args.drafters is not None) and "swiftsd" not in args.methods:
+        raise InvalidArgumentError("--method / --drafters configure the 'swiftsd' entry: add swiftsd to --methods")
+    if args.threads is not None and args.threads < 1:
+        raise InvalidArgumentError(f"--threads must be >= 1, got {args.threads}")
+    return params
+
+
+def _build(args: argparse.Namespace, model: Any, tok: Any, static: SkipSet | None) -> tuple[list, dict[str, str]]:
+    options = _swift_options(args)
+    methods = build_methods(args.methods, model, tok, static, args.pld_tokens, args.early_exit_layer, options)
+    unavailable = {m.name: why for m in methods if (why := m.unavailable())}
+    if options and "swiftsd" in unavailable:
+        raise InvalidArgumentError(f"--method / --drafters: {unavailable['swiftsd']}")
+    for name, why in unavailable.items():
+        print(f"swiftsd bench: {name}: n/a: {why}", file=sys.stderr)
+    return [m for m in methods if m.name not in unavailable], unavailable
 
 
 def run(args: argparse.Namespace) -> int:
@@ -131,50 +188,39 @@ def run(args: argparse.Namespace) -> int:
     import torch
     from transformers.utils import logging as hf_logging
 
-    params = GenParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
-                       top_k=args.top_k)
-    SamplingParams(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k)  # validates
-    if args.max_new_tokens < 1:
-        raise InvalidArgumentError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
-    if args.warmup < 0:
-        raise InvalidArgumentError(f"--warmup must be >= 0, got {args.warmup}")
-    unknown = [m for m in args.methods if m not in METHOD_NAMES]
-    if unknown:
-        raise InvalidArgumentError(f"unknown method(s) {unknown}; choose from {','.join(METHOD_NAMES)}")
+    params = _check_args(args)
     prompts = load_prompts(args.data, args.categories, args.n_per_category)
     static = parse_skip_set(args.skip_set)
-
     if args.threads is not None:
-        if args.threads < 1:
-            raise InvalidArgumentError(f"--threads must be >= 1, got {args.threads}")
         torch.set_num_threads(args.threads)
     hf_logging.set_verbosity_error()  # generate() warns about flags per call; the table is what matters
     model, tok = load_model(args)
     if static is None:
         static = _stored_skip_set(args, model)
     device = model.get_input_embeddings().weight.device
-    methods = build_methods(args.methods, model, tok, static, args.pld_tokens, args.early_exit_layer)
-    unavailable = {m.name: why for m in methods if (why := m.unavailable())}
-    methods = [m for m in methods if m.name not in unavailable]
-    for name, why in unavailable.items():
-        print(f"swiftsd bench: {name}: n/a: {why}", file=sys.stderr)
+    methods, unavailable = _build(args, model, tok, static)
+    if args.repeats == 1:
+        print("swiftsd bench: WARNING: --repeats 1: one run per turn cannot tell a speed-up from load; "
+              "the report will quote no speed-up as a result", file=sys.stderr)
 
     dtype = _dtype_short(model.dtype)
     meta = machine_info(dtype, str(device))  # before the run: the date and commit of what is measured
     load_before = _loadavg()
     with torch.inference_mode():
         warm_up(methods, tok, params, args.warmup)
-        records = run_stream(methods, tok, prompts, params, args.seed, progress=not args.no_progress)
-
+        records = run_stream(methods, tok, prompts, params, args.seed, progress=False if args.no_progress else None,
+                             repeats=args.repeats, margin=args.noise_margin)
         isolated = _isolated_costs(methods, records)
 
     meta.update(
         model=args.model, data=args.data or "built-in", categories=list(dict.fromkeys(p.category for p in prompts)),
         prompts=len(prompts), turns=sum(len(p.turns) for p in prompts), max_new_tokens=args.max_new_tokens,
         temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, seed=args.seed, warmup=args.warmup,
+        repeats=args.repeats, noise_margin=args.noise_margin,
         methods={m.name: m.describe() for m in methods}, unavailable=unavailable,
         static_skip_source="--skip-set" if args.skip_set else ("store" if static is not None else "decoder default"),
-        draft_cost_isolated=isolated, command=" ".join(sys.argv), load_average_before=load_before, load_average_after=_loadavg(),
+        draft_cost_isolated=isolated, command=" ".join(sys.argv), load_average_before=load_before,
+        load_average_after=_loadavg(),
     )
     dev_name = "cpu" if device.type == "cpu" else _slug(meta.get("gpu") or device.type)
     stem = args.name or "-".join(filter(None, [
@@ -182,13 +228,24 @@ def run(args: argparse.Namespace) -> int:
         None if params.greedy else f"t{args.temperature:g}"]))
     rows = summarize(records, params.greedy)
     paths = write_report(Path(args.out), stem, records, rows, meta, params.greedy, unavailable)
+    _print_summary(records, rows, unavailable, params.greedy, args.noise_margin)
+    print(f"\nwrote {', '.join(str(p) for p in paths.values())}")
+    return 0
 
-    print(mismatch_text(records, params.greedy))
+
+def _print_summary(records: list, rows: list, unavailable: dict[str, str], greedy: bool, margin: float) -> None:
+    print(mismatch_text(records, greedy))
+    print()
+    for warn, line in headlines(rows, margin):
+        print(line)
+        if warn:
+            print(f"swiftsd bench: {line}", file=sys.stderr)
     print()
     print(markdown_table([r for r in rows if r.category == OVERALL], unavailable))
     print()
     print(speedup_matrix(rows))
-    print(f"\nwrote {', '.join(str(p) for p in paths.values())}")
-    if params.greedy and mismatches(records):
+    table = drafter_table(records)
+    if table:
+        print(f"\n{table}")
+    if greedy and mismatches(records):
         print(f"swiftsd bench: {mismatch_text(records, True)}", file=sys.stderr)
-    return 0

@@ -5,8 +5,10 @@ A record is one method on one turn of one prompt: ``method``, ``prompt_id``,
 ``target_forwards`` (prefill included), ``draft_forwards``, ``draft_lengths``,
 ``accepted_lengths`` (per step, bonus excluded), ``time_draft`` (None when not
 measurable), ``time_optimize``, ``time_decode_forwards`` (full forwards after the
-prefill; measured for HF methods). Every number in a report is recomputed here
-from those fields, so anyone can re-derive the tables from the JSONL.
+prefill; measured for HF methods); with repeats, ``repeat_wall_times`` (every
+run of the turn; ``wall_time`` is the fastest) and ``unstable``; ``invalid`` when
+the step log was impossible. Every number in a report is recomputed here from
+those fields, so anyone can re-derive the tables from the JSONL.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from collections import Counter
 from dataclasses import asdict, dataclass
 from statistics import fmean
 from typing import Any, Iterable, Sequence
+
+from .base import AccountingError
 
 REFERENCE = "plain"
 OVERALL = "overall"
@@ -71,6 +75,33 @@ def draft_cost(records: Sequence[Record], plain: Sequence[Record]) -> float | No
     return per_draft / step if per_draft is not None and step else None
 
 
+def is_invalid(r: Record) -> bool:
+    """Marked invalid when recorded, or (for a JSONL written before that check) an impossible step log."""
+    d, a = r.get("draft_lengths") or [], r.get("accepted_lengths") or []
+    return bool(r.get("invalid")) or len(d) != len(a) or any(y < 0 or y > x for x, y in zip(d, a))
+
+
+def slowest_wall(r: Record) -> float:
+    """The slowest repeat's time (the only time, without repeats)."""
+    return max(r.get("repeat_wall_times") or [r["wall_time"]])
+
+
+def speedup_band(paired: Sequence[tuple[Record, Record]]) -> tuple[float | None, float | None]:
+    """The speed-up if every turn had taken the repeat least (low) or most (high) in its favour.
+
+    low = method at its slowest repeats against plain at its fastest; high the
+    other way round. Without repeats both equal the speed-up itself.
+    """
+    if not paired:
+        return None, None
+    tok_m, tok_p = sum(r["new_tokens"] for r, _ in paired), sum(p["new_tokens"] for _, p in paired)
+    fast_m, slow_m = sum(r["wall_time"] for r, _ in paired), sum(slowest_wall(r) for r, _ in paired)
+    fast_p, slow_p = sum(p["wall_time"] for _, p in paired), sum(slowest_wall(p) for _, p in paired)
+    if min(fast_m, slow_m, fast_p, slow_p) <= 0 or tok_p == 0:
+        return None, None
+    return (tok_m / slow_m) / (tok_p / fast_p), (tok_m / fast_m) / (tok_p / slow_p)
+
+
 @dataclass(frozen=True)
 class Row:
     """One line of the results table."""
@@ -89,6 +120,27 @@ class Row:
     opt_share: float | None  # share of wall time spent optimising the skip set
     identical: int | None  # turns whose output equals plain's (greedy only)
     compared: int | None
+    repeats: int = 1  # fewest runs per turn among these turns and plain's
+    speedup_low: float | None = None  # speedup_band
+    speedup_high: float | None = None
+    unstable: int = 0  # turns (these and plain's paired ones) whose repeats differ by more than the margin
+    invalid: int = 0  # turns whose step log was impossible: acceptance is not reported
+    load_max: float | None = None  # highest 1-minute load average seen around these turns
+
+    @property
+    def verdict(self) -> str:
+        """'reference', 'unchecked' (one run per turn), 'faster', 'slower', 'within noise' or 'n/a'."""
+        if self.method == REFERENCE:
+            return "reference"
+        if self.speedup_total is None or self.speedup_low is None or self.speedup_high is None:
+            return "n/a"
+        if self.repeats < 2:
+            return "unchecked"
+        if self.speedup_low > 1.0:
+            return "faster"
+        if self.speedup_high < 1.0:
+            return "slower"
+        return "within noise"
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -105,23 +157,34 @@ def summarize_group(method: str, category: str, records: Sequence[Record], plain
         for r, p in paired
         if r["wall_time"] > 0 and p["wall_time"] > 0 and r["new_tokens"] > 0 and p["new_tokens"] > 0
     ]
-    drafted = sum(sum(r.get("draft_lengths") or []) for r in records)
-    accepted = sum(sum(r.get("accepted_lengths") or []) for r in records)
+    valid = [r for r in records if not is_invalid(r)]
+    drafted = sum(sum(r.get("draft_lengths") or []) for r in valid)
+    accepted = sum(sum(r.get("accepted_lengths") or []) for r in valid)
+    acceptance = _ratio(accepted, drafted) if drafted and len(valid) == len(records) else None
+    if acceptance is not None and not 0.0 <= acceptance <= 1.0:
+        raise AccountingError(f"{method}/{category}: acceptance {acceptance:.0%} from step logs that passed "
+                              "the per-step check; this is a bug in swiftsd's bench, please report it")
     wall = sum(r["wall_time"] for r in records)
     identical = compared = None
     if greedy:
         compared = len(paired)
         identical = sum(first_difference(r["new_ids"], p["new_ids"]) is None for r, p in paired)
+    both = list(records) + ([] if method == REFERENCE else [p for _, p in paired])
+    loads = [x for r in both for x in (r.get("load_average") or []) if x is not None]
+    low, high = speedup_band(paired)
     return Row(
         method=method, category=category, turns=len(records),
         new_tokens=sum(r["new_tokens"] for r in records), wall_time=wall, tokens_per_s=tp,
         speedup_total=tp / tp_ref if tp is not None and tp_ref else None,
         speedup_mean=fmean(per_turn) if per_turn else None,
         tau=_ratio(sum(r["new_tokens"] for r in records), sum(r["target_forwards"] for r in records)),
-        acceptance=_ratio(accepted, drafted) if drafted else None,
+        acceptance=acceptance,
         draft_cost=draft_cost(records, plain),
         opt_share=_ratio(sum(r.get("time_optimize") or 0.0 for r in records), wall),
         identical=identical, compared=compared,
+        repeats=min((int(r.get("repeats", 1)) for r in both), default=1),
+        speedup_low=low, speedup_high=high, unstable=sum(bool(r.get("unstable")) for r in both),
+        invalid=len(records) - len(valid), load_max=max(loads, default=None),
     )
 
 
@@ -147,3 +210,17 @@ def committed_per_step(records: Iterable[Record], method: str) -> Counter[int]:
         if r["method"] == method:
             hist.update(a + 1 for a in r.get("accepted_lengths") or [])
     return hist
+
+
+def per_drafter(records: Iterable[Record]) -> dict[str, dict[str, dict[str, int]]]:
+    """{method: {drafter: {"proposed", "accepted"}}} summed over the valid records that report them."""
+    out: dict[str, dict[str, dict[str, int]]] = {}
+    for r in records:
+        if is_invalid(r) or not r.get("per_drafter"):
+            continue
+        mine = out.setdefault(r["method"], {})
+        for name, c in r["per_drafter"].items():
+            tot = mine.setdefault(name, {"proposed": 0, "accepted": 0})
+            tot["proposed"] += int(c.get("proposed", 0))
+            tot["accepted"] += int(c.get("accepted", 0))
+    return out

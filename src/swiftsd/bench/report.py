@@ -10,7 +10,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Sequence
 
-from .metrics import OVERALL, Record, Row, committed_per_step, mismatches
+from .metrics import OVERALL, REFERENCE, Record, Row, committed_per_step, mismatches, per_drafter
 
 
 def _f(x: float | None, fmt: str = "{:.2f}") -> str:
@@ -26,32 +26,91 @@ def _identical(r: Row) -> str:
 
 
 HEADER = ("| method | category | turns | tokens | time s | tok/s | speed-up (total) | speed-up (mean/turn) "
-          "| tokens/step τ | acceptance | draft cost c | optimise % | identical to plain |")
+          "| repeats: range, unstable turns | tokens/step τ | acceptance | draft cost c | optimise % "
+          "| identical to plain |")
+_COLUMNS = HEADER.count("|") - 1
+
+
+def _acceptance(r: Row) -> str:
+    if r.invalid:
+        return f"invalid ({r.invalid} turn(s))"
+    return _f(r.acceptance, "{:.0%}")
+
+
+def _noise(r: Row) -> str:
+    """How far the repeats leave the speed-up open, and how many turns they disagreed on."""
+    if r.method == REFERENCE:
+        return f"{r.unstable} unstable" if r.repeats > 1 else "1 run"
+    if r.repeats < 2:
+        return "1 run: unchecked"
+    if r.speedup_low is None or r.speedup_high is None:
+        return "n/a"
+    return (f"{r.speedup_low:.2f}–{r.speedup_high:.2f}×, {r.unstable} unstable"
+            + (" **within noise**" if r.verdict == "within noise" else ""))
 
 
 def markdown_table(rows: Sequence[Row], unavailable: dict[str, str] | None = None) -> str:
-    lines = [HEADER, "|" + "---|" * 13]
+    lines = [HEADER, "|" + "---|" * _COLUMNS]
     for r in rows:
         cat = f"**{r.category}**" if r.category == OVERALL else r.category
         lines.append(
             f"| {r.method} | {cat} | {r.turns} | {r.new_tokens} | {r.wall_time:.1f} | {_f(r.tokens_per_s, '{:.1f}')} "
-            f"| {_f(r.speedup_total, '{:.2f}×')} | {_f(r.speedup_mean, '{:.2f}×')} | {_f(r.tau)} "
-            f"| {_f(r.acceptance, '{:.0%}')} | {_f(r.draft_cost)} | {_f(r.opt_share, '{:.1%}')} | {_identical(r)} |"
+            f"| {_f(r.speedup_total, '{:.2f}×')} | {_f(r.speedup_mean, '{:.2f}×')} | {_noise(r)} | {_f(r.tau)} "
+            f"| {_acceptance(r)} | {_f(r.draft_cost)} | {_f(r.opt_share, '{:.1%}')} | {_identical(r)} |"
         )
     for name, why in (unavailable or {}).items():
-        lines.append(f"| {name} | all | n/a: {why} |" + " |" * 10)
+        lines.append(f"| {name} | all | n/a: {why} |" + " |" * (_COLUMNS - 3))
     return "\n".join(lines)
 
 
+def _cell(r: Row) -> str:
+    mark = {"within noise": " (noise)", "unchecked": " (1 run)"}.get(r.verdict, "")
+    return _f(r.speedup_total, "{:.2f}×") + mark
+
+
 def speedup_matrix(rows: Sequence[Row]) -> str:
-    """Compact view: speed-up (total) per method × category."""
+    """Compact view: speed-up (total) per method × category; '(noise)': the repeats leave it open."""
     cats = list(dict.fromkeys(r.category for r in rows))
     methods = list(dict.fromkeys(r.method for r in rows))
     cell = {(r.method, r.category): r for r in rows}
     lines = ["| method | " + " | ".join(cats) + " |", "|" + "---|" * (len(cats) + 1)]
     for m in methods:
-        vals = [_f(cell[(m, c)].speedup_total, "{:.2f}×") if (m, c) in cell else "" for c in cats]
+        vals = [_cell(cell[(m, c)]) if (m, c) in cell else "" for c in cats]
         lines.append(f"| {m} | " + " | ".join(vals) + " |")
+    return "\n".join(lines)
+
+
+def headlines(rows: Sequence[Row], margin: float) -> list[tuple[bool, str]]:
+    """(is_warning, line) per method overall: a speed-up is stated only when its repeats cannot undo it."""
+    out: list[tuple[bool, str]] = []
+    for r in rows:
+        if r.category != OVERALL or r.method == REFERENCE or r.speedup_total is None:
+            continue
+        s, v = r.speedup_total, r.verdict
+        load = f"; load average up to {r.load_max:.1f}" if r.load_max is not None else ""
+        if v == "unchecked":
+            out.append((True, f"WARNING: {r.method}: {s:.2f}× plain from one run per turn, not checked against "
+                              f"load{load}; rerun with --repeats 2 or more before quoting it"))
+        elif v == "within noise":
+            out.append((True, f"WARNING: {r.method}: {s:.2f}× plain is within the noise: taking each turn's other "
+                              f"repeat would give {r.speedup_low:.2f}×–{r.speedup_high:.2f}×; {r.unstable} turn(s) "
+                              f"disagreed by more than {margin:.0%}{load}. Not a result: rerun on a quiet machine"))
+        elif v in ("faster", "slower"):
+            out.append((False, f"{r.method}: {s:.2f}× plain ({r.speedup_low:.2f}×–{r.speedup_high:.2f}× over its "
+                               f"repeats; fastest of {r.repeats} runs per turn; {r.unstable} unstable turn(s))"))
+    return out
+
+
+def drafter_table(records: Sequence[Record]) -> str:
+    """Proposed and accepted draft tokens per method and drafter ('' when no method reports them)."""
+    totals = per_drafter(records)
+    if not totals:
+        return ""
+    lines = ["| method | drafter | proposed | accepted | acceptance |", "|---|---|---|---|---|"]
+    for m, per in totals.items():
+        for name, c in per.items():
+            rate = _f(c["accepted"] / c["proposed"], "{:.0%}") if c["proposed"] else "n/a"
+            lines.append(f"| {m} | {name} | {c['proposed']} | {c['accepted']} | {rate} |")
     return "\n".join(lines)
 
 
@@ -108,15 +167,22 @@ def plot_speedup(rows: Sequence[Row], path: Path, title: str) -> None:
 
     cats = list(dict.fromkeys(r.category for r in rows))
     methods = [m for m in dict.fromkeys(r.method for r in rows) if m != "plain"]
-    cell = {(r.method, r.category): r.speedup_total for r in rows}
+    cell = {(r.method, r.category): r for r in rows}
     fig, ax = plt.subplots(figsize=(max(6.0, 1.3 * len(cats)), 4))
     width = 0.8 / max(1, len(methods))
     for i, m in enumerate(methods):
         xs = [j + (i - (len(methods) - 1) / 2) * width for j in range(len(cats))]
-        ax.bar(xs, [cell.get((m, c)) or 0.0 for c in cats], width, label=m)
+        got = [cell.get((m, c)) for c in cats]
+        ys = [(r.speedup_total or 0.0) if r else 0.0 for r in got]
+        lo = [max(0.0, y - (r.speedup_low or y)) if r else 0.0 for y, r in zip(ys, got)]
+        hi = [max(0.0, (r.speedup_high or y) - y) if r else 0.0 for y, r in zip(ys, got)]
+        bars = ax.bar(xs, ys, width, label=m, yerr=[lo, hi], capsize=2, error_kw={"lw": 0.8})
+        for b, r in zip(bars, got):
+            if r is not None and r.verdict in ("within noise", "unchecked"):
+                b.set_hatch("//")
     ax.axhline(1.0, color="black", lw=1, ls="--", label="plain")
     ax.set_xticks(range(len(cats)), cats, rotation=20)
-    ax.set_ylabel("speed-up over plain decoding")
+    ax.set_ylabel("speed-up over plain (bars: repeats' range; hatched: not a result)", fontsize=8)
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
@@ -178,16 +244,20 @@ def render_markdown(records: Sequence[Record], rows: Sequence[Row], meta: dict[s
         f"{hw}; torch {meta.get('torch')}, transformers {meta.get('transformers')}; {mode}; "
         f"{meta.get('max_new_tokens')} new tokens; data {meta.get('data')}; "
         f"{meta.get('prompts')} prompts ({meta.get('turns')} turns); seed {meta.get('seed')}; "
-        f"methods interleaved prompt by prompt, order rotated, after {meta.get('warmup')} warm-up prompt(s); "
+        f"{_repeats_text(meta)} after {meta.get('warmup')} warm-up prompt(s); "
         f"load average before/after {meta.get('load_average_before')} / {meta.get('load_average_after')}.\n\n"
         f"{mismatch_text(records, greedy)}\n\n"
+        f"## Result\n\n{_headline_text(rows, meta)}\n\n"
         f"## Overall\n\n{markdown_table(overall, unavailable)}\n\n"
         f"## Speed-up by category (total)\n\n{speedup_matrix(rows)}\n\n"
         f"## Every method × category\n\n{markdown_table(rows)}\n\n"
+        f"{_drafter_text(records)}"
         "Columns: speed-up (total) = method tok/s ÷ plain tok/s over the same turns (the ratio of total times "
         "when outputs match); speed-up (mean/turn) = mean of per-turn ratios; τ = new tokens ÷ full-model "
         "forwards (prefill counted); acceptance = accepted ÷ drafted tokens; c = mean draft-forward time ÷ "
-        "mean plain decode-forward time, measured in this run. Raw rows: "
+        "mean plain decode-forward time, measured in this run; repeats: the speed-up had every turn taken the "
+        "repeat least / most in the method's favour, and the turns whose repeats differ by more than the margin. "
+        "Raw rows: "
         f"`{stem}.jsonl`; machine: `{stem}.machine.json`.\n\n"
         f"{_isolated_text(meta)}"
         f"Methods: {json.dumps(meta.get('methods'))}\n"
@@ -202,3 +272,24 @@ def _isolated_text(meta: dict[str, Any]) -> str:
              f"draft {v['draft_ms']:.1f} ms vs full {v['full_ms']:.1f} ms)" for m, v in iso.items()]
     return ("Draft cost of each swiftsd method's final skip set measured in isolation (`cost.measure_draft_cost`: "
             "one-token adapter forwards, no draft-loop overhead): " + "; ".join(parts) + ".\n\n")
+
+
+def _repeats_text(meta: dict[str, Any]) -> str:
+    n = meta.get("repeats", 1)
+    margin = meta.get("noise_margin")
+    if n and n > 1:
+        return (f"each (method, turn) ran {n} times, interleaved in rounds (order rotated each round), "
+                f"and the faster run is reported (repeats more than {margin:.0%} apart are flagged);")
+    return "each (method, turn) ran once (**no check against load**);"
+
+
+def _headline_text(rows: Sequence[Row], meta: dict[str, Any]) -> str:
+    lines = headlines(rows, meta.get("noise_margin") or 0.15)
+    return "\n".join(f"- {'**' + t + '**' if warn else t}" for warn, t in lines) or "- no method to compare"
+
+
+def _drafter_text(records: Sequence[Record]) -> str:
+    table = drafter_table(records)
+    return (f"## Draft tokens per drafter\n\n{table}\n\nTree nodes each drafter proposed and verification "
+            "accepted (`stats.per_drafter`); a prefix several drafters proposed counts for each.\n\n"
+            if table else "")

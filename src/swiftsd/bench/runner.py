@@ -1,40 +1,79 @@
-"""The benchmark loop: every method on every prompt, interleaved, in one process."""
+"""The benchmark loop: every method on every turn, repeated and interleaved, in one process.
+
+Load on a shared machine slows whatever happens to run at that moment. So each
+(method, turn) runs ``repeats`` times in rounds (every method once per round,
+the order rotated each round), every repeat of a stateful method starts from
+the same learned state, and the faster repeat is kept (its output and, for
+swiftsd, the state it ended in). The record keeps every repeat's time, their
+spread and the load average around the turn, so noise shows in the report.
+"""
 
 from __future__ import annotations
 
+import os
 import sys
 from dataclasses import replace
 from typing import Any, Callable, Sequence
 
+from .base import Method, RunParams, TurnOutput, accounting_problems
 from .data import BUILTIN_PROMPTS, BenchPrompt, build_input
-from .methods import GenParams, Method, TurnOutput
 from .metrics import REFERENCE, Record, first_difference
+
+NOISE_MARGIN = 0.15  # repeats of one turn further apart than this (slower / faster - 1) are flagged
 
 
 def rotated(methods: Sequence[Method], i: int) -> list[Method]:
-    """Method order for prompt ``i``: rotated by one each prompt, so no method always runs first."""
+    """Method order for round ``i``: rotated by one each round, so no method always runs first."""
     k = i % len(methods) if methods else 0
     return list(methods[k:]) + list(methods[:k])
 
 
 def turn_seed(seed: int, prompt_index: int, turn: int) -> int:
-    """Same seed for every method on the same turn (sampling runs are then paired)."""
+    """Same seed for every method and repeat of the same turn (sampling runs are then paired)."""
     return seed * 1_000_003 + prompt_index * 101 + turn
+
+
+def load_average() -> float | None:
+    """The 1-minute load average (None where the OS has none)."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (OSError, AttributeError):
+        return None
 
 
 def make_record(method: str, prompt: BenchPrompt, turn: int, prompt_tokens: int, out: TurnOutput, seed: int
                 ) -> Record:
-    return {
+    """One JSONL row. An impossible step log is kept but marked ``invalid`` (its figures are not reported)."""
+    extra = dict(out.extra)
+    problems = list(extra.pop("accounting_problems", [])) + accounting_problems(out)
+    rec: Record = {
         "method": method, "prompt_id": prompt.id, "category": prompt.category, "turn": turn,
         "prompt_tokens": prompt_tokens, "new_tokens": len(out.new_ids), "wall_time": out.wall_time,
         "target_forwards": out.target_forwards, "draft_forwards": out.draft_forwards,
         "draft_lengths": out.draft_lengths, "accepted_lengths": out.accepted_lengths,
         "time_draft": out.time_draft, "time_optimize": out.time_optimize,
-        "time_decode_forwards": out.time_decode_forwards, "seed": seed, "new_ids": out.new_ids, **out.extra,
+        "time_decode_forwards": out.time_decode_forwards, "seed": seed, "new_ids": out.new_ids, **extra,
+    }
+    if problems:
+        rec["invalid"] = problems
+    return rec
+
+
+def repeat_fields(runs: Sequence[TurnOutput], margin: float, load: tuple[float | None, float | None]
+                  ) -> tuple[int, dict[str, Any]]:
+    """(index of the fastest run, the fields that describe all repeats of one (method, turn))."""
+    walls = [r.wall_time for r in runs]
+    best = min(range(len(runs)), key=walls.__getitem__)
+    spread = max(walls) / walls[best] - 1.0 if walls[best] > 0 else 0.0
+    return best, {
+        "repeats": len(runs), "repeat_wall_times": walls, "repeat_new_tokens": [len(r.new_ids) for r in runs],
+        "repeat_chosen": best, "repeat_spread": spread, "unstable": len(runs) > 1 and spread > margin,
+        "repeat_outputs_identical": all(r.new_ids == runs[0].new_ids for r in runs),
+        "load_average": list(load),
     }
 
 
-def warm_up(methods: Sequence[Method], tokenizer: Any, params: GenParams, n: int) -> None:
+def warm_up(methods: Sequence[Method], tokenizer: Any, params: RunParams, n: int) -> None:
     """Run each method on ``n`` built-in prompts, untimed (kernels, allocator, caches).
 
     swiftsd methods warm up on a throwaway decoder so the measured stream starts
@@ -49,32 +88,71 @@ def warm_up(methods: Sequence[Method], tokenizer: Any, params: GenParams, n: int
             m.warmup(ids, params, seed=k)
 
 
-def run_stream(methods: Sequence[Method], tokenizer: Any, prompts: Sequence[BenchPrompt], params: GenParams,
-               seed: int = 0, progress: bool = True, say: Callable[[str], None] | None = None) -> list[Record]:
-    """Every method on every turn of every prompt; returns one record per (method, prompt, turn).
+def _run_turn(methods: Sequence[Method], inputs: dict[str, list[int]], params: RunParams, seed: int,
+              repeats: int, first_round: int, tick: Callable[[Method, int], None]) -> dict[str, list[TurnOutput]]:
+    """Every method ``repeats`` times on one turn, in rounds; each method ends in its fastest run's state."""
+    base = {m.name: m.state() for m in methods}
+    runs: dict[str, list[TurnOutput]] = {m.name: [] for m in methods}
+    ends: dict[str, list[Any]] = {m.name: [] for m in methods}
+    for r in range(repeats):
+        for m in rotated(methods, first_round + r):
+            start = base[m.name] if r == repeats - 1 else m.copy_state(base[m.name])
+            m.set_state(start)
+            runs[m.name].append(m.generate(inputs[m.name], params, seed))
+            ends[m.name].append(m.state())
+            tick(m, r)
+    for m in methods:
+        walls = [o.wall_time for o in runs[m.name]]
+        m.set_state(ends[m.name][walls.index(min(walls))])
+    return runs
 
-    Greedy outputs are compared with plain decoding's as soon as a prompt is done;
-    a mismatch is announced at once through ``say`` (and stays in the records).
+
+def run_stream(methods: Sequence[Method], tokenizer: Any, prompts: Sequence[BenchPrompt], params: RunParams,
+               seed: int = 0, progress: bool | None = None, say: Callable[[str], None] | None = None,
+               repeats: int = 2, margin: float = NOISE_MARGIN) -> list[Record]:
+    """Every method on every turn of every prompt; one record per (method, prompt, turn), from its fastest repeat.
+
+    ``progress``: None shows a bar on a terminal only, False never. Greedy outputs
+    are compared with plain decoding's as soon as a prompt is done; a mismatch or
+    an impossible step log is announced at once through ``say``.
     """
     from tqdm import tqdm
 
-    total = sum(len(p.turns) for p in prompts) * len(methods)
-    bar = tqdm(total=total, unit="gen", desc="bench", file=sys.stderr, disable=not progress, dynamic_ncols=True)
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats}")
+    total = sum(len(p.turns) for p in prompts) * len(methods) * repeats
+    bar = tqdm(total=total, unit="run", desc="bench", file=sys.stderr, dynamic_ncols=True, leave=False,
+               disable=None if progress is None else not progress)
     say = say or (lambda msg: tqdm.write(msg, file=sys.stderr))
     records: list[Record] = []
+    rounds = 0
     try:
         for i, prompt in enumerate(prompts):
+            answers: dict[str, list[str]] = {m.name: [] for m in methods}
             mine: list[Record] = []
-            for m in rotated(methods, i):
-                answers: list[str] = []
-                for t in range(len(prompt.turns)):
-                    ids = build_input(tokenizer, prompt, t, answers)
-                    s = turn_seed(seed, i, t)
-                    out = m.generate(ids, params, s)
-                    answers.append(tokenizer.decode(out.new_ids, skip_special_tokens=True))
-                    mine.append(make_record(m.name, prompt, t, len(ids), out, s))
-                    bar.set_postfix_str(f"{prompt.category}:{prompt.id} {m.name}", refresh=False)
+            for t in range(len(prompt.turns)):
+                inputs = {m.name: build_input(tokenizer, prompt, t, answers[m.name]) for m in methods}
+                s = turn_seed(seed, i, t)
+
+                def tick(m: Method, r: int) -> None:
+                    bar.set_postfix_str(f"{prompt.category}:{prompt.id}#{t} {m.name} run {r + 1}/{repeats}",
+                                        refresh=False)
                     bar.update(1)
+
+                before = load_average()
+                runs = _run_turn(methods, inputs, params, s, repeats, rounds, tick)
+                rounds += repeats
+                load = (before, load_average())
+                for m in methods:
+                    best, fields = repeat_fields(runs[m.name], margin, load)
+                    out = runs[m.name][best]
+                    answers[m.name].append(tokenizer.decode(out.new_ids, skip_special_tokens=True))
+                    rec = make_record(m.name, prompt, t, len(inputs[m.name]), out, s)
+                    rec.update(fields)
+                    if "invalid" in rec:
+                        say(f"BENCH ACCOUNTING: {m.name} on prompt {prompt.id} turn {t}: "
+                            f"{'; '.join(rec['invalid'])} (its acceptance is not reported)")
+                    mine.append(rec)
             if params.greedy:
                 _announce_mismatches(mine, say)
             records += mine
