@@ -102,6 +102,42 @@ class _Plan:
     min_mass: float
 
 
+class _TargetScores:
+    """The target's choice after each tree node, scored on demand (LM head, processor, sampler).
+
+    Verification walks one path, so it needs the LM head on the nodes of that path
+    only: (accepted + 1) rows instead of the whole tree.
+    """
+
+    def __init__(self, dec: "SwiftDecoder", run: _Run, trie: DraftTrie, layout: TreeLayout,
+                 hidden: torch.Tensor) -> None:
+        self.dec, self.run, self.trie, self.layout, self.hidden = dec, run, trie, layout, hidden
+        self._logits: dict[int, torch.Tensor] = {}
+
+    def logits(self, node: int) -> torch.Tensor:
+        """[V] the target's (processed) logits after ``node``."""
+        out = self._logits.get(node)
+        if out is None:
+            out = self.dec.adapter.logits(self.hidden[node : node + 1])
+            run = self.run
+            if run.processor is not None:  # this node's own prefix: committed tokens + its path
+                path = [self.trie.tokens[i] for i in self.layout.path(node)]
+                out = run.processor(torch.tensor([run.tokens + path], device=out.device), out)
+            out = self._logits[node] = out[0]
+        return out
+
+    def token(self, node: int) -> int:
+        """Greedy: the argmax. Coupled: the seeded Gumbel-max sample at the next position."""
+        run = self.run
+        if run.params.greedy:
+            return int(self.logits(node).argmax())
+        position = len(run.tokens) + self.layout.depths[node]
+        return int(coupled_sample(self.logits(node), run.params, run.noise.at(position)))
+
+    def probs(self, node: int) -> torch.Tensor:
+        return target_probs(self.logits(node), self.run.params)
+
+
 def _causal(n: int, device: torch.device) -> torch.Tensor:
     return torch.ones(n, n, dtype=torch.bool, device=device).tril_()
 
@@ -225,8 +261,8 @@ class SwiftDecoder:
             plan = self._plan(run, trie)  # 4. run the layer-skip draft? by cost and acceptance counts
             self._draft_model(run, plan, trie)  # 5. the layer-skip draft adds its tree to the same trie
             trie, layout = self._tree(run, trie)  # 6. keep the nodes that pay; memoised layout
-            logits = self._verify(run, trie, layout)  # 7. one full-model forward over the tree
-            accepted, bonus = self._accept(run, trie, layout, logits)  # 8. longest agreeing path + bonus
+            target = self._verify(run, trie, layout)  # 7. one full-model forward over the tree
+            accepted, bonus = self._accept(run, trie, layout, target)  # 8. longest agreeing path + bonus
             yield self._commit(run, trie, layout, plan, accepted, bonus)  # 9. keep its KV, emit its tokens
         return self._finish(run)
 
@@ -342,42 +378,23 @@ class SwiftDecoder:
             trie = trie.select(max_nodes)
         return trie, build_tree(tuple(trie.parents))
 
-    def _verify(self, run: _Run, trie: DraftTrie, layout: TreeLayout) -> torch.Tensor:
+    def _verify(self, run: _Run, trie: DraftTrie, layout: TreeLayout) -> "_TargetScores":
+        """The body of the full model over every node; the LM head only for nodes the walk visits."""
         ad, dev, n = self.adapter, self.adapter.device, len(run.tokens)
-        logits = ad.forward(torch.tensor(trie.tokens, device=dev), (n - 1) + layout.depth.to(dev), run.cache,
-                            n - 1, n - 1, layout.mask.to(dev), None)
-        if run.processor is not None:
-            logits = self._process(run, trie, layout, logits)
-        return logits
+        hidden = ad.forward(torch.tensor(trie.tokens, device=dev), (n - 1) + layout.depth.to(dev), run.cache,
+                            n - 1, n - 1, layout.mask.to(dev), None, logits_rows="hidden")
+        return _TargetScores(self, run, trie, layout, hidden)
 
-    def _process(self, run: _Run, trie: DraftTrie, layout: TreeLayout, logits: torch.Tensor) -> torch.Tensor:
-        """Apply the logits processor to every node with its own prefix (nodes of one depth in one call)."""
-        dev = logits.device
-        base = torch.tensor(run.tokens, device=dev)
-        toks = torch.tensor(trie.tokens, device=dev)
-        out = torch.empty_like(logits)
-        for d in range(layout.max_depth + 1):
-            nodes = [i for i, x in enumerate(layout.depths) if x == d]
-            idx = torch.tensor(nodes, device=dev)
-            path = toks[layout.paths[nodes, 1 : d + 1].to(dev)] if d else toks[:0].expand(len(nodes), 0)
-            prefix = torch.cat([base.expand(len(nodes), -1), path], dim=1)
-            out[idx] = run.processor(prefix, logits[idx].clone())
-        return out
-
-    def _accept(self, run: _Run, trie: DraftTrie, layout: TreeLayout, logits: torch.Tensor
+    def _accept(self, run: _Run, trie: DraftTrie, layout: TreeLayout, target: "_TargetScores"
                 ) -> tuple[list[int], int]:
         """Greedy: longest path equal to the target's argmax. Coupled: to its seeded Gumbel-max
         sample. Rejection: multi-candidate speculative sampling over the mixed tree."""
-        n, dev = len(run.tokens), self.adapter.device
-        if run.params.greedy:
-            return greedy_verify(trie.tokens, logits.argmax(-1).tolist(), layout)
-        if run.noise is not None:
-            g = run.noise.rows(list(range(n, n + layout.max_depth + 1)))[layout.depth.to(dev)]
-            out = greedy_verify(trie.tokens, coupled_sample(logits, run.params, g).tolist(), layout)
-            run.noise.forget_before(n)
-            return out
-        p_nodes = target_probs(logits, run.params)
-        return multi_candidate_speculative_sampling(trie.tokens, p_nodes, trie.q, trie.sampled, layout,
+        if run.params.greedy or run.noise is not None:
+            accepted, bonus = greedy_verify(trie.tokens, target.token, layout)
+            if run.noise is not None:
+                run.noise.forget_before(len(run.tokens))
+            return accepted, bonus
+        return multi_candidate_speculative_sampling(trie.tokens, target.probs, trie.q, trie.sampled, layout,
                                                     run.generator)
 
     def _commit(self, run: _Run, trie: DraftTrie, layout: TreeLayout, plan: _Plan, accepted: list[int],
@@ -433,7 +450,7 @@ class SwiftDecoder:
         last = self._current_skip(run) if "layerskip" in self.drafters else None
         stats.skip_set = last.to_dict() if last is not None else None
         opt = self.optimizer if run.skip_override is None else None
-        stats.optimizer = opt.state_dict() if opt is not None else None
+        stats.optimizer = opt.status() if opt is not None else None
         seq = torch.tensor([run.tokens], dtype=torch.long, device=self.adapter.device)
         return GenerationResult(sequences=seq, stats=stats)
 

@@ -171,7 +171,7 @@ class CostModel:
     fixed: float  # the rest of a forward: embedding, masks, RoPE, final norm, Python
     draft_extra: float  # per drafted token: softmax + top-k, and the draft head's cost minus the full head's
     verify_sizes: tuple[int, ...]  # tree sizes timed (1 first)
-    verify_times: tuple[float, ...]  # full forward over that many nodes
+    verify_times: tuple[float, ...]  # full forward over that many nodes, LM head on one row
     num_layers: int
     device: str = ""
     dtype: str = ""
@@ -232,6 +232,9 @@ def measure_verify_costs(adapter: "DecoderAdapter", sizes: Sequence[int], contex
                          seed: int = 0) -> dict[int, float]:
     """Median seconds of one full forward over a causal block of each size, sizes interleaved in rounds.
 
+    The LM head runs on one row, as in verification, which scores only the nodes on the
+    accepted path (see ``CostModel.lm_head`` for each further row).
+
     Every round times every size once, in a shuffled order, after one warm-up round:
     timing each size in its own run lets a warm-up or a burst of load land on one size
     (on qwen-1.5b, 8 nodes once timed at 0.84 of a one-token step).
@@ -258,7 +261,7 @@ def measure_verify_costs(adapter: "DecoderAdapter", sizes: Sequence[int], contex
             tok, pos, mask = blocks[n]
             _sync(dev)
             t0 = time.perf_counter()
-            adapter.forward(tok, pos, cache, context, context, mask, None)
+            adapter.forward(tok, pos, cache, context, context, mask, None, logits_rows=slice(n - 1, n))
             _sync(dev)
             if r > 0:  # round 0 warms up
                 times[n].append(time.perf_counter() - t0)

@@ -159,7 +159,7 @@ class DecoderAdapter:
         visible_prefix: int,
         block_mask: torch.Tensor,
         skip: SkipSet | None = None,
-        logits_rows: torch.Tensor | slice | None = None,
+        logits_rows: torch.Tensor | slice | str | None = None,
         head: DraftHead | None = None,
         past_visible: torch.Tensor | None = None,
         past_positions: torch.Tensor | None = None,
@@ -167,7 +167,8 @@ class DecoderAdapter:
         """Logits [rows, V] (float32) for ``input_ids`` [q] written at slots [slot_start, slot_start+q).
 
         ``skip`` leaves those sublayers out (the draft); ``None`` runs the full model.
-        ``logits_rows`` picks which positions reach the LM head (all by default);
+        ``logits_rows`` picks which positions reach the LM head (all by default;
+        ``"hidden"`` returns the final-normed hidden states [q, H] instead, see :meth:`logits`);
         ``head`` scores only a vocabulary subset (columns follow ``head.token_ids``).
         ``past_visible`` / ``past_positions``: see :meth:`build_masks` (tree drafting).
         """
@@ -191,8 +192,21 @@ class DecoderAdapter:
                 )
             if i not in skip_mlp:
                 h = self.mlp_block(layer, h)
-        h = h[0] if logits_rows is None else h[0, logits_rows]
+        hidden_only = isinstance(logits_rows, str)
+        h = h[0] if logits_rows is None or hidden_only else h[0, logits_rows]
         h = self.base.norm(h)
+        if hidden_only:
+            return h
+        return self.logits(h, head)
+
+    @torch.inference_mode()
+    def logits(self, h: torch.Tensor, head: DraftHead | None = None) -> torch.Tensor:
+        """Float logits [rows, V] of final-normed hidden states [rows, H] (softcap applied).
+
+        Split from :meth:`forward` so verification can score only the tree nodes it
+        visits: the LM head is the largest matrix of a small model, and a tree's
+        rejected branches never need it.
+        """
         logits = (self.model.lm_head(h) if head is None else nn.functional.linear(h, head.weight, head.bias)).float()
         if self.softcap:
             logits = torch.tanh(logits / self.softcap) * self.softcap

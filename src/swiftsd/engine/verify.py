@@ -21,6 +21,8 @@ Two exact samplers are offered for temperature > 0:
 
 from __future__ import annotations
 
+from typing import Callable, Sequence
+
 import torch
 
 from ..config import SamplingParams
@@ -90,19 +92,21 @@ def coupled_sample(logits: torch.Tensor, params: SamplingParams, noise: torch.Te
 
 
 def greedy_verify(
-    tree_tokens: list[int], target_tokens: list[int], layout: TreeLayout
+    tree_tokens: list[int], target_tokens: Sequence[int] | Callable[[int], int], layout: TreeLayout
 ) -> tuple[list[int], int]:
     """Longest root path whose tokens equal the target's choice, over any trie.
 
     tree_tokens: [N] token of each node (node 0 = root, already committed).
     target_tokens: [N] the target's token *after* each node (its argmax, or its
-    seeded Gumbel-max sample for the coupled sampler).
+    seeded Gumbel-max sample for the coupled sampler), or a function node -> token,
+    so only the nodes the walk visits are scored.
     Returns (accepted node indices excluding the root, bonus token).
     """
+    target = target_tokens if callable(target_tokens) else target_tokens.__getitem__
     node = 0
     accepted: list[int] = []
     while True:
-        want = target_tokens[node]
+        want = target(node)
         hit = next((c for c in layout.children[node] if tree_tokens[c] == want), None)
         if hit is None:
             return accepted, want
@@ -117,7 +121,7 @@ def _normalize(x: torch.Tensor) -> torch.Tensor | None:
 
 def multi_candidate_speculative_sampling(
     tree_tokens: list[int],
-    p_nodes: torch.Tensor,
+    p_nodes: torch.Tensor | Callable[[int], torch.Tensor],
     q_nodes: dict[int, torch.Tensor],
     sampled: list[int],
     layout: TreeLayout,
@@ -125,7 +129,7 @@ def multi_candidate_speculative_sampling(
 ) -> tuple[list[int], int]:
     """Recursive rejection sampling over any trie whose children are drafts with or without probabilities.
 
-    tree_tokens: [N]; p_nodes: [N, V] target probs after each node;
+    tree_tokens: [N]; p_nodes: [N, V] target probs after each node (or node -> [V]);
     q_nodes: node -> [V] the draft distribution that node's *sampled* children were
     drawn from, without replacement; sampled: [N] a node's rank among those draws, or
     -1 for a point mass (e.g. a lookup or suffix draft).
@@ -138,16 +142,17 @@ def multi_candidate_speculative_sampling(
     fixed by the context), so this returns tokens distributed exactly as p.
     Returns (accepted node indices excluding the root, bonus token).
     """
+    p_of = p_nodes if callable(p_nodes) else p_nodes.__getitem__
     node = 0
     accepted: list[int] = []
-    dev = p_nodes.device
     while True:
         kids = layout.children[node]
         order = sorted((c for c in kids if sampled[c] >= 0), key=lambda c: sampled[c])
         order += [c for c in kids if sampled[c] < 0]
         if not order:
             break
-        p = p_nodes[node].clone()
+        p = p_of(node).clone()
+        dev = p.device
         q = q_nodes[node].clone() if node in q_nodes else None
         hit = None
         for c in order:
@@ -171,4 +176,4 @@ def multi_candidate_speculative_sampling(
             return accepted, int(torch.multinomial(p, 1, generator=generator))
         accepted.append(hit)
         node = hit
-    return accepted, int(torch.multinomial(p_nodes[node], 1, generator=generator))
+    return accepted, int(torch.multinomial(p_of(node), 1, generator=generator))
