@@ -224,11 +224,11 @@ class _Tok:
         return " ".join(map(str, ids))
 
 
-def _scripted_run(monkeypatch, plain_times, twin_times, repeats):
+def _scripted_run(monkeypatch, plain_times, twin_times, repeats, progress=False):
     monkeypatch.setattr("swiftsd.bench.runner.build_input", lambda tok, p, t, answers: [0, 1, 2])
     plain, twin = _Scripted("plain", plain_times), _Scripted("twin", twin_times)
     prompts = [BenchPrompt(f"q{i}", "qa", ("x",)) for i in range(3)]
-    recs = run_stream([plain, twin], _Tok(), prompts, RunParams(max_new_tokens=4), progress=False,
+    recs = run_stream([plain, twin], _Tok(), prompts, RunParams(max_new_tokens=4), progress=progress,
                       repeats=repeats, say=lambda msg: None)
     return recs, plain, twin
 
@@ -264,6 +264,35 @@ def test_steady_speedup_is_a_headline(monkeypatch):
     assert 1.0 < overall.speedup_low <= 2.0 <= overall.speedup_high
     ((warn, line),) = headlines([overall], 0.15)
     assert not warn and line.startswith("twin: 2.00× plain")
+
+
+class _Terminal:
+    def __init__(self):
+        self.text = ""
+
+    def write(self, s):
+        self.text += s
+
+    def flush(self):
+        pass
+
+    def isatty(self):
+        return True
+
+
+def test_progress_bar_per_run_on_a_terminal_only(monkeypatch):
+    import sys
+
+    for progress, shown in ((None, True), (False, False)):
+        term = _Terminal()
+        monkeypatch.setattr(sys, "stderr", term)
+        _scripted_run(monkeypatch, lambda k: 1.0, lambda k: 1.0, repeats=2, progress=progress)
+        # 3 turns x 2 methods x 2 repeats; redrawn in place and cleared: no stray (blank) lines
+        assert ("0/12 [" in term.text) is shown and "\n" not in term.text
+    monkeypatch.setattr(sys, "stderr", _Terminal())  # not a terminal's isatty: no bar at all
+    sys.stderr.isatty = lambda: False
+    _scripted_run(monkeypatch, lambda k: 1.0, lambda k: 1.0, repeats=2, progress=None)
+    assert sys.stderr.text == ""
 
 
 # -- impossible figures -------------------------------------------------------------------------
