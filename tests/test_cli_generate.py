@@ -108,15 +108,9 @@ def test_sampling_is_seeded_and_compare_says_not_comparable(capsys, model_dir) -
     assert d["compare"]["identical"] is None and d["compare"]["plain_tokens"] == 25
 
 
-def test_skip_set_store_missing_module_is_a_clear_error(capsys, model_dir, monkeypatch) -> None:
-    monkeypatch.setitem(sys.modules, "swiftsd.store", None)  # as if the optimiser were not installed
-    rc, out, err = cli(capsys, "--model", model_dir, "--prompt", "hi", "--skip-set-store", "s.json")
-    assert rc == 2 and out == ""
-    assert err.startswith("swiftsd: error:") and "swiftsd.store" in err and "--skip-set" in err
-
-
 def test_skip_set_store_starts_from_the_stored_set(capsys, model_dir, loaded, tmp_path) -> None:
-    store = pytest.importorskip("swiftsd.store")
+    from swiftsd.optimize import store
+
     model, tok = loaded
     path = tmp_path / "store.json"
     store.save_skip_set(path, store.model_key(model), "poems", SkipSet(attn=[2], mlp=[4]), matchness=0.5)

@@ -152,7 +152,7 @@ def test_reference_proposals_follow_the_paper():
     assert all(1 <= i <= L - 2 for e in searched for i in (*e.skip.attn, *e.skip.mlp))
     assert [e.iteration for e in searched if e.source == "bayes"] == [25, 50]
     assert {e.source for e in searched} == {"random", "bayes"}
-    assert len(opt.bayes.bo.space) == len(opt.history)
+    assert len(opt.bayes.observations) == len(opt.history)
 
 
 def test_search_finds_planted_set_fixed_ratio():
@@ -275,7 +275,7 @@ def test_search_budget_decays_while_nothing_pays():
     # budget 1/3, 1/7, 1/15, ... of 240 s of decoding, 3 s a scoring: about 26, 11, 5, 2, 1, 0 scorings
     assert per_request[0] >= 20 and per_request[-1] <= 3, per_request
     assert all(b <= a for a, b in zip(per_request, per_request[1:])), per_request
-    assert opt.state.unpaid_requests == 5 and opt.state_dict()["unpaid_requests"] == 5
+    assert opt.state.unpaid_requests == 5 and opt.status()["unpaid_requests"] == 5
     # spent on the search over the stream: bounded by about twice the first request's budget
     assert 3.0 * sum(per_request) <= 2 * 240 / 3 + 3 * 6
 

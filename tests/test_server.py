@@ -309,7 +309,7 @@ def test_client_disconnect_stops_generation(srv):
 
 # ================================================================= in-process, scripted decoder
 class _Opt:
-    def state_dict(self):
+    def status(self):
         return {"phase": "optimizing", "iterations": 7, "best_score": 0.5, "history": [1, 2]}
 
 
@@ -488,10 +488,9 @@ def test_seeded_sampling_is_reproducible_with_a_fixed_skip_set(ref):
 
 
 def test_store_read_at_start_and_written_on_sigterm(tiny_dir, tmp_path):
-    pytest.importorskip("swiftsd.store", reason="the skip-set store (optimiser issue) has not landed")
     from swiftsd.loading import resolve
     from swiftsd.engine.skipset import SkipSet
-    from swiftsd.store import read_store, save_skip_set
+    from swiftsd.optimize.store import read_store, save_skip_set
 
     store = tmp_path / "store.json"
     key = resolve(str(tiny_dir)).identity

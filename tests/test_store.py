@@ -7,7 +7,7 @@ import json
 import pytest
 
 from swiftsd import InvalidArgumentError, InvalidSkipSetError, OptimizerConfig, SkipSet, SwiftDecoder
-from swiftsd.store import (
+from swiftsd.optimize.store import (
     load_entry,
     load_skip_set,
     model_key,

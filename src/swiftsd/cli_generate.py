@@ -10,7 +10,6 @@ model is loaded, so a typo fails in milliseconds, not after a model load.
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import sys
 import time
@@ -24,8 +23,9 @@ from .config import SamplingParams
 from .decoder import GenerationResult, SwiftDecoder
 from .detok import IncrementalDetokenizer
 from .eos import resolve_eos
-from .errors import InvalidArgumentError, SwiftSDError
+from .errors import InvalidArgumentError
 from .engine.skipset import SkipSet
+from .optimize import store as skip_set_store
 
 WARMUP_TOKENS = 8  # --compare: tokens each method generates once, untimed, before the timed runs
 
@@ -99,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
         raise InvalidArgumentError("give either --skip-set or --skip-set-store, not both")
     if args.stream and args.json:
         raise InvalidArgumentError("--stream prints text as it comes and --json prints one object: pick one")
-    store = _store_module() if args.skip_set_store else None
+    store = skip_set_store if args.skip_set_store else None
 
     # 2. Load the model; build the prompt and the decoder.
     model, tokenizer = cli_common.load_model(args)
@@ -232,17 +232,6 @@ def compare_with_plain(model: Any, ids: list[int], result: GenerationResult, par
             first = next((i for i, (a, b) in enumerate(zip(plain_new, ours)) if a != b), min(len(plain_new), len(ours)))
     return Comparison(plain_tokens=len(plain_new), plain_seconds=seconds, swift_tokens=n_new,
                       swift_seconds=result.stats.wall_time, identical=identical, first_difference=first)
-
-
-def _store_module() -> Any:
-    """The layer-set store (swiftsd.store, built with the optimiser), or a clear error if absent."""
-    try:
-        return importlib.import_module(f"{__package__}.store")
-    except ModuleNotFoundError as exc:
-        if exc.name != f"{__package__}.store":
-            raise
-        raise SwiftSDError("--skip-set-store needs the layer-set store (swiftsd.store), which this installation "
-                           "does not have yet; pass a fixed set with --skip-set JSON instead") from exc
 
 
 def _stored_skip_set(store: Any, args: argparse.Namespace, model: Any) -> SkipSet:

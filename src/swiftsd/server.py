@@ -340,7 +340,7 @@ class Metrics:
     accepted: int = 0
     busy_s: float = 0.0  # wall time the engine spent generating
     phase_s: dict[str, float] = field(default_factory=dict)  # draft / verify / optimize / prefill / other
-    optimizer: dict[str, Any] | None = None  # last snapshot of decoder.optimizer.state_dict()
+    optimizer: dict[str, Any] | None = None  # last snapshot of decoder.optimizer.status()
 
     def add(self, table: str, key: str) -> None:
         with self.lock:
@@ -584,9 +584,9 @@ class Engine:
         state = None
         if opt is not None:
             try:
-                state = opt.state_dict()
+                state = opt.status()
             except Exception:  # noqa: BLE001 - metrics must not take the worker down
-                log.exception("optimizer.state_dict() failed")
+                log.exception("optimizer.status() failed")
         with self.metrics.lock:
             self.metrics.optimizer = state
 
@@ -1018,7 +1018,7 @@ def save_optimizer_state(decoder: Any, store: str, task: str) -> None:
     if opt is None:
         print(f"swiftsd: no on-the-fly optimiser ran (fixed skip set); nothing saved to {store}", file=sys.stderr)
         return
-    from .store import save_optimizer_result
+    from .optimize.store import save_optimizer_result
 
     try:
         saved = save_optimizer_result(store, decoder.model, task, opt)
@@ -1074,7 +1074,7 @@ def run(args: argparse.Namespace) -> int:
                               skip_set_store=args.skip_set_store, task=args.task, aliases=aliases)
     config: dict[str, Any] = {}
     if args.skip_set_store:
-        from .store import resolve_start_set
+        from .optimize.store import resolve_start_set
 
         # a missing file is fine: the server creates it when it shuts down
         skip = resolve_start_set(args.skip_set_store, model, args.task, missing_ok=True)

@@ -77,7 +77,7 @@ def parse_opt_overrides(items: list[str]) -> dict[str, Any]:
 def run(args: argparse.Namespace) -> int:
     from .bench.data import build_input, evenly_spaced, load_prompts
     from .decoder import SwiftDecoder
-    from .store import load_skip_set, model_key, save_optimizer_result
+    from .optimize.store import load_skip_set, model_key, save_optimizer_result
     from .trace import write_trace
 
     if args.n < 1:
@@ -104,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
         ids = build_input(tok, prompt, 0, [])
         res = dec.generate(ids, max_new_tokens=args.max_new_tokens, seed=args.seed)
         runs.append(res.stats)
-        d = opt.state_dict()
+        d = opt.status()
         bar.set_postfix(phase=d["phase"], it=d["iterations"], m=_f(d["best_matchness"]),
                         pred=_f(d["predicted_speedup"]), meas=_f(d["measured_speedup"]))
     bar.close()

@@ -1,0 +1,78 @@
+"""Read-only views of a :class:`SkipOptimizer`: the status dict (stats, /metrics, the store),
+the CLI's one-line summary and the per-step trace record."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from .state import finite_or_none
+
+if TYPE_CHECKING:
+    from ..stats import GenerationStats
+    from .optimizer import SkipOptimizer
+
+
+def status(opt: "SkipOptimizer") -> dict[str, Any]:
+    """Phase, iterations, best matchness, current set, predicted vs measured speed-up (JSON)."""
+    st = opt.state
+    pred = opt.predict()
+    cur = opt.current()
+    costs = opt.measured_costs
+    return {
+        "phase": st.phase, "objective": opt.config.objective, "round": st.round + 1,
+        "requests": st.requests, "steps": st.steps, "iterations": st.iterations,
+        "round_iterations": st.round_iterations, "since_improvement": st.since_improvement,
+        "stop_reason": st.stop_reason, "best_set": st.best.to_dict(), "best_matchness": st.best_matchness,
+        "best_ratio": len(st.best) / opt.n_flags if opt.n_flags else 0.0,
+        "current_set": cur.to_dict() if cur is not None else None,
+        "predicted_speedup": pred.speedup if pred else None,
+        "predicted_draft_len": pred.draft_len if pred else None,
+        "draft_cost": costs.draft_cost(st.best) if costs else None,
+        "measured_speedup": opt.measured_speedup(), "acceptance": opt.rolling_acceptance(),
+        "baseline_acceptance": st.baseline_acceptance, "nodes_per_depth": st.nodes_per_depth,
+        "miss_scale": st.miss_scale,
+        "probes": st.probes, "drift_reopenings": st.drift_reopenings,
+        "unpaid_requests": st.unpaid_requests,
+        "time_optimizing": st.time_optimizing, "time_decoding": st.time_decoding,
+        "time_measuring_costs": st.time_measuring,
+        "costs": costs.to_dict() if costs else None,
+    }
+
+
+def summary(opt: "SkipOptimizer") -> str:
+    """One line for the CLI, readable without the paper: every figure says what it is, or that it
+    is not known yet."""
+    d = status(opt)
+
+    def f(x: float | None, fmt: str, unit: str = "") -> str:
+        return "not measured yet" if x is None else format(x, fmt) + unit
+
+    its = d["iterations"]
+    stopped = f", stopped: {d['stop_reason']}" if d["stop_reason"] else ""
+    if d["current_set"]:
+        drafting = "drafting on"
+    else:
+        drafting = "drafting off (no skip set pays yet: steps decode plainly, same output)"
+    return (f"optimizer {d['phase']} (round {d['round']}, {its} iteration{'' if its == 1 else 's'}{stopped}), "
+            f"best matchness {f(d['best_matchness'], '.2f')} skipping {len(opt.state.best)}/{opt.n_flags} "
+            f"sublayers, draft cost {f(d['draft_cost'], '.2f')} of a full step, speed-up predicted "
+            f"{f(d['predicted_speedup'], '.2f', 'x')}, measured {f(d['measured_speedup'], '.2f', 'x')}; "
+            f"{drafting}")
+
+
+def trace_record(opt: "SkipOptimizer", stats: "GenerationStats", accepted: int, drafted: int,
+                 step_time: float | None) -> dict[str, Any]:
+    """One step of the per-step trace (``swiftsd plot-trace`` draws these)."""
+    st, ev = opt.state, opt.step_evaluation
+    pred = opt.predict()
+    return {
+        "step": st.steps, "request": st.requests, "request_step": stats.steps, "phase": st.phase,
+        "round": st.round, "iteration": st.iterations,
+        "eval_source": ev.source if ev else None, "eval_size": len(ev.skip) if ev else None,
+        "matchness": ev.matchness if ev else None, "objective": ev.objective if ev else None,
+        "best_matchness": st.best_matchness, "best_objective": finite_or_none(st.best_objective),
+        "best_size": len(st.best), "drafted": drafted, "accepted": accepted,
+        "step_time": step_time, "acceptance": opt.rolling_acceptance(),
+        "predicted_speedup": pred.speedup if pred else None, "measured_speedup": opt.measured_speedup(),
+        "miss_scale": st.miss_scale,
+    }
