@@ -365,8 +365,8 @@ def test_real_gguf_file_cache_is_bit_identical(tmp_cache, monkeypatch):
     captured = {}
     real = loading._dequantise
 
-    def spy(path):
-        model, tok = real(path)
+    def spy(path, *rest):
+        model, tok = real(path, *rest)
         captured["logits"] = _logits(model, tok)
         return model, tok
 

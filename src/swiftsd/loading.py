@@ -47,6 +47,7 @@ from typing import Any, Callable
 import torch
 
 from .errors import InvalidArgumentError, MissingPackageError, ModelNotFoundError, UnsupportedModelError
+from .progress import Ticker, hf_bars
 from .identity import CACHE_MARKER
 
 __all__ = [
@@ -211,7 +212,8 @@ _DTYPES: dict[str, torch.dtype] = {
     "fp16": torch.float16,
     "half": torch.float16,
 }
-_DTYPE_NAMES = "'float32'/'fp32', 'bfloat16'/'bf16', 'float16'/'fp16', 'auto', a torch float dtype, or None"
+_DTYPE_NAMES = ("'float32'/'fp32', 'bfloat16'/'bf16', 'float16'/'fp16', 'auto' or a torch float dtype, "
+                "or leave it unset (no --dtype; dtype=None) for fp32 on CPU, bf16 on CUDA")
 
 
 def parse_device(device: str | torch.device | None = None) -> torch.device:
@@ -221,9 +223,11 @@ def parse_device(device: str | torch.device | None = None) -> torch.device:
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError, ValueError) as e:
-        raise InvalidArgumentError(f"invalid device {device!r}: use 'cpu', 'cuda', 'cuda:N' or None") from e
+        raise InvalidArgumentError(f"invalid device {device!r}: use 'cpu', 'cuda', 'cuda:N', "
+                                   "or leave it unset (no --device; device=None) for cuda if available, else cpu") from e
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise InvalidArgumentError(f"device {device!r} requested but CUDA is not available; use 'cpu' or None")
+        raise InvalidArgumentError(f"device {device!r} requested but CUDA is not available; use 'cpu', "
+                                   "or leave it unset (no --device; device=None)")
     return dev
 
 
@@ -345,8 +349,10 @@ def _strip_quantization(model) -> None:
             model.config.quantization_config = None
 
 
-def _dequantise(gguf_path: Path):
-    """Model (dense float32) and tokenizer from a GGUF file."""
+def _dequantise(gguf_path: Path, ticker: Ticker | None = None):
+    """Model (dense float32) and tokenizer from a GGUF file; ``ticker`` shows the stage."""
+    if ticker is not None:
+        ticker.stage("reading the GGUF metadata and tensor map")
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     kwargs: dict[str, Any] = {}
@@ -358,21 +364,27 @@ def _dequantise(gguf_path: Path):
         pass
     folder, name = str(gguf_path.parent), gguf_path.name
     try:
-        model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32, **kwargs)
+        with hf_bars(ticker):
+            model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32, **kwargs)
     except ValueError as e:
         if "not supported" in str(e).lower() or "architecture" in str(e).lower():
             raise UnsupportedModelError(f"transformers cannot load the GGUF file {gguf_path}: {e}") from e
         raise
+    if ticker is not None:
+        ticker.stage("converting the tokenizer")
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
     _strip_quantization(model)
     return model, tokenizer
 
 
-def _dequantise_gguf(gguf_path: Path, out: Path) -> None:
+def _dequantise_gguf(gguf_path: Path, out: Path, label: str | None = None) -> None:
     """Dequantise a GGUF file to float32 and save model + tokenizer into ``out``."""
-    model, tokenizer = _dequantise(gguf_path)
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
+    with Ticker(f"dequantising {label or gguf_path.name}") as ticker:
+        model, tokenizer = _dequantise(gguf_path, ticker)
+        ticker.stage("saving the dense weights")
+        with hf_bars():
+            model.save_pretrained(out)
+        tokenizer.save_pretrained(out)
     del model, tokenizer  # free the dense copy before the entry is loaded back
 
 
@@ -424,7 +436,7 @@ def _cached_packaged(pm: PackagedModel) -> Path:
         else:
             gguf = paths[0]
         _say(f"dequantising {pm.name} once (takes up to a minute or two), cached at {final}")
-        _dequantise_gguf(gguf, out)
+        _dequantise_gguf(gguf, out, pm.name)
         _say(f"cached {pm.name} in {time.perf_counter() - t0:.0f} s")
         return {"name": pm.name, "source": [str(p) for p in paths], "fingerprint": fp}
 
@@ -446,7 +458,7 @@ def _cached_gguf_file(path: Path) -> Path:
     def build(out: Path, work: Path) -> dict[str, Any]:
         t0 = time.perf_counter()
         _say(f"dequantising {path.name} once (takes up to a minute or two), cached at {final}")
-        _dequantise_gguf(path, out)
+        _dequantise_gguf(path, out, path.name)
         _say(f"cached {path.name} in {time.perf_counter() - t0:.0f} s")
         st = path.stat()
         return {"name": str(path), "source": [str(path)], "size": st.st_size, "mtime_ns": st.st_mtime_ns}
@@ -601,8 +613,8 @@ def _attn_candidates(config) -> list[str | None]:
     return ["sdpa", None]
 
 
-def _from_pretrained(source: str, dtype, **kw):
-    """AutoModelForCausalLM.from_pretrained with SDPA where the family supports it."""
+def _from_pretrained(source: str, dtype, label: str | None = None, **kw):
+    """AutoModelForCausalLM.from_pretrained with SDPA where the family supports it (bar: ``label``)."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
     config = AutoConfig.from_pretrained(source, **kw)
@@ -610,7 +622,8 @@ def _from_pretrained(source: str, dtype, **kw):
     for attn in _attn_candidates(config):
         extra = {"attn_implementation": attn} if attn else {}
         try:
-            return AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **extra, **kw)
+            with hf_bars(weights=label):
+                return AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **extra, **kw)
         except (ValueError, ImportError) as e:
             msg = str(e).lower()
             if attn is None or not ("attention" in msg or "sdpa" in msg or "attn" in msg):
@@ -664,7 +677,7 @@ def load(
         folder = _cached_gguf_file(src.path)
     else:
         folder = src.path
-    model = _from_pretrained(str(folder), dt)
+    model = _from_pretrained(str(folder), dt, label=src.identity if src.kind == "packaged" else Path(src.identity).name)
     tokenizer = _load_tokenizer(str(folder))
     return _finish(model, tokenizer, dev)
 
@@ -674,7 +687,7 @@ def _load_hub(src: ModelSource, dt, dev: torch.device):
     local_only = not _hub_reachable()
     kw = {"local_files_only": True} if local_only else {}
     try:
-        model = _from_pretrained(hub_id, dt, **kw)
+        model = _from_pretrained(hub_id, dt, label=hub_id, **kw)
         tokenizer = _load_tokenizer(hub_id, **kw)
     except ModelNotFoundError:
         raise
@@ -686,3 +699,4 @@ def _load_hub(src: ModelSource, dt, dev: torch.device):
         )
         raise ModelNotFoundError(_unknown_name_message(hub_id, reason)) from e
     return _finish(model, tokenizer, dev)
+
