@@ -8,6 +8,7 @@ from .errors import (
     InvalidSkipSetError,
     MissingPackageError,
     ModelNotFoundError,
+    StateFileError,
     SwiftSDError,
     UnsupportedModelError,
 )
@@ -31,6 +32,6 @@ def load(name_or_path: str, dtype=None, device=None):
 __all__ = [
     "ContextLengthError", "GenerationResult", "GenerationStats", "GenerationStream", "InvalidArgumentError",
     "InvalidSkipSetError", "MissingPackageError", "ModelIdentity", "ModelNotFoundError", "OptimizerConfig",
-    "SamplingParams", "SkipSet", "SwiftConfig", "SwiftDecoder", "SwiftSDError", "UnsupportedModelError", "load",
-    "model_identity",
+    "SamplingParams", "SkipSet", "StateFileError", "SwiftConfig", "SwiftDecoder", "SwiftSDError",
+    "UnsupportedModelError", "load", "model_identity",
 ]

@@ -29,3 +29,8 @@ class ModelNotFoundError(SwiftSDError, FileNotFoundError):
 
 class MissingPackageError(ModelNotFoundError):
     """A packaged model whose PyPI package is not installed."""
+
+
+class StateFileError(SwiftSDError):
+    """A saved state file that cannot be used here: corrupt or truncated, learned on another model,
+    or written by a newer swiftsd."""
