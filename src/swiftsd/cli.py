@@ -21,6 +21,37 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows every default, except the ones that would read "None" or "False".
+
+    An option whose default is None means "not given": its help says in words what
+    happens then (e.g. "default: cuda if available"), which "(default: None)" would not.
+    """
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if default is None or default is False or default == argparse.SUPPRESS or "default" in text.lower():
+            return text
+        if not action.option_strings and action.nargs not in (argparse.OPTIONAL, argparse.ZERO_OR_MORE):
+            return text
+        if isinstance(default, (list, tuple)):
+            if not default:
+                return text
+            shown = ",".join(str(x) for x in default).replace("%", "%%")
+        else:
+            shown = "%(default)s"
+        return f"{text} (default: {shown})"
+
+
+def _describe_defaults(parser: argparse.ArgumentParser) -> None:
+    """argparse formats only options that have a help text: give the bare ones one, so
+    the formatter can show their default too."""
+    for action in parser._actions:
+        if action.help is None and not any(action.default is x for x in (None, False, argparse.SUPPRESS)):
+            action.help = "default: %(default)s"
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # argparse's own errors: one line, exit 2
         self.exit(2, f"{self.prog}: error: {message}\n")
@@ -28,11 +59,12 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     """The parser; with ``only``, import just that subcommand's module (fast start-up)."""
-    parser = _Parser(prog="swiftsd", description="SWIFT on-the-fly self-speculative decoding")
+    parser = _Parser(prog="swiftsd", description="SWIFT on-the-fly self-speculative decoding",
+                     formatter_class=_HelpFormatter)
     parser.add_argument("--version", action="version", version=f"swiftsd {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for name, (module, help_text) in SUBCOMMANDS.items():
-        p = sub.add_parser(name, help=help_text, description=help_text)
+        p = sub.add_parser(name, help=help_text, description=help_text, formatter_class=_HelpFormatter)
         if only is not None and name != only:
             continue
         try:
@@ -42,6 +74,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
                 raise
             continue  # subcommand not built yet
         mod.add_arguments(p)
+        _describe_defaults(p)
         p.set_defaults(_run=mod.run)
     return parser
 

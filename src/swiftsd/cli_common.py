@@ -20,8 +20,10 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
 
 def add_skip_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--skip-set", default=None, metavar="JSON",
-                   help='fixed skip set, e.g. \'{"attn": [3, 5], "mlp": [4]}\' or a path to such a JSON file')
-    p.add_argument("--skip-set-store", default=None, metavar="FILE", help="JSON store of tuned skip sets to start from")
+                   help='fixed skip set, e.g. \'{"attn": [3, 5], "mlp": [4]}\' or a path to such a JSON file '
+                        "(default: none; the optimiser learns one while decoding)")
+    p.add_argument("--skip-set-store", default=None, metavar="FILE",
+                   help="JSON store of tuned skip sets (written by `swiftsd tune`) to start from (default: none)")
     p.add_argument("--task", default="default", help="task name to look up in --skip-set-store")
 
 

@@ -18,7 +18,7 @@ from typing import Any, Iterable
 
 import torch
 
-from . import cli_common
+from . import cli_common, progress
 from .config import SamplingParams
 from .decoder import GenerationResult, SwiftDecoder
 from .detok import IncrementalDetokenizer
@@ -36,10 +36,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--chat", action="store_true",
                    help="wrap the prompt as a user message in the tokenizer's chat template")
     p.add_argument("--max-new-tokens", type=int, default=128, metavar="N")
-    p.add_argument("--temperature", type=float, default=0.0, metavar="T", help="0 = greedy (default)")
+    p.add_argument("--temperature", type=float, default=0.0, metavar="T", help="0 = greedy")
     p.add_argument("--top-p", type=float, default=1.0, metavar="P")
     p.add_argument("--top-k", type=int, default=0, metavar="K", help="0 = off")
-    p.add_argument("--seed", type=int, default=None, metavar="S", help="makes sampling reproducible")
+    p.add_argument("--seed", type=int, default=None, metavar="S",
+                   help="makes sampling reproducible (default: a fresh random seed each run)")
     cli_common.add_skip_arguments(p)
     p.add_argument("--stream", action="store_true", help="print the text as it is accepted")
     p.add_argument("--compare", action="store_true",
@@ -114,18 +115,21 @@ def run(args: argparse.Namespace) -> int:
                       top_k=params.top_k, seed=args.seed)
 
     # 3. Generate (after an untimed warm-up of both methods when comparing).
+    _say(doing_line(args, model, len(ids), decoder.optimizer is not None))
     if args.compare:
         decoder.generate(ids, **dict(gen_kwargs, max_new_tokens=min(WARMUP_TOKENS, args.max_new_tokens)))
         plain_generate(model, ids, min(WARMUP_TOKENS, args.max_new_tokens), params, _eos(model), args.seed)
-    if args.stream:
+    if args.stream:  # the text itself is the progress
         result = _print_stream(decoder, tokenizer, ids, gen_kwargs)
     else:
-        result = decoder.generate(ids, **gen_kwargs)
+        result = _generate_with_bar(decoder, ids, gen_kwargs)
     text = tokenizer.decode(result.new_tokens, skip_special_tokens=True)
     if not args.stream and not args.json:
         print(text, flush=True)
 
     # 4. Compare with plain decoding on the same prompt and settings.
+    if args.compare:
+        _say(f"now plain model.generate on the same prompt, for the comparison ({result.stats.new_tokens} tokens)")
     comparison = compare_with_plain(model, ids, result, params, args.seed) if args.compare else None
 
     if args.json:
@@ -136,15 +140,66 @@ def run(args: argparse.Namespace) -> int:
             stats=result.stats.to_dict(with_lists=False),
             compare=comparison.to_dict() if comparison else None), indent=2))
     else:
-        print(f"[swiftsd] {result.stats.summary()}", file=sys.stderr)
-        skip = result.stats.skip_set
-        print(f"[swiftsd] skip set {skip if skip is not None else 'none: the last steps decoded plainly'}",
-              file=sys.stderr)
+        print(f"[swiftsd] {stats_line(result.stats)}", file=sys.stderr)
+        print(f"[swiftsd] {drafting_line(result.stats, decoder.optimizer is not None)}", file=sys.stderr)
         if result.stats.optimizer is not None:  # the optimiser ran for this request: show its state
             print(f"[swiftsd] {decoder.optimizer.summary()}", file=sys.stderr)
         if comparison is not None:
             print(f"[compare] {comparison.summary()}", file=sys.stderr)
     return 0
+
+
+# ---------------------------------------------------------------------------- what is said
+def _say(msg: str) -> None:
+    print(f"swiftsd: {msg}", file=sys.stderr, flush=True)
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def doing_line(args: argparse.Namespace, model: Any, prompt_tokens: int, optimizing: bool) -> str:
+    """What happens next, said once the model is loaded (a first request can sit silent for seconds)."""
+    dev = model.get_input_embeddings().weight
+    what = (f"generating up to {_plural(args.max_new_tokens, 'new token')} after a {prompt_tokens}-token prompt "
+            f"({str(dev.dtype).replace('torch.', '')}, {dev.device.type})")
+    if optimizing:
+        what += "; the first request also times this device's layers, so its first token comes late"
+    if args.compare:
+        what += f"; --compare warms both methods up first ({WARMUP_TOKENS} untimed tokens each)"
+    return what
+
+
+def stats_line(stats: Any) -> str:
+    """The request in one line: speed, steps and how many drafted tokens the full model accepted."""
+    drafted, accepted = stats.draft_tokens, stats.accepted_tokens
+    if drafted:
+        acceptance = f"acceptance {accepted}/{drafted} drafted tokens ({accepted / drafted:.0%})"
+        per = getattr(stats, "per_drafter", None) or {}
+        parts = [f"{name} {d.get('accepted', 0)}/{d.get('proposed', 0)}" for name, d in per.items()
+                 if d.get("proposed")]
+        if len(parts) > 1:
+            acceptance += f": {', '.join(parts)}"
+    else:
+        acceptance = "acceptance: nothing drafted"
+    return (f"{_plural(stats.new_tokens, 'token')} in {stats.wall_time:.2f}s ({stats.tokens_per_s:.1f} tok/s), "
+            f"{_plural(stats.steps, 'step')} ({stats.mean_accepted_tokens:.2f} tokens/step), {acceptance}; "
+            f"time draft {stats.time_draft:.2f}s verify {stats.time_verify:.2f}s "
+            f"optimise {stats.time_optimize:.2f}s other {stats.time_other + stats.time_prefill:.2f}s")
+
+
+def drafting_line(stats: Any, optimizing: bool) -> str:
+    """Which skip set drafted, or, when none did, what that means and what to do about it."""
+    skip = stats.skip_set
+    if skip is not None:
+        return f"skip set {skip} (the draft is the model without these sublayers)"
+    if stats.draft_tokens:
+        return "no layer-skip set in use at the end; the drafts came from the other drafters"
+    if optimizing:
+        return ("drafting off: on this device no skip set found so far makes drafting pay, so every step "
+                "decoded plainly (same output, no speed-up). The optimiser keeps searching over later "
+                "requests; `swiftsd tune` learns a set once, then start from it with --skip-set-store")
+    return "drafting off: no skip set, every step decoded plainly (same output, no speed-up)"
 
 
 # ---------------------------------------------------------------------------- pieces
@@ -159,6 +214,16 @@ def encode_prompt(tokenizer: Any, prompt: str, chat: bool) -> list[int]:
                                              add_generation_prompt=True)
         return list(tokenizer(text, add_special_tokens=False)["input_ids"])
     return list(tokenizer(prompt)["input_ids"])
+
+
+def _generate_with_bar(decoder: SwiftDecoder, ids: list[int], gen_kwargs: dict) -> GenerationResult:
+    """``decoder.generate`` with a progress bar (on a terminal) that counts the accepted tokens."""
+    stream = decoder.stream(ids, **gen_kwargs)
+    with progress.bar(desc="swiftsd", total=gen_kwargs["max_new_tokens"], unit="tok", leave=False) as pbar:
+        for chunk in stream:
+            pbar.update(len(chunk))
+    assert stream.result is not None
+    return stream.result
 
 
 def _print_stream(decoder: SwiftDecoder, tokenizer: Any, ids: list[int], gen_kwargs: dict) -> GenerationResult:
@@ -189,8 +254,23 @@ def _eos(model: Any) -> list[int] | None:
     return sorted(resolve_eos(model)) or None
 
 
+class _BarStreamer:
+    """A ``model.generate`` streamer that only moves a progress bar (the first put is the prompt)."""
+
+    def __init__(self, pbar: Any) -> None:
+        self.pbar, self.seen_prompt = pbar, False
+
+    def put(self, value: torch.Tensor) -> None:
+        if self.seen_prompt:
+            self.pbar.update(int(value.numel()))
+        self.seen_prompt = True
+
+    def end(self) -> None:
+        self.pbar.close()
+
+
 def plain_generate(model: Any, ids: list[int], max_new_tokens: int, params: SamplingParams,
-                   eos: list[int] | None, seed: int | None) -> torch.Tensor:
+                   eos: list[int] | None, seed: int | None, bar: str | None = None) -> torch.Tensor:
     """Plain ``model.generate`` with exactly the processors SWIFT applies, nothing from the model's defaults.
 
     A model's generation_config may carry a repetition penalty, a default
@@ -211,6 +291,8 @@ def plain_generate(model: Any, ids: list[int], max_new_tokens: int, params: Samp
         kw.update(do_sample=True, temperature=params.temperature, top_p=params.top_p, top_k=params.top_k)
         if seed is not None:
             torch.manual_seed(seed)
+    if bar is not None and progress.enabled():
+        kw["streamer"] = _BarStreamer(progress.bar(desc=bar, total=max_new_tokens, unit="tok", leave=False))
     with torch.inference_mode():
         return model.generate(x, attention_mask=torch.ones_like(x), **kw)
 
@@ -220,7 +302,7 @@ def compare_with_plain(model: Any, ids: list[int], result: GenerationResult, par
     """Time plain decoding of the same request and compare it with ``result``."""
     n_new = result.stats.new_tokens
     t0 = time.perf_counter()
-    plain = plain_generate(model, ids, n_new, params, _eos(model), seed)
+    plain = plain_generate(model, ids, n_new, params, _eos(model), seed, bar="plain")
     seconds = time.perf_counter() - t0
     plain_new = plain[0, len(ids):].tolist()
     identical: bool | None = None

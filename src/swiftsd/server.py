@@ -1045,7 +1045,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--request-timeout", type=float, default=ServerSettings.request_timeout,
                    help="seconds from arrival before a request gets 503 (still queued) or 504 (running) "
                         "(default %(default)s)")
-    p.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on /v1/* and /metrics")
+    p.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on /v1/* and /metrics "
+                                                   "(default: no key needed)")
     p.add_argument("--served-model-name", default=None,
                    help="the model id clients send and /v1/models lists (default: the --model value)")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])

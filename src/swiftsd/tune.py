@@ -26,11 +26,12 @@ _OPT_FIELDS = {f.name: f for f in fields(OptimizerConfig)}
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_model_arguments(p)
     p.add_argument("--data", required=True, metavar="FILE",
-                   help="JSONL of prompts in Spec-Bench question.jsonl format (question_id, category, turns); "
-                        "'spec-bench' for the bundled copy")
+                   help="JSONL of prompts in Spec-Bench question.jsonl format (question_id, category, turns), "
+                        "e.g. data/spec_bench/question.jsonl from github.com/hemingkx/Spec-Bench; 'spec-bench' "
+                        "reads the file named by $SWIFTSD_SPEC_BENCH")
     p.add_argument("--category", default=None, help="only this category (Spec-Bench groups: mt_bench, translation, "
-                                                    "summarization, qa, math_reasoning, rag)")
-    p.add_argument("--n", type=int, default=20, help="number of prompts in the stream (default 20)")
+                                                    "summarization, qa, math_reasoning, rag; default: all)")
+    p.add_argument("--n", type=int, default=20, help="number of prompts in the stream")
     p.add_argument("--out", required=True, metavar="STORE", help="skip-set store JSON to write (entries are merged)")
     p.add_argument("--task", default=None, help="task name to store under (default: --category, else 'default')")
     p.add_argument("--max-new-tokens", type=int, default=128)
@@ -39,7 +40,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE",
                    help="set an optimizer option, e.g. --opt skip_ratio=0.3 --opt max_opt_iter=300 (repeatable)")
     p.add_argument("--resume", action="store_true", help="start from the set already stored in --out for this task")
-    p.add_argument("--trace", default=None, metavar="FILE", help="write the per-step optimiser trace as JSON")
+    p.add_argument("--trace", default=None, metavar="FILE",
+                   help="write the per-step optimiser trace as JSON (default: no trace)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true",
                    help="no progress bar (there is none anyway when stderr is not a terminal)")

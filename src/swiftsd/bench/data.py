@@ -35,7 +35,9 @@ def spec_bench_path() -> Path:
             if (d / _SPEC_BENCH_REL).is_file():
                 return d / _SPEC_BENCH_REL
     raise InvalidArgumentError(
-        f"--data spec-bench: no {_SPEC_BENCH_REL} found from {Path.cwd()}; set ${SPEC_BENCH_ENV} or pass the file")
+        "--data spec-bench: swiftsd does not ship Spec-Bench. Download question.jsonl from the Spec-Bench "
+        "repository (https://github.com/hemingkx/Spec-Bench, file data/spec_bench/question.jsonl), then pass "
+        f"--data /path/to/question.jsonl or set ${SPEC_BENCH_ENV}=/path/to/question.jsonl")
 
 
 @dataclass(frozen=True)

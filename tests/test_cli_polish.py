@@ -1,0 +1,106 @@
+"""What a new user reads: --help shows defaults, status lines explain themselves, long waits show progress."""
+
+from __future__ import annotations
+
+import argparse
+import re
+
+import pytest
+
+from swiftsd import progress
+from swiftsd.cli import SUBCOMMANDS, build_parser, main
+from swiftsd.cli_generate import drafting_line, stats_line
+from swiftsd.stats import GenerationStats
+from tiny_cli import save_tiny_model_dir
+
+PROMPT = "Once upon a time"
+
+
+def _subparser(name: str) -> argparse.ArgumentParser:
+    parser = build_parser(only=name)
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return sub.choices[name]
+
+
+@pytest.mark.parametrize("name", list(SUBCOMMANDS))
+def test_help_shows_every_default_and_never_none(name) -> None:
+    p = _subparser(name)
+    text = p.format_help()
+    assert "None" not in text and "(default: False)" not in text
+    for action in p._actions:
+        if any(action.default is x for x in (None, False, argparse.SUPPRESS)) or not action.option_strings:
+            continue
+        if action.default == []:  # a repeatable option: nothing to show
+            continue
+        entry = " ".join(p._get_formatter()._format_action(action).split())  # this option's help entry
+        shown = ",".join(map(str, action.default)) if isinstance(action.default, (list, tuple)) else str(action.default)
+        # either the value, or a help text that names its default choice ("0 = greedy (default)")
+        assert shown.replace(" ", "")[:12] in entry.replace(" ", "") or "(default)" in entry, entry
+        assert "default" in entry, entry
+
+
+def test_tune_help_promises_no_bundled_data() -> None:
+    text = " ".join(_subparser("tune").format_help().split())
+    assert "bundled" not in text and "github.com/hemingkx/Spec-Bench" in text and "SWIFTSD_SPEC_BENCH" in text
+
+
+def test_spec_bench_missing_says_where_it_comes_from(monkeypatch, tmp_path) -> None:
+    from swiftsd.bench import data
+
+    monkeypatch.delenv(data.SPEC_BENCH_ENV, raising=False)
+    monkeypatch.setattr(data, "_SPEC_BENCH_REL", tmp_path.name + "/no/such/question.jsonl")
+    with pytest.raises(data.InvalidArgumentError) as info:
+        data.spec_bench_path()
+    msg = str(info.value)
+    assert "https://github.com/hemingkx/Spec-Bench" in msg and "data/spec_bench/question.jsonl" in msg
+    assert "--data /path/to/question.jsonl" in msg and "SWIFTSD_SPEC_BENCH" in msg
+
+
+# ---------------------------------------------------------------------------- status lines
+def test_stats_line_pluralises_and_shows_acceptance_as_counts() -> None:
+    one = GenerationStats(new_tokens=1, steps=1, wall_time=0.5)
+    line = stats_line(one)
+    assert "1 token in" in line and "1 step " in line and "nothing drafted" in line
+    many = GenerationStats(new_tokens=9, steps=4, wall_time=1.0, draft_lengths=[4, 4, 0, 2],
+                           accepted_lengths=[2, 1, 0, 2])
+    many.per_drafter = {"layerskip": {"proposed": 8, "accepted": 3}, "lookup": {"proposed": 2, "accepted": 2}}
+    line = stats_line(many)
+    assert "9 tokens" in line and "4 steps" in line and "acceptance 5/10 drafted tokens (50%)" in line
+    assert "layerskip 3/8, lookup 2/2" in line
+
+
+def test_drafting_off_says_what_it_means_and_what_to_do() -> None:
+    off = GenerationStats(new_tokens=5, steps=4)
+    line = drafting_line(off, optimizing=True)
+    assert line.startswith("drafting off:") and "decoded plainly" in line and "same output" in line
+    assert "swiftsd tune" in line and "--skip-set-store" in line
+    on = GenerationStats(new_tokens=5, steps=2, skip_set={"attn": [1], "mlp": []})
+    assert "skip set {'attn': [1], 'mlp': []}" in drafting_line(on, optimizing=True)
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> str:
+    return str(save_tiny_model_dir(tmp_path_factory.mktemp("tiny-polish")))
+
+
+def test_generate_says_what_happens_and_never_none_or_na(capsys, model_dir) -> None:
+    rc = main(["generate", "--model", model_dir, "--prompt", PROMPT, "--max-new-tokens", "12"])
+    err = capsys.readouterr().err
+    assert rc == 0
+    assert "swiftsd: generating up to 12 new tokens after a" in err and "times this device" in err
+    assert "None" not in err and "n/a" not in err
+    assert not re.search(r"\b1 (iterations|steps|tokens)\b", err)
+    assert "[swiftsd] optimizer" in err and "iteration" in err
+
+
+def test_compare_shows_progress_for_both_runs(capsys, monkeypatch, model_dir) -> None:
+    monkeypatch.setenv(progress.PROGRESS_ENV, "1")
+    rc = main(["generate", "--model", model_dir, "--prompt", PROMPT, "--max-new-tokens", "20", "--compare",
+               "--skip-set", '{"attn": [1, 3]}'])
+    err = capsys.readouterr().err
+    assert rc == 0
+    assert "swiftsd: swiftsd:" in err  # the bar of swiftsd's own run
+    assert "now plain model.generate on the same prompt" in err and "swiftsd: plain:" in err
+    assert "warms both methods up first" in err
+    compare = next(ln for ln in err.replace("\r", "\n").splitlines() if ln.startswith("[compare]"))
+    assert "outputs identical: yes" in compare
