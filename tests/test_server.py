@@ -576,7 +576,7 @@ def test_text_assembler_utf8_and_stop_strings(byte_tokenizer, text):
 
 # ================================================================= the real packaged model
 @pytest.mark.real_model
-def test_real_smollm2_chat(tmp_path):
+def test_real_smollm2_chat(tmp_path, smollm2):
     from swiftsd.loading import PACKAGED_MODELS
 
     if not PACKAGED_MODELS["smollm2-135m"].installed():
@@ -592,9 +592,7 @@ def test_real_smollm2_chat(tmp_path):
                                              stream=True)
         assert "".join(ch.choices[0].delta.content or "" for ch in streamed) == text
 
-        from swiftsd import load
-
-        model, tok = load("smollm2-135m", dtype="float32")
+        model, tok = smollm2  # the session's copy, the same float32 weights the server loaded
         prompt = tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
         ids = tok(prompt, add_special_tokens=False)["input_ids"]
         with one_thread():
