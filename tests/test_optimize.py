@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import inspect
 import json
 import math
 
@@ -126,7 +127,9 @@ def test_matchness_equals_brute_force(arch):
         with torch.no_grad():
             full = model(torch.tensor([tokens[:P]]), use_cache=True)
             draft_model = _skipped_copy(model, skip)
-            out = draft_model(torch.tensor([tokens[P : P + window]]), past_key_values=full.past_key_values)
+            # transformers 5.24 renamed past_key_values to cache (the old name warns); 5.23 knows only the old one
+            name = "cache" if "cache" in inspect.signature(draft_model.forward).parameters else "past_key_values"
+            out = draft_model(torch.tensor([tokens[P : P + window]]), **{name: getattr(full, name)})
         pred = out.logits[0].argmax(-1).tolist()
         hits = [pred[j] == tokens[P + 1 + j] for j in range(window)]
         assert got == pytest.approx(sum(hits) / window, abs=1e-6), (arch, skip)
