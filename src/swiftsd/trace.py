@@ -61,6 +61,12 @@ def read_trace(path: str | Path) -> dict[str, Any]:
     return doc
 
 
+def _legend(ax, ncol: int = 1, loc: str = "lower right") -> None:
+    """A legend only where something was drawn (an empty one makes matplotlib warn)."""
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(loc=loc, fontsize=7, ncol=ncol)
+
+
 def _series(steps: list[dict[str, Any]], key: str) -> list[float]:
     """Values per step, NaN where missing, so lines break instead of bridging gaps."""
     return [float("nan") if s.get(key) is None else float(s[key]) for s in steps]
@@ -106,14 +112,14 @@ def plot_trace(doc: dict[str, Any], out: str | Path, title: str | None = None) -
         ax.plot(x, _series(steps, "best_matchness"), color="black", lw=1.2, label="best set", zorder=4)
     ax.set_ylabel("matchness")
     ax.set_ylim(-0.02, 1.02)
-    ax.legend(loc="lower right", fontsize=7, ncol=3)
+    _legend(ax, ncol=3)
 
     ax = axes[1]
     if any(s.get("acceptance") is not None for s in steps):
         ax.plot(x, _series(steps, "acceptance"), color="#1f77b4", lw=1.2, label="rolling acceptance")
     ax.set_ylabel("acceptance")
     ax.set_ylim(-0.02, 1.02)
-    ax.legend(loc="lower right", fontsize=7)
+    _legend(ax)
 
     ax = axes[2]
     for key, colour, label in (("predicted_speedup", "#ff7f0e", "predicted"), ("measured_speedup", "#2ca02c",
@@ -123,7 +129,7 @@ def plot_trace(doc: dict[str, Any], out: str | Path, title: str | None = None) -
     ax.axhline(1.0, color="black", lw=0.8, ls="--")
     ax.set_ylabel("speed-up vs plain")
     ax.set_xlabel("decoding step (grey lines: request boundaries; shading: search / accelerate / plain)")
-    ax.legend(loc="upper right", fontsize=7)
+    _legend(ax, loc="upper right")
 
     meta = doc.get("meta") or {}
     fig.suptitle(title or " · ".join(str(v) for v in (meta.get("model"), meta.get("dtype"), meta.get("label"))
