@@ -15,7 +15,8 @@ import httpx
 import pytest
 import torch
 
-from swiftsd.server import ServerSettings, TextAssembler, create_app
+from swiftsd.server import ServerSettings, create_app
+from swiftsd.server.text import TextAssembler
 from swiftsd.stats import GenerationStats
 from tiny_server_model import (
     API_KEY,

@@ -1,0 +1,24 @@
+"""`swiftsd serve`: an OpenAI-compatible HTTP server around one :class:`SwiftDecoder`.
+
+The engine decodes one sequence at a time, so the server is built around a single
+worker thread fed by a FIFO queue::
+
+    handler (event loop)   app.py: validate (protocol.py), tokenize, decoder.stream()
+        --Engine.submit (429 if the queue is full)-->   engine.py: the worker thread
+        --per-step token ids via loop.call_soon_threadsafe--> handler
+        --TextAssembler (text.py: detokenisation, stop strings)--> JSON or SSE
+
+Every request has one deadline (arrival + ``request_timeout``): past it, a request
+still waiting gets 503 and one running gets 504; either way its place is freed and
+its generation stopped. A client that disconnects stops its generation too. The
+decoder (and so the on-the-fly optimiser it holds) is shared by all requests, as in
+the paper's data-stream setting. With ``--state FILE`` what it learned survives
+restarts (persist.py); with ``--skip-set-store`` the optimiser's best set is saved
+on shutdown. ``/metrics`` is Prometheus text from ``prometheus_client`` (metrics.py).
+"""
+
+from .app import ServerContext, create_app
+from .cli import add_arguments, run
+from .settings import ServerSettings
+
+__all__ = ["ServerContext", "ServerSettings", "add_arguments", "create_app", "run"]

@@ -1,0 +1,140 @@
+"""``swiftsd serve``: flags, start-up (model, skip-set store, learned state) and shutdown saves."""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import logging
+from typing import Any
+
+from ..errors import InvalidArgumentError
+from .metrics import Metrics
+from .persist import StateKeeper, say
+from .settings import ServerSettings
+
+log = logging.getLogger("swiftsd.server")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    from ..cli_common import add_model_arguments, add_skip_arguments
+
+    add_model_arguments(p)
+    add_skip_arguments(p)
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="TCP port (default 8000)")
+    p.add_argument("--max-queue", type=int, default=ServerSettings.max_queue,
+                   help="requests that may wait behind the running one; more get 429 (default %(default)s)")
+    p.add_argument("--request-timeout", type=float, default=ServerSettings.request_timeout,
+                   help="seconds from arrival before a request gets 503 (still queued) or 504 (running) "
+                        "(default %(default)s)")
+    p.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on /v1/* and /metrics "
+                                                   "(default: no key needed)")
+    p.add_argument("--served-model-name", default=None,
+                   help="the model id clients send and /v1/models lists (default: the --model value)")
+    p.add_argument("--state", default=None, metavar="FILE",
+                   help="keep what the decoder learns across restarts: restored from FILE at start, saved to it "
+                        "atomically every --state-interval seconds and on SIGINT/SIGTERM (default: not kept)")
+    p.add_argument("--state-interval", type=float, default=ServerSettings.state_interval, metavar="S",
+                   help="seconds between saves of --state; 0 saves only on shutdown (default %(default)s)")
+    p.add_argument("--state-reset", action="store_true",
+                   help="ignore what --state FILE holds (even if it is corrupt) and start fresh; FILE is "
+                        "overwritten at the first save")
+    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+
+
+def _settings(args: argparse.Namespace, aliases: tuple[str, ...]) -> ServerSettings:
+    return ServerSettings(max_queue=args.max_queue, request_timeout=args.request_timeout, api_key=args.api_key,
+                          skip_set_store=args.skip_set_store, task=args.task, aliases=aliases,
+                          state_path=args.state, state_interval=args.state_interval)
+
+
+def _check(args: argparse.Namespace) -> None:
+    """Everything that needs no model, so a typo fails before a model load."""
+    if not 0 <= args.port <= 65535:
+        raise InvalidArgumentError(f"--port must be in 0..65535, got {args.port}")
+    if args.skip_set is not None and args.skip_set_store:
+        raise InvalidArgumentError("give either --skip-set (fixed) or --skip-set-store (tuned and saved), not both")
+    if args.state is None and (args.state_reset or args.state_interval != ServerSettings.state_interval):
+        raise InvalidArgumentError("--state-interval and --state-reset go with --state FILE")
+    _settings(args, ())  # the limits' own checks
+
+
+def run(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from ..cli_common import load_model, parse_skip_set
+    from ..decoder import SwiftDecoder
+    from ..identity import model_identity
+    from .app import create_app
+
+    _check(args)
+    skip = parse_skip_set(args.skip_set)
+    name = args.served_model_name or args.model
+    model, tokenizer = load_model(args)
+    identity = model_identity(model)
+    settings = _settings(args, tuple({identity.name, args.model} - {name}))
+    config: dict[str, Any] = {}
+    if args.skip_set_store:
+        from ..optimize.store import resolve_start_set
+
+        # a missing file is fine: the server creates it when it shuts down
+        skip = resolve_start_set(args.skip_set_store, model, args.task, missing_ok=True)
+        if skip is not None:
+            say(f"starting from the stored skip set for task {args.task!r}: {skip.to_dict()}")
+    elif skip is not None:
+        config["optimizer"] = False  # a hand-given set is used as is, not tuned
+    decoder = SwiftDecoder(model, tokenizer, skip_set=skip, **config)
+    metrics, keeper = Metrics(), None
+    if args.state:
+        keeper = StateKeeper(decoder, args.state, identity, args.state_interval, metrics)
+        keeper.restore(reset=args.state_reset)
+    if not _is_loopback(args.host) and settings.api_key is None:
+        say(f"warning: serving on {args.host} without --api-key: anyone who can reach this address can use the "
+             "model")
+    app = create_app(decoder, tokenizer, name, settings, metrics=metrics, tick=keeper.tick if keeper else None,
+                     on_shutdown=lambda stopped: _shutdown(stopped, decoder, settings, keeper))
+    say(f"serving {name!r} on http://{args.host}:{args.port}/v1 (health: /health, metrics: /metrics)")
+    # uvicorn turns SIGINT/SIGTERM into a graceful shutdown, which runs the app's lifespan exit:
+    # the engine stops, then the learned state and the optimiser's best set are saved.
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, timeout_graceful_shutdown=5,
+                access_log=args.log_level == "debug")
+    return 0
+
+
+def _shutdown(stopped: bool, decoder: Any, settings: ServerSettings, keeper: StateKeeper | None) -> None:
+    """After the engine stopped: the final saves (the decoder is idle, so reading it is safe)."""
+    if not stopped:
+        say("the engine did not stop within 10 s; the learned state and store are left as last saved")
+        return
+    if keeper is not None and keeper.save():
+        say(f"saved the learned state to {keeper.path}")
+    if settings.skip_set_store:
+        save_optimizer_state(decoder, settings.skip_set_store, settings.task)
+
+
+def save_optimizer_state(decoder: Any, store: str, task: str) -> None:
+    """On shutdown: write the optimiser's best set to the store, keyed by model and task."""
+    opt = getattr(decoder, "optimizer", None)
+    if opt is None:
+        say(f"no on-the-fly optimiser ran (fixed skip set); nothing saved to {store}")
+        return
+    from ..optimize.store import save_optimizer_result
+
+    try:
+        saved = save_optimizer_result(store, decoder.model, task, opt)
+    except Exception:  # noqa: BLE001 - shutdown must finish; say what went wrong
+        log.exception("could not save the optimiser's state to %s", store)
+        return
+    if saved:
+        say(f"saved the optimiser's skip set to {store} (task {task!r})")
+    else:
+        say(f"the optimiser has not scored a skip set yet; nothing saved to {store}")
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
