@@ -72,3 +72,36 @@ def test_load_prints_nothing_off_a_terminal(capsys, monkeypatch, model_dir) -> N
     swiftsd.load(model_dir)
     err = capsys.readouterr().err
     assert "Loading weights" not in err and "%|" not in err
+
+
+def test_concurrent_loads_build_a_cache_entry_once(tmp_path) -> None:
+    """Two processes that need the same entry (e.g. two test workers on a clean machine) build it once."""
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent(f"""
+        import sys, time
+        from pathlib import Path
+        from swiftsd import loading
+        final = Path({str(tmp_path)!r}) / "models" / "entry"
+        root = Path({str(tmp_path)!r})
+        def build(out, work):
+            (root / f"built-{{sys.argv[1]}}").touch()
+            deadline = time.time() + 60
+            while len(list(root.glob("ready-*"))) < 2 and time.time() < deadline:  # the other one is coming
+                time.sleep(0.05)
+            time.sleep(1.0)
+            (out / "weights").write_text("x")
+            return {{}}
+        (root / f"ready-{{sys.argv[1]}}").touch()
+        loading._install_entry(final, build)
+        print((final / "weights").read_text())
+    """)
+    procs = [subprocess.Popen([sys.executable, "-c", script, str(i)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for i in range(2)]
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    assert [o for o, _ in outs] == ["x\n", "x\n"]
+    assert len(list(tmp_path.glob("built-*"))) == 1  # one build; the other process waited for it
+    assert any("waiting for another swiftsd process" in e for _, e in outs)

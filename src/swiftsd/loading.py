@@ -9,7 +9,7 @@
 3. a path to a ``.gguf`` file;
 4. a Hugging Face hub id (``org/name``), loaded with ``from_pretrained``.
 
-GGUF weights are dequantised once (12-50 s) and the dense result is saved with
+GGUF weights are dequantised once (about 1-2 minutes for SmolLM2 on a 2-core CPU) and the dense result is saved with
 ``save_pretrained`` to a cache, so later loads take a second or two::
 
     <cache>/                      $SWIFTSD_CACHE_DIR, else platformdirs.user_cache_dir("swiftsd")
@@ -20,6 +20,8 @@ GGUF weights are dequantised once (12-50 s) and the dense result is saved with
                                   GGUF and the model being saved; renamed into models/ when
                                   complete, then removed (so a crashed load leaves no
                                   broken cache entry, and the assembled GGUF is not kept)
+      locks/<key>.lock            held while an entry is built, so that concurrent loads
+                                  (two test workers, a server and a CLI) build it once
 
 The cache holds float32 weights (exactly what the GGUF dequantises to); the
 requested dtype is applied when loading from it.
@@ -27,6 +29,7 @@ requested dtype is applied when loading from it.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import hashlib
 import importlib.metadata
@@ -42,7 +45,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 
@@ -305,11 +308,44 @@ def _install_entry(
     dir, assembled GGUF included, is removed either way. An existing entry for
     which ``is_current(marker)`` is false (broken, or built from another
     source) is replaced; if a concurrent load installed a current one first,
-    that one is kept.
+    that one is kept. Concurrent loads of one entry build it once: the others wait
+    on a lock file and then use what the first built.
     """
     root = final.parent.parent
     (root / "tmp").mkdir(parents=True, exist_ok=True)
     final.parent.mkdir(parents=True, exist_ok=True)
+    with _build_lock(final):
+        if is_current(_read_marker(final)):  # another process built it while this one waited
+            return final
+        return _build_entry(final, build, is_current)
+
+
+@contextlib.contextmanager
+def _build_lock(final: Path) -> Iterator[None]:
+    """An exclusive lock on ``final``'s build, in ``<cache>/locks/`` (POSIX flock; none elsewhere)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows: concurrent builds stay safe, only wasteful
+        yield
+        return
+    locks = final.parent.parent / "locks"
+    locks.mkdir(parents=True, exist_ok=True)
+    with open(locks / f"{final.name}.lock", "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            _say(f"waiting for another swiftsd process that is building {final.name} in the cache")
+            fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _build_entry(
+    final: Path, build: Callable[[Path, Path], dict[str, Any]], is_current: Callable[[dict[str, Any] | None], bool]
+) -> Path:
+    root = final.parent.parent
     _clean_stale_tmp(root)
     work = Path(tempfile.mkdtemp(prefix=f"{final.name}-", dir=root / "tmp"))
     try:
