@@ -24,6 +24,7 @@ from .decoder import GenerationResult, SwiftDecoder
 from .detok import IncrementalDetokenizer
 from .eos import resolve_eos
 from .errors import InvalidArgumentError
+from .stopping import parse_stop_strings
 from .engine.skipset import SkipSet
 from .optimize import store as skip_set_store
 
@@ -41,6 +42,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--top-k", type=int, default=0, metavar="K", help="0 = off")
     p.add_argument("--seed", type=int, default=None, metavar="S",
                    help="makes sampling reproducible (default: a fresh random seed each run)")
+    p.add_argument("--stop", action="append", default=None, metavar="TEXT",
+                   help="end the output on the token that completes TEXT, which the output keeps, as "
+                        "model.generate's stop_strings does (repeatable; default: none)")
+    p.add_argument("--min-new-tokens", type=int, default=0, metavar="N",
+                   help="no end-of-sequence before N new tokens, as model.generate's min_new_tokens")
     cli_common.add_skip_arguments(p)
     p.add_argument("--stream", action="store_true", help="print the text as it is accepted")
     p.add_argument("--compare", action="store_true",
@@ -95,6 +101,9 @@ def run(args: argparse.Namespace) -> int:
     params = SamplingParams(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k)
     if args.max_new_tokens < 1:
         raise InvalidArgumentError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
+    if args.min_new_tokens < 0:
+        raise InvalidArgumentError(f"--min-new-tokens must be >= 0, got {args.min_new_tokens}")
+    stops = list(parse_stop_strings(args.stop))
     skip = cli_common.parse_skip_set(args.skip_set)
     if skip is not None and args.skip_set_store:
         raise InvalidArgumentError("give either --skip-set or --skip-set-store, not both")
@@ -113,6 +122,9 @@ def run(args: argparse.Namespace) -> int:
     decoder = SwiftDecoder(model, tokenizer, skip_set=skip, **config)
     gen_kwargs = dict(max_new_tokens=args.max_new_tokens, temperature=params.temperature, top_p=params.top_p,
                       top_k=params.top_k, seed=args.seed)
+    ends = dict(stop_strings=stops or None, min_new_tokens=args.min_new_tokens)  # swiftsd.stopping, as generate
+    if stops or args.min_new_tokens:
+        gen_kwargs.update(ends)
 
     # 3. Generate (after an untimed warm-up of both methods when comparing).
     _say(doing_line(args, model, len(ids), decoder.optimizer is not None))
@@ -130,13 +142,14 @@ def run(args: argparse.Namespace) -> int:
     # 4. Compare with plain decoding on the same prompt and settings.
     if args.compare:
         _say(f"now plain model.generate on the same prompt, for the comparison ({result.stats.new_tokens} tokens)")
-    comparison = compare_with_plain(model, ids, result, params, args.seed) if args.compare else None
+    comparison = compare_with_plain(model, ids, result, params, args.seed, tokenizer, ends) if args.compare else None
 
     if args.json:
         print(json.dumps(dict(
             model=args.model, prompt=prompt, chat=args.chat, prompt_tokens=len(ids), text=text,
             tokens=result.new_tokens, sampling=dict(temperature=params.temperature, top_p=params.top_p,
                                                     top_k=params.top_k, seed=args.seed),
+            stop=stops, min_new_tokens=args.min_new_tokens,
             stats=result.stats.to_dict(with_lists=False),
             compare=comparison.to_dict() if comparison else None), indent=2))
     else:
@@ -270,11 +283,13 @@ class _BarStreamer:
 
 
 def plain_generate(model: Any, ids: list[int], max_new_tokens: int, params: SamplingParams,
-                   eos: list[int] | None, seed: int | None, bar: str | None = None) -> torch.Tensor:
+                   eos: list[int] | None, seed: int | None, bar: str | None = None, tokenizer: Any = None,
+                   ends: dict | None = None) -> torch.Tensor:
     """Plain ``model.generate`` with exactly the processors SWIFT applies, nothing from the model's defaults.
 
     A model's generation_config may carry a repetition penalty, a default
     top_k or min_p; those would change the output, so they are set to neutral.
+    ``ends``: the run's ``stop_strings`` (with ``tokenizer``) and ``min_new_tokens``.
     """
     dev = model.get_input_embeddings().weight.device
     x = torch.tensor([ids], dtype=torch.long, device=dev)
@@ -285,6 +300,10 @@ def plain_generate(model: Any, ids: list[int], max_new_tokens: int, params: Samp
     kw: dict[str, Any] = dict(max_new_tokens=max_new_tokens, min_new_tokens=0, eos_token_id=eos, pad_token_id=pad,
                               repetition_penalty=1.0, no_repeat_ngram_size=0, typical_p=1.0, epsilon_cutoff=0.0,
                               eta_cutoff=0.0, num_beams=1)
+    if ends:
+        kw["min_new_tokens"] = ends.get("min_new_tokens") or 0
+        if ends.get("stop_strings"):
+            kw.update(stop_strings=ends["stop_strings"], tokenizer=tokenizer)
     if params.greedy:
         kw.update(do_sample=False)
     else:
@@ -298,11 +317,11 @@ def plain_generate(model: Any, ids: list[int], max_new_tokens: int, params: Samp
 
 
 def compare_with_plain(model: Any, ids: list[int], result: GenerationResult, params: SamplingParams,
-                       seed: int | None) -> Comparison:
-    """Time plain decoding of the same request and compare it with ``result``."""
+                       seed: int | None, tokenizer: Any = None, ends: dict | None = None) -> Comparison:
+    """Time plain decoding of the same request (same stop strings, min_new_tokens) and compare it with ``result``."""
     n_new = result.stats.new_tokens
     t0 = time.perf_counter()
-    plain = plain_generate(model, ids, n_new, params, _eos(model), seed, bar="plain")
+    plain = plain_generate(model, ids, n_new, params, _eos(model), seed, bar="plain", tokenizer=tokenizer, ends=ends)
     seconds = time.perf_counter() - t0
     plain_new = plain[0, len(ids):].tolist()
     identical: bool | None = None
