@@ -8,7 +8,7 @@ import torch
 from swiftsd import SkipSet, UnsupportedModelError
 from swiftsd.engine.cache import SlotKVCache
 from swiftsd.engine.models import get_adapter, supported_model_types
-from swiftsd.engine.tree import build_tree
+from swiftsd.engine.tree import build_tree, chain_with_siblings
 from tiny import ARCHS, tiny_model
 
 
@@ -75,7 +75,7 @@ def test_tree_forward_equals_stock_forward_of_each_path(arch: str) -> None:
     model = tiny_model(arch, seed=2)
     ad = get_adapter(model)
     prefix = _ids(30, seed=7)
-    layout = build_tree((3, 2, 1))
+    layout = build_tree(chain_with_siblings((3, 2, 1)))
     tree_tokens = _ids(layout.size, seed=8)
     P = prefix.numel()
     cache = SlotKVCache(ad.num_layers, P + layout.size + 4)
@@ -91,6 +91,53 @@ def test_tree_forward_equals_stock_forward_of_each_path(arch: str) -> None:
         seq = torch.cat([prefix[:-1], torch.tensor(path[::-1])])
         want = _stock_logits(model, seq)[-1]
         torch.testing.assert_close(got[node], want, atol=ATOL, rtol=1e-5)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_tree_drafting_depth_by_depth_equals_stock_forward(arch: str) -> None:
+    """Tree drafting writes one depth per forward and lets each node see its ancestors in
+    earlier forwards' slots (``past_visible`` / ``past_positions``): every node's logits equal
+    the stock forward over prefix + its path, sliding windows included (a 40-token prefix)."""
+    model = tiny_model(arch, seed=3)
+    ad = get_adapter(model)
+    prefix = _ids(40, seed=9)
+    P = prefix.numel()
+    cache = SlotKVCache(ad.num_layers, P + 16)
+    ad.forward(prefix[:-1], torch.arange(P - 1), cache, 0, 0, _causal(P - 1), None)
+    cache.rollback(P - 1)
+    root = P - 1
+    # depth 0: the root alone; depth 1: two children of the root; depth 2: one child of each
+    parents = {0: -1, 1: 0, 2: 0, 3: 1, 4: 2}
+    tokens = {0: int(prefix[-1]), 1: 5, 2: 17, 3: 33, 4: 8}
+    slots = {0: root}
+    depth_nodes = [[0], [1, 2], [3, 4]]
+    next_slot = root
+    for d, nodes in enumerate(depth_nodes):
+        past_vis = past_pos = None
+        if d:
+            n_past = next_slot - root
+            past_vis = torch.zeros(len(nodes), n_past, dtype=torch.bool)
+            for j, node in enumerate(nodes):
+                a = parents[node]
+                while a >= 0:
+                    past_vis[j, slots[a] - root] = True
+                    a = parents[a]
+            past_pos = torch.empty(n_past, dtype=torch.long)
+            for node, slot in slots.items():
+                dd = next(k for k, ns in enumerate(depth_nodes) if node in ns)
+                past_pos[slot - root] = root + dd
+        got = ad.forward(torch.tensor([tokens[n] for n in nodes]), torch.full((len(nodes),), root + d), cache,
+                         next_slot, root, torch.eye(len(nodes), dtype=torch.bool), None,
+                         past_visible=past_vis, past_positions=past_pos)
+        for j, node in enumerate(nodes):
+            slots[node] = next_slot + j
+            path, a = [], node
+            while a >= 0:
+                path.append(tokens[a])
+                a = parents[a]
+            want = _stock_logits(model, torch.cat([prefix[:-1], torch.tensor(path[::-1])]))[-1]
+            torch.testing.assert_close(got[j], want, atol=ATOL, rtol=1e-5)
+        next_slot += len(nodes)
 
 
 @pytest.mark.parametrize("arch", ARCHS)

@@ -63,10 +63,10 @@ def spy(monkeypatch, exercise: Exercise):
     """Record accepted siblings (a non-chain node on the accepted path) without changing behaviour."""
     real = decoder_mod.greedy_verify
 
-    def recording(tree_tokens, target_argmax, layout):
-        accepted, bonus = real(tree_tokens, target_argmax, layout)
-        chain = set(layout.chain.tolist())
-        exercise.sibling_accepts += any(a not in chain for a in accepted)
+    def recording(tree_tokens, target, layout):
+        accepted, bonus = real(tree_tokens, target, layout)
+        # a sibling: an accepted node that is not its parent's first child
+        exercise.sibling_accepts += any(layout.children[layout.parents[a]][0] != a for a in accepted)
         return accepted, bonus
 
     monkeypatch.setattr(decoder_mod, "greedy_verify", recording)
@@ -97,10 +97,12 @@ def _random_skip(rng: random.Random) -> SkipSet:
 
 
 # Every decoder below is built with ``optimizer=False``: these tests pin the skip set they
-# name (the on-the-fly optimiser would replace it, or fall back to plain steps);
-# test_greedy_with_default_optimizer covers the default decoder.
+# name (the on-the-fly optimiser would replace it). ``planner=False`` makes the layer-skip
+# draft run every step (the cost planner would mostly skip it on these tiny models), so
+# trees mix layer-skip, lookup and suffix nodes; test_greedy_with_default_optimizer and
+# test_greedy_drafter_combinations cover the default decoder with its planner.
 ALL_BUT_ENDS = SkipSet(attn=range(1, L - 1), mlp=range(1, L - 1))
-DEEP = dict(stop_threshold=0.0, max_draft=25)
+DEEP = dict(stop_threshold=0.0, max_draft=25, max_nodes=160, tree="paper")
 
 # (name, model seed, prompt length, new tokens, skip set, decoder config)
 HAND_MADE: list[tuple[str, int, int, int, SkipSet, dict]] = [
@@ -109,9 +111,13 @@ HAND_MADE: list[tuple[str, int, int, int, SkipSet, dict]] = [
     ("uniform-deep", 1, 50, 80, SkipSet.uniform(L), DEEP),
     ("all-but-first-last", 0, 5, 50, ALL_BUT_ENDS, DEEP),
     ("light-skip-deep", 0, 30, 120, SkipSet(mlp=[2]), DEEP),
-    ("light-skip-wide", 1, 8, 100, SkipSet(attn=[3]), dict(stop_threshold=0.0, tree_widths=(4, 6, 8, 10))),
-    ("light-skip-narrow", 0, 64, 70, SkipSet(attn=[2], mlp=[4]), dict(tree_widths=(1, 2, 2, 3))),
+    ("light-skip-wide", 1, 8, 100, SkipSet(attn=[3]),
+     dict(stop_threshold=0.0, tree_widths=(4, 6, 8, 10), tree="paper", max_nodes=128)),
+    ("light-skip-narrow", 0, 64, 70, SkipSet(attn=[2], mlp=[4]), dict(tree_widths=(1, 2, 2, 3), tree="paper")),
     ("chain-no-tree", 1, 120, 90, SkipSet(mlp=[1, 3]), dict(stop_threshold=0.0, use_tree=False)),
+    ("dynamic-wide-frontier", 1, 33, 90, SkipSet(attn=[3], mlp=[2]), dict(frontier=8, max_nodes=96)),
+    ("dynamic-small-budget", 0, 40, 70, SkipSet(mlp=[2, 4]), dict(frontier=3, max_nodes=5)),
+    ("paper-method", 0, 21, 70, SkipSet(attn=[2]), dict(method="swift-paper")),
     ("long-prompt", 0, 300, 60, SkipSet(attn=[1, 4], mlp=[2]), DEEP),
     ("short-drafts", 2, 12, 60, SkipSet(attn=[2]), dict(max_draft=2)),
     ("no-draft-budget", 0, 9, 30, SkipSet(attn=[2]), dict(max_draft=0)),
@@ -125,7 +131,8 @@ def test_greedy_equals_generate_hand_made(arch, case, models, exercise, spy) -> 
     model = _model(models, arch, seed)
     ids = _ids(n, seed=1000 + n)
     want = plain_generate(model, ids, m)
-    res = SwiftDecoder(model, optimizer=False, skip_set=skip, **cfg).generate(ids, max_new_tokens=m)
+    res = SwiftDecoder(model, optimizer=False, skip_set=skip, **{"planner": False, **cfg}).generate(
+        ids, max_new_tokens=m)
     assert res.sequences.dtype == torch.long and res.sequences.shape == want.shape
     assert torch.equal(res.sequences, want), f"{arch}/{name}: diverged at {_first_diff(res.sequences, want)}"
     assert res.stats.new_tokens == m and res.stats.prompt_tokens == n
@@ -141,8 +148,14 @@ def test_greedy_equals_generate_random(arch, seed, models, exercise, spy) -> Non
     m = rng.randint(40, 90)
     skip = _random_skip(rng)
     cfg = dict(stop_threshold=rng.choice([0.0, 0.3, 0.8]), max_draft=rng.choice([3, 8, 25]),
-               use_tree=rng.random() < 0.8, tree_widths=tuple(sorted(rng.choices(range(1, 11), k=4))))
+               use_tree=rng.random() < 0.8, tree_widths=tuple(sorted(rng.choices(range(1, 11), k=4))),
+               tree=rng.choice(["dynamic", "paper"]), frontier=rng.randint(1, 8), max_nodes=rng.choice([2, 9, 64]),
+               planner=rng.random() < 0.3,
+               drafters=rng.choice([("layerskip",), ("layerskip", "lookup"), ("layerskip", "lookup", "suffix")]))
     ids = _ids(n, seed=rng.randrange(2**31))
+    if rng.random() < 0.5:  # a prompt that repeats itself, so lookup fires
+        ids = ids[:, : max(1, n // 3)].repeat(1, 3)
+        n = ids.shape[1]
     want = plain_generate(model, ids, m)
     res = SwiftDecoder(model, optimizer=False, skip_set=skip, **cfg).generate(ids, max_new_tokens=m)
     assert torch.equal(res.sequences, want), (
@@ -164,7 +177,7 @@ def test_greedy_with_default_optimizer(arch, models) -> None:
 def test_greedy_skip_override_per_call(arch, models, exercise, spy) -> None:
     """``generate(skip_set=...)`` overrides the decoder's set for one call; still lossless."""
     model = _model(models, arch, 0)
-    dec = SwiftDecoder(model, optimizer=False, skip_set=SkipSet.uniform(L), **DEEP)
+    dec = SwiftDecoder(model, optimizer=False, skip_set=SkipSet.uniform(L), planner=False, **DEEP)
     ids = _ids(20, seed=5)
     want = plain_generate(model, ids, 50)
     for skip in ({"attn": [2], "mlp": []}, '{"mlp": [0, 5]}', SkipSet(attn=[0, 1, 2, 3, 4, 5])):
@@ -196,7 +209,7 @@ def test_greedy_eos_stops_at_the_same_place(arch, models, exercise, spy) -> None
     for cfg in (DEEP, {}, dict(use_tree=False, stop_threshold=0.0)):
         want = plain_generate(model, ids, 60, eos=eos)
         assert want.shape[1] == 15 + cut  # plain decoding stopped early, on the eos token
-        dec = SwiftDecoder(model, optimizer=False, skip_set=SkipSet(mlp=[3]), **cfg)
+        dec = SwiftDecoder(model, optimizer=False, skip_set=SkipSet(mlp=[3]), planner=False, **cfg)
         res = dec.generate(ids, max_new_tokens=60, eos_token_id=eos)
         assert torch.equal(res.sequences, want)
         assert res.sequences[0, -1].item() == eos and res.stats.new_tokens == cut
@@ -208,6 +221,35 @@ def test_greedy_eos_stops_at_the_same_place(arch, models, exercise, spy) -> None
     res = SwiftDecoder(model, optimizer=False, skip_set=SkipSet(mlp=[3]), **DEEP).generate(ids, max_new_tokens=60,
                                                                            eos_token_id=[eos, other])
     assert torch.equal(res.sequences, want)
+
+
+COMBOS = [("layerskip",), ("lookup",), ("suffix",), ("lookup", "suffix"), ("layerskip", "lookup"),
+          ("layerskip", "suffix"), ("layerskip", "lookup", "suffix")]
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("drafters", COMBOS, ids=["+".join(c) for c in COMBOS])
+def test_greedy_drafter_combinations(arch, drafters, models, exercise, spy) -> None:
+    """Every combination of drafters, with the planner on and off, on prompts that repeat
+    themselves (lookup fires) and prompts that do not, over a stream of requests on one
+    decoder (so the suffix index fires from the second request on)."""
+    model = _model(models, arch, 0)
+    planner = (ARCHS.index(arch) + COMBOS.index(drafters)) % 2 == 0  # each combination both ways over archs
+    if True:
+        dec = SwiftDecoder(model, optimizer=False, skip_set=SkipSet(attn=[2], mlp=[3]), drafters=drafters,
+                           planner=planner)
+        base = _ids(14, seed=ARCHS.index(arch))
+        prompts = [base.repeat(1, 3), _ids(25, seed=7), torch.cat([base, _ids(6, seed=8)], 1)]
+        for ids in prompts:
+            want = plain_generate(model, ids, 40)
+            res = dec.generate(ids, max_new_tokens=40)
+            assert torch.equal(res.sequences, want), (
+                f"{arch} {drafters} planner={planner}: diverged at {_first_diff(res.sequences, want)}")
+            for name in res.stats.per_drafter:
+                assert name in drafters
+            _record(exercise, arch, res.stats)
+        if "suffix" in drafters:
+            assert dec.drafters["suffix"].size > 0  # the stream was indexed
 
 
 def test_eos_defaults_to_generation_config(models) -> None:
@@ -228,7 +270,7 @@ def test_stream_chunks_concatenate_to_generate_output(arch, models, exercise) ->
     model = _model(models, arch, 0)
     ids = _ids(40, seed=3)
     want = plain_generate(model, ids, 70)
-    dec = SwiftDecoder(model, optimizer=False, skip_set=SkipSet(attn=[2], mlp=[3]), **DEEP)
+    dec = SwiftDecoder(model, optimizer=False, skip_set=SkipSet(attn=[2], mlp=[3]), planner=False, **DEEP)
     stream = dec.stream(ids, max_new_tokens=70)
     chunks = list(stream)
     assert stream.result is not None
@@ -288,7 +330,8 @@ def test_greedy_equals_generate_smollm2_fp32() -> None:
         pytest.skip(str(exc))
     # hand-picked: a light skip of middle-layer sublayers, so drafts are often right and steps accept several tokens
     skip = SkipSet(attn=[8, 12, 16, 20], mlp=[10, 14, 18])
-    dec = SwiftDecoder(model, tok, optimizer=False, skip_set=skip)
+    dec = SwiftDecoder(model, tok, optimizer=False, skip_set=skip, planner=False)
+    default = SwiftDecoder(model, tok)  # every drafter, the planner and the optimiser on
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))  # a real model: use the cores
     multi = 0
     try:
@@ -299,6 +342,8 @@ def test_greedy_equals_generate_smollm2_fp32() -> None:
             res = dec.generate(ids, max_new_tokens=48)
             assert torch.equal(res.sequences, want), f"diverged at {_first_diff(res.sequences, want)} for {text[-80:]!r}"
             multi += sum(a >= 2 for a in res.stats.accepted_lengths)
+            res = default.generate(ids, max_new_tokens=48)
+            assert torch.equal(res.sequences, want), f"default decoder diverged for {text[-80:]!r}"
     finally:
         torch.set_num_threads(1)
     assert multi > 0

@@ -20,7 +20,7 @@ import torch
 
 from swiftsd import SkipSet, SwiftDecoder
 from swiftsd.config import SamplingParams
-from swiftsd.engine.tree import TreeLayout, build_tree
+from swiftsd.engine.tree import TreeLayout, build_tree, chain_with_siblings
 from swiftsd.engine.verify import multi_candidate_speculative_sampling, target_probs, warp_logits
 from tiny import tiny_model
 
@@ -65,6 +65,21 @@ def _dirichlet(g: torch.Generator, alpha: float = 1.0, zeros: int = 0) -> torch.
 Sampler = Callable[[list[int], torch.Tensor, torch.Tensor, TreeLayout, torch.Generator], tuple[list[int], int]]
 
 
+def _chain_tree(widths: tuple[int, ...]) -> TreeLayout:
+    return build_tree(chain_with_siblings(widths))
+
+
+def mcss(tree, p_nodes, q_depths, layout, g):
+    """The paper's tree through the general sampler: depth d's candidates were drawn from
+    q_depths[d-1] at the chain node above them, in node order."""
+    chain = [0] + [layout.children[0][0]] if len(layout.children[0]) else [0]
+    while layout.children[chain[-1]] and len(chain) <= len(q_depths):
+        chain.append(layout.children[chain[-1]][0])
+    q_nodes = {chain[d]: q_depths[d] for d in range(len(q_depths))}
+    ranks = [-1] + [layout.children[layout.parents[i]].index(i) for i in range(1, layout.size)]
+    return multi_candidate_speculative_sampling(tree, p_nodes, q_nodes, ranks, layout, g)
+
+
 def _draw_two_tokens(sampler: Sampler, p_root, p_after, q_root, q_after, widths, n: int, seed: int) -> Counter:
     """Joint counts of the first two emitted tokens over ``n`` speculative steps.
 
@@ -76,7 +91,7 @@ def _draw_two_tokens(sampler: Sampler, p_root, p_after, q_root, q_after, widths,
     ``p_after[x]`` by induction; it is drawn directly here.
     """
     g = torch.Generator().manual_seed(seed)
-    layout = build_tree(widths)
+    layout = _chain_tree(widths)
     third = torch.full((V,), 1.0 / V)  # target after a depth-2 node: irrelevant to the first two tokens
     counts: Counter = Counter()
     for _ in range(n):
@@ -131,8 +146,7 @@ def _case(kind: str, seed: int):
 def test_multi_candidate_sampling_preserves_target(kind: str, widths: tuple[int, ...]) -> None:
     p_root, p_after, q_root, q_after = _case(kind, seed=sum(map(ord, kind)) + sum(widths))
     widths = (min(widths[0], int((q_root > 0).sum())), min(widths[1], int((q_after > 0).sum(-1).min())))
-    counts = _draw_two_tokens(multi_candidate_speculative_sampling, p_root, p_after, q_root, q_after, widths,
-                              N_PURE, seed=7)
+    counts = _draw_two_tokens(mcss, p_root, p_after, q_root, q_after, widths, N_PURE, seed=7)
     p, tv = chi_square_pvalue(counts, _joint(p_root, p_after), N_PURE)
     assert p > P_MIN, f"{kind} widths={widths}: chi-square p={p:.2e}, TV={tv:.3f}"
     assert tv < 0.05  # a loose sanity bound; the chi-square test above is the sharp one
@@ -140,24 +154,24 @@ def test_multi_candidate_sampling_preserves_target(kind: str, widths: tuple[int,
 
 def test_q_equal_p_accepts_every_candidate() -> None:
     p_root, p_after, _, _ = _case("q-equals-p", 1)
-    layout = build_tree((2, 2))
+    layout = _chain_tree((2, 2))
     g = torch.Generator().manual_seed(0)
     for _ in range(200):
         tree = [0, 1, 2, 3, 4]
         p_nodes = torch.stack([p_root, p_after[1], p_after[2], p_root, p_root])
         q = torch.stack([p_root, p_after[1]])
-        accepted, _ = multi_candidate_speculative_sampling(tree, p_nodes, q, layout, g)
+        accepted, _ = mcss(tree, p_nodes, q, layout, g)
         assert accepted == [1, 3]  # p/q = 1: the chain is always accepted, to full depth
 
 
 def _accept_q(tree, p_nodes, q_depths, layout, g):
     """Wrong: trust the draft (its tokens follow q, not p)."""
-    return [layout.candidates[0][0]], int(torch.multinomial(p_nodes[layout.candidates[0][0]], 1, generator=g))
+    return [layout.children[0][0]], int(torch.multinomial(p_nodes[layout.children[0][0]], 1, generator=g))
 
 
 def _resample_from_p(tree, p_nodes, q_depths, layout, g):
     """Wrong: on rejection resample from p itself instead of the residual max(p - q, 0)."""
-    c = layout.candidates[0][0]
+    c = layout.children[0][0]
     x = tree[c]
     if float(torch.rand((), generator=g)) < min(1.0, float(p_nodes[0, x] / q_depths[0, x])):
         return [c], int(torch.multinomial(p_nodes[c], 1, generator=g))
@@ -168,6 +182,84 @@ def _resample_from_p(tree, p_nodes, q_depths, layout, g):
 def test_chi_square_detects_wrong_samplers(wrong: Sampler) -> None:
     p_root, p_after, q_root, q_after = _case("dense", seed=3)
     counts = _draw_two_tokens(wrong, p_root, p_after, q_root, q_after, (1, 1), N_PURE, seed=7)
+    p, _ = chi_square_pvalue(counts, _joint(p_root, p_after), N_PURE)
+    assert p < 1e-6
+
+
+def _draw_mixed(p_root, p_after, q_root, q_after, n_sampled: int, fixed: list[int], n: int, seed: int,
+                lookup_child: int | None) -> Counter:
+    """A mixed tree: under the root, ``n_sampled`` draws from q_root (without replacement) and
+    point-mass drafts ``fixed`` (lookup-like, not drawn; merged into a draw when equal); under the
+    first draw, 2 draws from q_after; under the first point mass, the point mass ``lookup_child``."""
+    g = torch.Generator().manual_seed(seed)
+    third = torch.full((V,), 1.0 / V)
+    counts: Counter = Counter()
+    for _ in range(n):
+        draws = torch.multinomial(q_root, n_sampled, replacement=False, generator=g).tolist()
+        tokens, parents, ranks = [0], [-1], [-1]
+        for r, x in enumerate(draws):
+            tokens.append(x), parents.append(0), ranks.append(r)
+        for x in fixed:
+            if x not in draws:
+                tokens.append(x), parents.append(0), ranks.append(-1)
+        first_draw = 1
+        q_nodes = {0: q_root, first_draw: q_after[tokens[first_draw]]}
+        for r, y in enumerate(torch.multinomial(q_after[tokens[first_draw]], 2, replacement=False,
+                                                generator=g).tolist()):
+            tokens.append(y), parents.append(first_draw), ranks.append(r)
+        pm = next((i for i in range(1, len(tokens)) if parents[i] == 0 and ranks[i] < 0), None)
+        if pm is not None and lookup_child is not None:
+            tokens.append(lookup_child), parents.append(pm), ranks.append(-1)
+        layout = build_tree(tuple(parents))
+        p_nodes = torch.stack([p_root] + [p_after[tokens[i]] if parents[i] == 0 else third
+                                          for i in range(1, len(tokens))])
+        accepted, bonus = multi_candidate_speculative_sampling(tokens, p_nodes, q_nodes, ranks, layout, g)
+        seq = [tokens[a] for a in accepted] + [bonus]
+        if len(seq) == 1:
+            seq.append(int(torch.multinomial(p_after[seq[0]], 1, generator=g)))
+        counts[(seq[0], seq[1])] += 1
+    return counts
+
+
+@pytest.mark.parametrize("kind,n_sampled,fixed,lookup_child", [
+    ("dense", 2, [0, 3], 1), ("dense", 1, [5], 2), ("disjoint-support", 2, [1, 2, 4], 0),
+    ("peaked-wrong-draft", 1, [0, 1], 3), ("q-equals-p", 3, [2], None), ("dense", 0, [1, 4], 4),
+])
+def test_rejection_sampling_exact_on_mixed_trees(kind, n_sampled, fixed, lookup_child) -> None:
+    """Trees that mix drafts with probabilities (sampled from q) and point masses (lookup,
+    suffix) keep the target distribution exactly, whatever the point masses are."""
+    p_root, p_after, q_root, q_after = _case(kind, seed=11 + n_sampled + len(fixed))
+    n_sampled = min(n_sampled, int((q_root > 0).sum()))
+    if n_sampled == 0:  # point masses only: the root's q is never used
+        q_root = q_root.clone()
+    counts = _draw_mixed(p_root, p_after, q_root, q_after, max(n_sampled, 1), fixed, N_PURE, 5, lookup_child) \
+        if n_sampled else _draw_points_only(p_root, p_after, fixed, N_PURE, 5)
+    p, tv = chi_square_pvalue(counts, _joint(p_root, p_after), N_PURE)
+    assert p > P_MIN, f"{kind}: chi-square p={p:.2e}, TV={tv:.3f}"
+
+
+def _draw_points_only(p_root, p_after, fixed, n, seed) -> Counter:
+    g = torch.Generator().manual_seed(seed)
+    layout = build_tree(tuple([-1] + [0] * len(fixed)))
+    counts: Counter = Counter()
+    for _ in range(n):
+        tokens = [0, *fixed]
+        p_nodes = torch.stack([p_root] + [p_after[x] for x in fixed])
+        accepted, bonus = multi_candidate_speculative_sampling(tokens, p_nodes, {}, [-1] * len(tokens), layout, g)
+        seq = [tokens[a] for a in accepted] + [bonus]
+        if len(seq) == 1:
+            seq.append(int(torch.multinomial(p_after[seq[0]], 1, generator=g)))
+        counts[(seq[0], seq[1])] += 1
+    return counts
+
+
+def test_chi_square_detects_point_mass_trusted_blindly() -> None:
+    """The harness sees the classic mistake for point masses: accepting a lookup draft always."""
+    p_root, p_after, _, _ = _case("dense", seed=3)
+    g = torch.Generator().manual_seed(1)
+    counts: Counter = Counter()
+    for _ in range(N_PURE):
+        counts[(2, int(torch.multinomial(p_after[2], 1, generator=g)))] += 1
     p, _ = chi_square_pvalue(counts, _joint(p_root, p_after), N_PURE)
     assert p < 1e-6
 
@@ -210,20 +302,24 @@ def test_swift_decoder_samples_follow_target(small_model, temperature, top_p, to
     """Tokens 2 and 3 come from the speculative path (draft depth 2 with siblings, then verification)."""
     params = SamplingParams(temperature=temperature, top_p=top_p, top_k=top_k)
     j12, j23 = _exact_targets(small_model, params)
+    # every drafter on, the layer-skip draft forced each step: trees mix sampled drafts with the
+    # suffix index's point masses (the same prompt 3000 times: it always has a continuation)
     dec = SwiftDecoder(small_model, optimizer=False, skip_set=SkipSet(attn=[1]), stop_threshold=0.0,
-                       sampler=sampler, draft_vocab=SMALL_VOCAB - 2)
+                       sampler=sampler, draft_vocab=SMALL_VOCAB - 2, planner=False, tree="paper")
     c12: Counter = Counter()
     c23: Counter = Counter()
-    deep = siblings = 0
+    deep = siblings = mixed = 0
     for i in range(N_E2E):
-        res = dec.generate(CTX, max_new_tokens=4, temperature=temperature, top_p=top_p, top_k=top_k, seed=i)
+        res = dec.generate(CTX, max_new_tokens=4, temperature=temperature, top_p=top_p, top_k=top_k, seed=10_000 + i)
         t = res.new_tokens
         c12[(t[0], t[1])] += 1
         c23[(t[1], t[2])] += 1
         s = res.stats
         deep += s.draft_lengths[0] == 2
         siblings += s.tree_sizes[0] > s.draft_lengths[0] + 1
+        mixed += len(s.per_drafter) > 1
     assert deep == N_E2E and siblings > N_E2E // 2  # the first step always drafted 2 deep, mostly with siblings
+    assert mixed > N_E2E // 2  # and the trees mixed drafters
     for name, counts, target in (("(t1,t2)", c12, j12), ("(t2,t3)", c23, j23)):
         p, tv = chi_square_pvalue(counts, target, N_E2E)
         assert p > P_MIN, f"{name}: chi-square p={p:.2e}, TV={tv:.3f}"

@@ -5,15 +5,14 @@ trie is the root alone is plain decoding). Drafts come from the drafters in
 ``drafters/`` (the layer-skipped model, prompt lookup, a stream suffix index)
 into one trie; the planner picks, per step and by the measured cost model,
 which drafters run and how many nodes to verify. It yields the tokens of every
-step for streaming. The per-request state lives in :class:`_Run`.
+step for streaming. The per-request state lives in :class:`RunState`.
 """
 
 from __future__ import annotations
 
 import random
 import time
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Generator, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Generator, Sequence
 
 import torch
 
@@ -30,113 +29,11 @@ from .engine.verify import PositionNoise, coupled_sample, greedy_verify, multi_c
 from .errors import ContextLengthError, InvalidArgumentError
 from .optimize import SkipOptimizer
 from .planner import WallClockBound, best_node_count, forecast_layerskip
+from .run import GenerationResult, GenerationStream, LogitsProcessor, RunState, StepPlan, TargetScores
 from .stats import GenerationStats
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
-
-LogitsProcessor = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-
-
-@dataclass
-class GenerationResult:
-    """``sequences`` [1, prompt+new] is laid out exactly like ``model.generate``'s output."""
-
-    sequences: torch.Tensor
-    stats: GenerationStats
-
-    @property
-    def new_tokens(self) -> list[int]:
-        return self.sequences[0, self.stats.prompt_tokens :].tolist()
-
-
-class GenerationStream:
-    """Iterate to receive each step's accepted tokens; ``result`` is set when it ends."""
-
-    def __init__(self, gen: Generator[list[int], None, GenerationResult]) -> None:
-        self._gen = gen
-        self.result: GenerationResult | None = None
-
-    def __iter__(self) -> Iterator[list[int]]:
-        self.result = yield from self._gen
-
-    def close(self) -> None:
-        """Stop generating early (a client went away)."""
-        self._gen.close()
-
-
-@dataclass
-class _Run:
-    """One request's state while it decodes."""
-
-    req: Request
-    cache: SlotKVCache
-    head: DraftHead | None
-    params: SamplingParams  # the target's warp (temperature 1 and no warp when a processor does it)
-    draft_params: SamplingParams  # what drafts propose with
-    generator: torch.Generator
-    noise: PositionNoise | None
-    eos: set[int]
-    max_new: int
-    skip_override: SkipSet | None
-    processor: LogitsProcessor | None
-    stats: GenerationStats
-    t_start: float
-    done: bool = False
-    clock: dict[str, float] = field(default_factory=dict)
-
-    @property
-    def tokens(self) -> list[int]:
-        return self.req.tokens
-
-    @property
-    def remaining(self) -> int:
-        return self.max_new - (len(self.req.tokens) - self.req.prompt_len)
-
-
-@dataclass
-class _Plan:
-    run_model: bool  # run the layer-skip draft this step
-    skip: SkipSet | None
-    max_depth: int
-    min_mass: float
-
-
-class _TargetScores:
-    """The target's choice after each tree node, scored on demand (LM head, processor, sampler).
-
-    Verification walks one path, so it needs the LM head on the nodes of that path
-    only: (accepted + 1) rows instead of the whole tree.
-    """
-
-    def __init__(self, dec: "SwiftDecoder", run: _Run, trie: DraftTrie, layout: TreeLayout,
-                 hidden: torch.Tensor) -> None:
-        self.dec, self.run, self.trie, self.layout, self.hidden = dec, run, trie, layout, hidden
-        self._logits: dict[int, torch.Tensor] = {}
-
-    def logits(self, node: int) -> torch.Tensor:
-        """[V] the target's (processed) logits after ``node``."""
-        out = self._logits.get(node)
-        if out is None:
-            out = self.dec.adapter.logits(self.hidden[node : node + 1])
-            run = self.run
-            if run.processor is not None:  # this node's own prefix: committed tokens + its path
-                path = [self.trie.tokens[i] for i in self.layout.path(node)]
-                out = run.processor(torch.tensor([run.tokens + path], device=out.device), out)
-            out = self._logits[node] = out[0]
-        return out
-
-    def token(self, node: int) -> int:
-        """Greedy: the argmax. Coupled: the seeded Gumbel-max sample at the next position."""
-        run = self.run
-        if run.params.greedy:
-            return int(self.logits(node).argmax())
-        position = len(run.tokens) + self.layout.depths[node]
-        return int(coupled_sample(self.logits(node), run.params, run.noise.at(position)))
-
-    def probs(self, node: int) -> torch.Tensor:
-        return target_probs(self.logits(node), self.run.params)
-
 
 def _causal(n: int, device: torch.device) -> torch.Tensor:
     return torch.ones(n, n, dtype=torch.bool, device=device).tril_()
@@ -252,8 +149,50 @@ class SwiftDecoder:
         self.token_counts.zero_()
         self._wall = WallClockBound()
 
+    STATE_FORMAT = 1
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything the decoder learned from its stream, as plain JSON-able data: the optimiser's
+        search, every drafter's state (the suffix index among them), the cost model and token counts."""
+        counts = self.token_counts
+        nz = counts.nonzero().flatten()
+        return {
+            "format": self.STATE_FORMAT,
+            "num_layers": self.num_layers,
+            "vocab_size": self.adapter.vocab_size,
+            "drafters": {name: d.state_dict() for name, d in self.drafters.items()},
+            "optimizer": self.optimizer.state_dict() if self.optimizer is not None else None,
+            "costs": self._costs.to_dict() if self._costs is not None else None,
+            "token_counts": {"ids": nz.tolist(), "counts": counts[nz].tolist()},
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`'s output; refuses state of another shape or a newer format."""
+        if not isinstance(state, dict) or "format" not in state:
+            raise InvalidArgumentError("not a SwiftDecoder state: expected the dict state_dict() returns")
+        if state["format"] > self.STATE_FORMAT:
+            raise InvalidArgumentError(f"decoder state format {state['format']} is newer than this swiftsd "
+                                       f"reads ({self.STATE_FORMAT}); upgrade swiftsd")
+        if state["num_layers"] != self.num_layers or state["vocab_size"] != self.adapter.vocab_size:
+            raise InvalidArgumentError(
+                f"decoder state is for a model with {state['num_layers']} layers and a vocabulary of "
+                f"{state['vocab_size']}, this one has {self.num_layers} and {self.adapter.vocab_size}")
+        missing = set(self.drafters) - set(state["drafters"])
+        if missing:
+            raise InvalidArgumentError(f"decoder state has no state for drafter(s) {sorted(missing)}")
+        for name, d in self.drafters.items():
+            d.load_state_dict(state["drafters"][name])
+        if self.optimizer is not None and state.get("optimizer") is not None:
+            self.optimizer.load_state_dict(state["optimizer"])
+        if state.get("costs") is not None:
+            self._costs = CostModel.from_dict(state["costs"])
+        self.token_counts.zero_()
+        tc = state["token_counts"]
+        if tc["ids"]:
+            self.token_counts[torch.tensor(tc["ids"], dtype=torch.long)] = torch.tensor(tc["counts"])
+
     # -- the loop ------------------------------------------------------------------
-    def _decode(self, run: _Run) -> Generator[list[int], None, GenerationResult]:
+    def _decode(self, run: RunState) -> Generator[list[int], None, GenerationResult]:
         yield self._prefill(run)  # 1. the full model reads the prompt and picks the first token
         while not run.done:
             self._optimise(run)  # 2. while searching, score one proposed skip set by matchness
@@ -267,7 +206,7 @@ class SwiftDecoder:
         return self._finish(run)
 
     def _start(self, ids: list[int], max_new: int, params: SamplingParams, eos: set[int], seed: int,
-               skip: SkipSet | None, processor: LogitsProcessor | None) -> _Run:
+               skip: SkipSet | None, processor: LogitsProcessor | None) -> RunState:
         cfg, ad = self.config, self.adapter
         window = self.optimizer.config.context_window if self.optimizer is not None else 0
         draft_slots = 1 + cfg.max_draft * max(cfg.frontier, cfg.max_width)
@@ -279,11 +218,11 @@ class SwiftDecoder:
             noise = PositionNoise(seed, ad.vocab_size, ad.device)
         target = SamplingParams(temperature=1.0) if processor is not None and not params.greedy else params
         req = Request(tokens=list(ids), prompt_len=len(ids), eos=frozenset(eos))
-        return _Run(req=req, cache=cache, head=self._draft_head(ids, eos), params=target, draft_params=params,
+        return RunState(req=req, cache=cache, head=self._draft_head(ids, eos), params=target, draft_params=params,
                     generator=gen, noise=noise, eos=eos, max_new=max_new, skip_override=skip, processor=processor,
                     stats=GenerationStats(prompt_tokens=len(ids)), t_start=time.perf_counter())
 
-    def _prefill(self, run: _Run) -> list[int]:
+    def _prefill(self, run: RunState) -> list[int]:
         ad, dev, P = self.adapter, self.adapter.device, len(run.tokens)
         logits = ad.forward(torch.tensor(run.tokens, device=dev), torch.arange(P, device=dev), run.cache, 0, 0,
                             _causal(P, dev), None, logits_rows=slice(P - 1, P))
@@ -296,7 +235,7 @@ class SwiftDecoder:
         run.done = first in run.eos or run.max_new == 1
         return [first]
 
-    def _optimise(self, run: _Run) -> None:
+    def _optimise(self, run: RunState) -> None:
         t0 = time.perf_counter()
         opt = self.optimizer if run.skip_override is None else None
         n, P = len(run.tokens), run.req.prompt_len
@@ -306,7 +245,7 @@ class SwiftDecoder:
         run.clock["t0"], run.clock["t1"] = t0, time.perf_counter()
         run.stats.time_optimize += run.clock["t1"] - t0
 
-    def _current_skip(self, run: _Run) -> SkipSet | None:
+    def _current_skip(self, run: RunState) -> SkipSet | None:
         if run.skip_override is not None:
             return run.skip_override
         if self.optimizer is None:
@@ -316,25 +255,26 @@ class SwiftDecoder:
         best = self.optimizer.best()[0]
         return None if best.is_empty() else best
 
-    def _draft_free(self, run: _Run) -> DraftTrie:
+    def _draft_free(self, run: RunState) -> DraftTrie:
         trie = DraftTrie.rooted(run.tokens[-1])
-        if run.remaining > 1:
+        run.req.max_depth = min(self.config.max_draft, run.remaining - 1)
+        if run.req.max_depth > 0:
             for d in self.drafters.values():
                 if d.free:
                     d.propose(run.req, trie, 4 * self.config.max_nodes)
         return trie
 
-    def _plan(self, run: _Run, trie: DraftTrie) -> _Plan:
+    def _plan(self, run: RunState, trie: DraftTrie) -> StepPlan:
         """Run the layer-skip draft only when its forecast beats what the free drafts offer."""
         cfg = self.config
         ls: LayerSkipDrafter | None = self.drafters.get("layerskip")  # type: ignore[assignment]
         skip = self._current_skip(run) if ls is not None else None
         depth = max(0, min(cfg.max_draft, run.remaining - 1))
         if ls is None or skip is None or depth == 0:
-            return _Plan(False, None, depth, 0.0)
+            return StepPlan(False, None, depth, 0.0)
         ls.use_skip(skip)
         if not cfg.planner:
-            return _Plan(True, skip, depth, 0.0)
+            return StepPlan(True, skip, depth, 0.0)
         costs = self.costs
         free_rate, free_gain = 1.0, 1.0
         if len(trie) > 1:
@@ -346,9 +286,9 @@ class SwiftDecoder:
             prior = opt.acceptance(opt.best()[1])
         fc = forecast_layerskip(costs, skip, ls.acceptance(prior), cfg.frontier, depth, free_gain)
         run_model = fc.rate > max(1.0, free_rate) * 1.02 and not self._wall.veto(fc.rate)
-        return _Plan(run_model, skip, min(depth, fc.depth + 2), fc.cost_per_depth * max(1.0, free_rate))
+        return StepPlan(run_model, skip, min(depth, fc.depth + 2), fc.cost_per_depth * max(1.0, free_rate))
 
-    def _draft_model(self, run: _Run, plan: _Plan, trie: DraftTrie) -> None:
+    def _draft_model(self, run: RunState, plan: StepPlan, trie: DraftTrie) -> None:
         cfg = self.config
         t_free = time.perf_counter()
         if plan.run_model:
@@ -365,7 +305,7 @@ class SwiftDecoder:
         run.clock["model_draft"] = run.clock["t2"] - t_free if plan.run_model else 0.0
         run.stats.time_draft += run.clock["t2"] - run.clock["t1"]
 
-    def _tree(self, run: _Run, trie: DraftTrie) -> tuple[DraftTrie, TreeLayout]:
+    def _tree(self, run: RunState, trie: DraftTrie) -> tuple[DraftTrie, TreeLayout]:
         """Keep the node count that maximises expected tokens per time; the layout is memoised by shape."""
         cfg = self.config
         max_nodes = min(cfg.max_nodes, len(trie))
@@ -378,14 +318,14 @@ class SwiftDecoder:
             trie = trie.select(max_nodes)
         return trie, build_tree(tuple(trie.parents))
 
-    def _verify(self, run: _Run, trie: DraftTrie, layout: TreeLayout) -> "_TargetScores":
+    def _verify(self, run: RunState, trie: DraftTrie, layout: TreeLayout) -> TargetScores:
         """The body of the full model over every node; the LM head only for nodes the walk visits."""
         ad, dev, n = self.adapter, self.adapter.device, len(run.tokens)
         hidden = ad.forward(torch.tensor(trie.tokens, device=dev), (n - 1) + layout.depth.to(dev), run.cache,
                             n - 1, n - 1, layout.mask.to(dev), None, logits_rows="hidden")
-        return _TargetScores(self, run, trie, layout, hidden)
+        return TargetScores(self.adapter, run, trie, layout, hidden)
 
-    def _accept(self, run: _Run, trie: DraftTrie, layout: TreeLayout, target: "_TargetScores"
+    def _accept(self, run: RunState, trie: DraftTrie, layout: TreeLayout, target: TargetScores
                 ) -> tuple[list[int], int]:
         """Greedy: longest path equal to the target's argmax. Coupled: to its seeded Gumbel-max
         sample. Rejection: multi-candidate speculative sampling over the mixed tree."""
@@ -397,7 +337,7 @@ class SwiftDecoder:
         return multi_candidate_speculative_sampling(trie.tokens, target.probs, trie.q, trie.sampled, layout,
                                                     run.generator)
 
-    def _commit(self, run: _Run, trie: DraftTrie, layout: TreeLayout, plan: _Plan, accepted: list[int],
+    def _commit(self, run: RunState, trie: DraftTrie, layout: TreeLayout, plan: StepPlan, accepted: list[int],
                 bonus: int) -> list[int]:
         n, stats = len(run.tokens), run.stats
         run.cache.keep(n - 1, [0] + accepted)
@@ -416,7 +356,7 @@ class SwiftDecoder:
         run.tokens.extend(new)
         return new
 
-    def _record(self, run: _Run, trie: DraftTrie, layout: TreeLayout, plan: _Plan, accepted: list[int],
+    def _record(self, run: RunState, trie: DraftTrie, layout: TreeLayout, plan: StepPlan, accepted: list[int],
                 step_time: float) -> None:
         stats = run.stats
         drafted = layout.size - 1
@@ -438,7 +378,7 @@ class SwiftDecoder:
             opt.record_step(stats, accepted=len(accepted) if model_nodes else 0,
                             drafted=layout.max_depth if model_nodes else 0, step_time=step_time)
 
-    def _finish(self, run: _Run) -> GenerationResult:
+    def _finish(self, run: RunState) -> GenerationResult:
         stats, P = run.stats, run.req.prompt_len
         stats.new_tokens = len(run.tokens) - P
         self.token_counts += torch.bincount(torch.tensor(run.tokens[P:]), minlength=self.token_counts.numel())
@@ -455,7 +395,7 @@ class SwiftDecoder:
         return GenerationResult(sequences=seq, stats=stats)
 
     # -- pieces of the loop ---------------------------------------------------------
-    def _pick(self, logits: torch.Tensor, run: _Run, position: int) -> int:
+    def _pick(self, logits: torch.Tensor, run: RunState, position: int) -> int:
         if run.params.greedy:
             return int(logits.argmax())
         if run.noise is not None:

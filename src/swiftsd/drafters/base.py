@@ -27,6 +27,7 @@ class Request:
     tokens: list[int]  # committed: prompt + generated so far (the last one is the trie's root)
     prompt_len: int
     eos: frozenset[int] = frozenset()
+    max_depth: int = 1 << 30  # drafts deeper than this cannot be committed (the token budget)
     scratch: dict[str, Any] = field(default_factory=dict)  # per-request state, keyed by drafter name
 
 

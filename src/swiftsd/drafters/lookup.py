@@ -40,9 +40,11 @@ class LookupDrafter:
         if budget <= 0:
             return
         idx = self._index(req)
-        matches = idx.matches(req.tokens[-self.max_n :], lambda _: req.tokens, self.max_matches, self.max_depth)
+        matches = idx.matches(req.tokens[-self.max_n :], lambda _: req.tokens, self.max_matches,
+                                 min(self.max_depth, req.max_depth))
         if matches:
-            trie.tags[self.name] = add_continuations(trie, matches, budget, self.max_depth, self.calib, self.name)
+            trie.tags[self.name] = add_continuations(trie, matches, budget, min(self.max_depth, req.max_depth),
+                                                       self.calib, self.name)
 
     def observe(self, req: Request, trie: DraftTrie, accepted: list[int]) -> None:
         learn(self.calib, trie, accepted, self.name)

@@ -66,9 +66,10 @@ class SuffixDrafter:
         if budget <= 0 or not self.docs:
             return
         matches = self.index.matches(req.tokens[-self.max_n :], self.by_id.__getitem__, self.max_matches,
-                                     self.max_depth)
+                                     min(self.max_depth, req.max_depth))
         if matches:
-            trie.tags[self.name] = add_continuations(trie, matches, budget, self.max_depth, self.calib, self.name)
+            trie.tags[self.name] = add_continuations(trie, matches, budget, min(self.max_depth, req.max_depth),
+                                                       self.calib, self.name)
 
     def observe(self, req: Request, trie: DraftTrie, accepted: list[int]) -> None:
         learn(self.calib, trie, accepted, self.name)

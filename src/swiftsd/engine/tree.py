@@ -55,20 +55,18 @@ def build_tree(parents: tuple[int, ...]) -> TreeLayout:
     for i in range(1, n):
         if not 0 <= parents[i] < i:
             raise ValueError(f"node {i} has parent {parents[i]}: parents must precede their children")
-    depth = [0] * n
-    for i in range(1, n):
-        depth[i] = depth[parents[i]] + 1
+    anc: list[list[int]] = [[0]]  # root..i, built from the parent's list: parents come first
     kids: list[list[int]] = [[] for _ in range(n)]
     for i in range(1, n):
+        anc.append(anc[parents[i]] + [i])
         kids[parents[i]].append(i)
-    paths = torch.full((n, max(depth) + 1), -1, dtype=torch.long)
+    depth = [len(a) - 1 for a in anc]
+    rows = [i for i, a in enumerate(anc) for _ in a]
+    cols = [j for a in anc for j in a]
     mask = torch.zeros(n, n, dtype=torch.bool)
-    for i in range(n):
-        j = i
-        while j >= 0:
-            mask[i, j] = True
-            paths[i, depth[j]] = j
-            j = parents[j]
+    mask[rows, cols] = True
+    paths = torch.full((n, max(depth) + 1), -1, dtype=torch.long)
+    paths[rows, [d for a in anc for d in range(len(a))]] = torch.tensor(cols, dtype=torch.long)
     return TreeLayout(
         parents=tuple(parents),
         mask=mask,

@@ -1,0 +1,125 @@
+"""One request's state while it decodes, the step plan, and the target's scores of a verified tree.
+
+The decode loop (``decoder.py``) reads and writes these; they hold no policy.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Callable, Generator, Iterator
+
+import torch
+
+from .config import SamplingParams
+from .drafters import DraftTrie, Request
+from .engine.cache import SlotKVCache
+from .engine.models import DraftHead
+from .engine.skipset import SkipSet
+from .engine.tree import TreeLayout
+from .engine.verify import PositionNoise, coupled_sample, target_probs
+from .stats import GenerationStats
+
+if TYPE_CHECKING:
+    from .engine.models import DecoderAdapter
+
+LogitsProcessor = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class GenerationResult:
+    """``sequences`` [1, prompt+new] is laid out exactly like ``model.generate``'s output."""
+
+    sequences: torch.Tensor
+    stats: GenerationStats
+
+    @property
+    def new_tokens(self) -> list[int]:
+        return self.sequences[0, self.stats.prompt_tokens :].tolist()
+
+
+class GenerationStream:
+    """Iterate to receive each step's accepted tokens; ``result`` is set when it ends."""
+
+    def __init__(self, gen: Generator[list[int], None, GenerationResult]) -> None:
+        self._gen = gen
+        self.result: GenerationResult | None = None
+
+    def __iter__(self) -> Iterator[list[int]]:
+        self.result = yield from self._gen
+
+    def close(self) -> None:
+        """Stop generating early (a client went away)."""
+        self._gen.close()
+
+
+@dataclass
+class RunState:
+    """One request's state while it decodes."""
+
+    req: Request
+    cache: SlotKVCache
+    head: DraftHead | None
+    params: SamplingParams  # the target's warp (temperature 1 and no warp when a processor does it)
+    draft_params: SamplingParams  # what drafts propose with
+    generator: torch.Generator
+    noise: PositionNoise | None
+    eos: set[int]
+    max_new: int
+    skip_override: SkipSet | None
+    processor: LogitsProcessor | None
+    stats: GenerationStats
+    t_start: float
+    done: bool = False
+    clock: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def tokens(self) -> list[int]:
+        return self.req.tokens
+
+    @property
+    def remaining(self) -> int:
+        return self.max_new - (len(self.req.tokens) - self.req.prompt_len)
+
+
+@dataclass
+class StepPlan:
+    run_model: bool  # run the layer-skip draft this step
+    skip: SkipSet | None
+    max_depth: int
+    min_mass: float
+
+
+class TargetScores:
+    """The target's choice after each tree node, scored on demand (LM head, processor, sampler).
+
+    Verification walks one path, so it needs the LM head on the nodes of that path
+    only: (accepted + 1) rows instead of the whole tree.
+    """
+
+    def __init__(self, adapter: "DecoderAdapter", run: RunState, trie: DraftTrie, layout: TreeLayout,
+                 hidden: torch.Tensor) -> None:
+        self.adapter, self.run, self.trie, self.layout, self.hidden = adapter, run, trie, layout, hidden
+        self._logits: dict[int, torch.Tensor] = {}
+
+    def logits(self, node: int) -> torch.Tensor:
+        """[V] the target's (processed) logits after ``node``."""
+        out = self._logits.get(node)
+        if out is None:
+            out = self.adapter.logits(self.hidden[node : node + 1])
+            run = self.run
+            if run.processor is not None:  # this node's own prefix: committed tokens + its path
+                path = [self.trie.tokens[i] for i in self.layout.path(node)]
+                out = run.processor(torch.tensor([run.tokens + path], device=out.device), out)
+            out = self._logits[node] = out[0]
+        return out
+
+    def token(self, node: int) -> int:
+        """Greedy: the argmax. Coupled: the seeded Gumbel-max sample at the next position."""
+        run = self.run
+        if run.params.greedy:
+            return int(self.logits(node).argmax())
+        position = len(run.tokens) + self.layout.depths[node]
+        return int(coupled_sample(self.logits(node), run.params, run.noise.at(position)))
+
+    def probs(self, node: int) -> torch.Tensor:
+        return target_probs(self.logits(node), self.run.params)

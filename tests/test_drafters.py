@@ -1,0 +1,219 @@
+"""The drafters on known token sequences, the trie they fill, the suffix index's bound and state,
+and the planner's choices under noisy timings."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from swiftsd import SkipSet, SwiftDecoder
+from swiftsd.drafters import DraftTrie, LookupDrafter, Request, SuffixDrafter
+from swiftsd.engine.cost import CostModel
+from swiftsd.planner import WallClockBound, best_node_count, forecast_layerskip
+from tiny import tiny_model
+
+
+def _paths(trie: DraftTrie) -> set[tuple[int, ...]]:
+    """Every root-to-leaf token path of a trie (root excluded)."""
+    out = set()
+    kids = {i: [j for j in range(len(trie)) if trie.parents[j] == i] for i in range(len(trie))}
+    for leaf in (i for i in range(1, len(trie)) if not kids[i]):
+        path, j = [], leaf
+        while j > 0:
+            path.append(trie.tokens[j])
+            j = trie.parents[j]
+        out.add(tuple(path[::-1]))
+    return out
+
+
+# ---------------------------------------------------------------------------- the trie
+def test_trie_merges_shared_prefixes_and_keeps_the_larger_estimate() -> None:
+    t = DraftTrie.rooted(9)
+    t.add_path([1, 2, 3], [0.5, 0.5, 0.5], "a")
+    t.add_path([1, 2, 4], [0.9, 0.8, 0.1], "b")
+    assert len(t) == 5  # root, 1, 2, 3, 4: the prefix 1, 2 is one branch
+    assert t.sources[1] == {"a", "b"} and t.sources[3] == {"a"} and t.sources[4] == {"b"}
+    assert t.prob[1] == 0.9 and t.score[2] == pytest.approx(0.72)
+    assert t.score[3] == pytest.approx(0.72 * 0.5)  # rescored when an ancestor's estimate rose
+
+
+def test_trie_select_keeps_the_best_nodes_and_a_valid_trie() -> None:
+    t = DraftTrie.rooted(0)
+    t.add_path([1, 2, 3, 4], [0.9, 0.9, 0.9, 0.9], "a")
+    t.add_path([5, 6], [0.3, 0.9], "b")
+    t.add_path([1, 7], [0.9, 0.2], "c")
+    small = t.select(4)
+    assert len(small) == 4 and _paths(small) == {(1, 2, 3)}
+    for i in range(1, len(small)):
+        assert 0 <= small.parents[i] < i
+    assert t.select(len(t)) is t
+
+
+# ---------------------------------------------------------------------------- prompt lookup
+def test_lookup_proposes_every_earlier_match_longest_first() -> None:
+    # "7 8" occurs twice before the end, followed by 1 2 and by 3 4; the text ends in "7 8"
+    toks = [7, 8, 1, 2, 9, 7, 8, 3, 4, 5, 7, 8]
+    d = LookupDrafter(min_n=1, max_n=2, max_depth=2)
+    t = DraftTrie.rooted(toks[-1])
+    d.propose(Request(tokens=toks, prompt_len=len(toks)), t, budget=16)
+    paths = _paths(t)
+    assert (1, 2) in paths and (3, 4) in paths  # both continuations, not only the most recent
+    # only continuations of the last token's matches: 8 is followed by 1 and by 3, nothing else
+    assert {t.tokens[c] for c in range(1, len(t)) if t.parents[c] == 0} == {1, 3}
+    assert all(t.score[i] > 0 for i in range(1, len(t)))
+
+
+def test_lookup_respects_its_budget_and_learns() -> None:
+    toks = list(range(20)) * 3
+    d = LookupDrafter(max_depth=16)
+    req = Request(tokens=toks, prompt_len=len(toks))
+    t = DraftTrie.rooted(toks[-1])
+    d.propose(req, t, budget=5)
+    assert len(t) == 6 and _paths(t) == {(0, 1, 2, 3, 4)}
+    before = t.prob[1]
+    accepted = [1, 2, 3, 4, 5]
+    for _ in range(10):  # verification keeps accepting: the estimate rises towards 1
+        d.observe(req, t, accepted)
+    t2 = DraftTrie.rooted(toks[-1])
+    d.propose(req, t2, budget=5)
+    assert t2.prob[1] > before
+
+
+def test_lookup_index_grows_with_the_text() -> None:
+    d = LookupDrafter()
+    req = Request(tokens=[1, 2, 3], prompt_len=3)
+    t = DraftTrie.rooted(3)
+    d.propose(req, t, 8)
+    assert len(t) == 1  # nothing repeats yet
+    req.tokens += [4, 1, 2]
+    t = DraftTrie.rooted(2)
+    d.propose(req, t, 8)
+    assert _paths(t) == {(3, 4, 1, 2)}
+
+
+# ---------------------------------------------------------------------------- suffix index
+def test_suffix_proposes_what_followed_in_earlier_requests_by_frequency() -> None:
+    d = SuffixDrafter(max_tokens=1000, min_n=2, max_n=3)
+    for _ in range(3):
+        d.end_request(Request(tokens=[5, 6, 7, 8, 9], prompt_len=2))
+    d.end_request(Request(tokens=[5, 6, 7, 1, 2], prompt_len=2))
+    t = DraftTrie.rooted(7)
+    d.propose(Request(tokens=[3, 6, 7], prompt_len=3), t, budget=10)
+    first = {t.tokens[c]: c for c in range(1, len(t)) if t.parents[c] == 0}
+    assert set(first) == {8, 1}
+    assert t.prob[first[8]] > t.prob[first[1]]  # seen three times against once
+    assert (8, 9) in _paths(t) and (1, 2) in _paths(t)
+
+
+def test_suffix_memory_bound_holds_over_many_requests_and_reset_clears() -> None:
+    d = SuffixDrafter(max_tokens=500, min_n=2, max_n=4)
+    g = torch.Generator().manual_seed(0)
+    for i in range(300):
+        n = int(torch.randint(5, 80, (1,), generator=g))
+        d.end_request(Request(tokens=torch.randint(0, 50, (n,), generator=g).tolist(), prompt_len=2))
+        assert d.size <= 500
+        held = sum(len(toks) for _, toks in d.docs)
+        assert held == d.size
+        assert set(d.by_id) == {i for i, _ in d.docs}
+    # the index only points into documents still held
+    live = set(d.by_id)
+    assert all(doc in live for hits in d.index.ends.values() for doc, _ in hits)
+    d.reset()
+    assert d.size == 0 and not d.index.ends and not d.docs
+
+
+def test_suffix_state_round_trips_through_json() -> None:
+    d = SuffixDrafter(max_tokens=200)
+    for seq in ([1, 2, 3, 4, 5], [2, 3, 9, 9], [7, 1, 2, 3, 4]):
+        d.end_request(Request(tokens=seq, prompt_len=1))
+    d2 = SuffixDrafter(max_tokens=200)
+    d2.load_state_dict(json.loads(json.dumps(d.state_dict())))
+    for tail in ([2, 3], [1, 2], [9]):
+        a, b = DraftTrie.rooted(tail[-1]), DraftTrie.rooted(tail[-1])
+        d.propose(Request(tokens=tail, prompt_len=1), a, 10)
+        d2.propose(Request(tokens=tail, prompt_len=1), b, 10)
+        assert a.tokens == b.tokens and a.parents == b.parents and a.prob == b.prob
+
+
+def test_suffix_bound_is_validated() -> None:
+    from swiftsd.errors import InvalidArgumentError
+
+    with pytest.raises(InvalidArgumentError, match="suffix_max_tokens"):
+        SuffixDrafter(max_tokens=0)
+
+
+# ---------------------------------------------------------------------------- the planner
+def _costs(verify_rel=(1.0, 1.5, 1.6, 1.8, 2.2, 3.0, 4.5), full=0.05) -> CostModel:
+    sizes = (1, 2, 4, 8, 16, 32, 64)
+    return CostModel(full_step=full, attn=0.0005, mlp=0.0008, lm_head=0.005, fixed=0.002, draft_extra=0.0,
+                     verify_sizes=sizes, verify_times=tuple(r * full for r in verify_rel), num_layers=6)
+
+
+def test_best_node_count_verifies_only_what_pays() -> None:
+    costs = _costs()
+    assert best_node_count([0.05, 0.04], costs, 0.0, 64)[0] == 1  # unlikely drafts: a plain step
+    n, rate = best_node_count([0.95, 0.9, 0.85, 0.8, 0.1, 0.05], costs, 0.0, 64)
+    assert n == 5 and rate > 1.5  # the four likely nodes, not the unlikely tail
+    assert best_node_count([0.99] * 100, costs, 0.0, 8)[0] == 8  # the cap holds
+
+
+def test_layerskip_forecast_follows_acceptance_and_cost() -> None:
+    costs = _costs()
+    skip = SkipSet(attn=[1, 2, 3, 4])
+    assert forecast_layerskip(costs, skip, 0.1, 4, 10, 1.0).rate < 1.0  # bad drafts never pay
+    good = forecast_layerskip(costs, skip, 0.95, 4, 10, 1.0)
+    assert good.depth >= 1
+    # with the same acceptance, a draft that costs more forecasts a lower rate
+    heavy = forecast_layerskip(costs, SkipSet(), 0.95, 4, 10, 1.0)
+    assert heavy.rate < good.rate
+
+
+def test_wall_clock_can_only_veto() -> None:
+    """Noisy timings that flatter the draft (plain steps slow, drafted ones fast) never make a losing
+    draft look good: the bound only says no, and only when the draft looks worse than predicted."""
+    flattering = WallClockBound()
+    for _ in range(40):
+        flattering.record(True, 1, 0.01, 3)  # 1 token per drafted step, timed fast under noise
+        flattering.record(False, 1, 0.5, 1)  # plain steps timed slow by a load burst
+    assert not flattering.veto(0.3)  # a draft the counts call losing stays losing: no veto can promote it
+    assert not flattering.veto(2.0)
+    honest = WallClockBound()
+    for _ in range(40):
+        honest.record(True, 2, 0.2, 5)  # 10 tok/s drafted
+        honest.record(False, 1, 0.05, 1)  # 20 tok/s plain
+    assert honest.veto(2.0)
+
+
+def test_planner_stays_out_of_a_losing_layerskip_draft_under_noisy_timings() -> None:
+    """The rag-prompt failure of the first wave: noisy wall-clock timings read a 3x speed-up
+    while acceptance was 26 %. The planner decides on acceptance counts and the cost model,
+    so it drafts with the layer-skip model only while the counts say it pays."""
+    model = tiny_model("llama", seed=0)
+    dec = SwiftDecoder(model, optimizer=False, skip_set=SkipSet(attn=[1, 2, 3, 4], mlp=[1, 2, 3, 4]),
+                       drafters=("layerskip",), cost_cache=False)
+    dec._costs = _costs()
+    ls = dec.drafters["layerskip"]
+    ls.use_skip(dec.skip_set)
+    ls.hits, ls.trials = 26.0, 100.0  # what verification counted
+    for _ in range(40):  # timings that flatter the draft
+        dec._wall.record(True, 3, 0.001, 5)
+        dec._wall.record(False, 1, 1.0, 1)
+    ids = torch.arange(12)[None]
+    res = dec.generate(ids, max_new_tokens=30)
+    assert res.stats.per_drafter.get("layerskip", {"proposed": 0})["proposed"] == 0
+    assert res.stats.plain_steps == res.stats.steps
+
+
+def test_any_vocabulary_size_works() -> None:
+    """A vocabulary smaller than the widest tree level (10) and than the draft vocabulary."""
+    model = tiny_model("llama", seed=0, vocab_size=8)
+    ids = torch.tensor([[1, 2, 3, 1, 2, 3, 1, 2]])
+    with torch.no_grad():
+        want = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=20,
+                              pad_token_id=0)
+    for cfg in ({}, dict(planner=False), dict(method="swift-paper"), dict(planner=False, frontier=12)):
+        dec = SwiftDecoder(model, cost_cache=False, **cfg)
+        assert torch.equal(dec.generate(ids, max_new_tokens=20).sequences, want)
+        dec.generate(ids, max_new_tokens=10, temperature=1.0, seed=1)  # sampling too
