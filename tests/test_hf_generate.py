@@ -3,7 +3,7 @@
 Greedy: token-for-token equal to plain ``generate`` in fp32 on every family (tiny
 random models with a byte-level tokenizer), with several EOS ids,
 ``min_new_tokens``, ``stop_strings``, ``max_time``, repetition penalty, no-repeat
-n-grams and a prefix constraint; and on the real smollm2-135m with its chat
+n-grams, bad words, suppressed tokens and a prefix constraint; and on the real smollm2-135m with its chat
 template and a ``TextIteratorStreamer``. Sampling: the joint law of the first
 three tokens matches the exact law of plain ``generate``'s processors
 (chi-square, as in test_sampling.py). Streamers, ``output_scores`` /
@@ -124,6 +124,7 @@ def test_greedy_equals_generate(arch: str, models: dict, tok: Any) -> None:
         "repetition_penalty": dict(repetition_penalty=1.3),
         "no_repeat_ngram": dict(no_repeat_ngram_size=2),
         "penalty_and_min_new": dict(repetition_penalty=1.2, eos_token_id=[gen[3]], min_new_tokens=9),
+        "bad_words_suppress": dict(bad_words_ids=[[gen[4]]], suppress_tokens=[gen[6]]),
     }
     out: dict[str, torch.Tensor] = {}
     for name, kw in cases.items():
@@ -135,7 +136,8 @@ def test_greedy_equals_generate(arch: str, models: dict, tok: Any) -> None:
     n_new = {k: v.shape[1] - PROMPT_LEN for k, v in out.items()}
     assert n_new["plain"] == MAX_NEW and n_new["several_eos"] <= 26 and n_new["max_time_zero"] == 1
     assert 15 < n_new["min_new_tokens"] and n_new["stop_strings"] < MAX_NEW and n_new["penalty_and_min_new"] >= 10
-    assert not torch.equal(out["repetition_penalty"], free) and not torch.equal(out["no_repeat_ngram"], free)
+    for name in ("repetition_penalty", "no_repeat_ngram", "bad_words_suppress"):
+        assert not torch.equal(out[name], free), name
     assert max(sizes) >= 2, "no step accepted a draft"
 
 
