@@ -27,7 +27,7 @@ def python_block() -> str:
 
 def test_readme_block_calls_are_all_budgeted() -> None:
     code = python_block()
-    calls = len(re.findall(r"\bdec\.(generate|stream)\(", code))
+    calls = len(re.findall(r"\b(?:dec|model)\.(?:generate|stream)\(", code))  # model.generate: the drop-in
     budgets = len(re.findall(r"\bmax_new_tokens=\d+", code))
     assert calls >= 3 and budgets == calls, "give every generate/stream call in the README a max_new_tokens"
 
