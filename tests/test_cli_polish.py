@@ -66,15 +66,23 @@ def test_stats_line_pluralises_and_shows_acceptance_as_counts() -> None:
     many.per_drafter = {"layerskip": {"proposed": 8, "accepted": 3}, "lookup": {"proposed": 2, "accepted": 2}}
     line = stats_line(many)
     assert "9 tokens" in line and "4 steps" in line and "acceptance 5/10 drafted tokens (50%)" in line
-    assert "layerskip 3/8, lookup 2/2" in line
+    assert "accepted/proposed by drafter: layerskip 3/8, lookup 2/2" in line
 
 
 def test_drafting_off_says_what_it_means_and_what_to_do() -> None:
     off = GenerationStats(new_tokens=5, steps=4)
     line = drafting_line(off, optimizing=True)
-    assert line.startswith("drafting off:") and "decoded plainly" in line and "same output" in line
-    assert "swiftsd tune" in line and "--skip-set-store" in line
-    on = GenerationStats(new_tokens=5, steps=2, skip_set={"attn": [1], "mlp": []})
+    assert line.startswith("drafting off:") and "decoded plainly" in line and "same either way" in line
+    assert "no skip set found so far" in line and "swiftsd tune" in line and "--skip-set-store" in line
+    # the optimiser's current candidate is no draft: only what the layerskip drafter proposed counts
+    searching = GenerationStats(new_tokens=9, steps=4, skip_set={"attn": [1], "mlp": []}, draft_lengths=[3, 0],
+                                accepted_lengths=[3, 0])
+    searching.per_drafter = {"suffix": {"proposed": 3, "accepted": 3}}
+    line = drafting_line(searching, optimizing=True)
+    assert line.startswith("drafting off:") and "prompt lookup, suffix" in line
+    on = GenerationStats(new_tokens=5, steps=2, skip_set={"attn": [1], "mlp": []}, draft_lengths=[2],
+                         accepted_lengths=[1])
+    on.per_drafter = {"layerskip": {"proposed": 2, "accepted": 1}}
     assert "skip set {'attn': [1], 'mlp': []}" in drafting_line(on, optimizing=True)
 
 

@@ -192,7 +192,7 @@ def stats_line(stats: Any) -> str:
         parts = [f"{name} {d.get('accepted', 0)}/{d.get('proposed', 0)}" for name, d in per.items()
                  if d.get("proposed")]
         if len(parts) > 1:
-            acceptance += f": {', '.join(parts)}"
+            acceptance += f" (accepted/proposed by drafter: {', '.join(parts)})"
     else:
         acceptance = "acceptance: nothing drafted"
     return (f"{_plural(stats.new_tokens, 'token')} in {stats.wall_time:.2f}s ({stats.tokens_per_s:.1f} tok/s), "
@@ -201,18 +201,24 @@ def stats_line(stats: Any) -> str:
             f"optimise {stats.time_optimize:.2f}s other {stats.time_other + stats.time_prefill:.2f}s")
 
 
+def _layerskip_drafted(stats: Any) -> bool:
+    per = getattr(stats, "per_drafter", None) or {}
+    if per:
+        return bool(per.get("layerskip", {}).get("proposed"))
+    return stats.skip_set is not None and stats.draft_tokens > 0
+
+
 def drafting_line(stats: Any, optimizing: bool) -> str:
-    """Which skip set drafted, or, when none did, what that means and what to do about it."""
-    skip = stats.skip_set
-    if skip is not None:
-        return f"skip set {skip} (the draft is the model without these sublayers)"
-    if stats.draft_tokens:
-        return "no layer-skip set in use at the end; the drafts came from the other drafters"
+    """Whether the layer-skipped model drafted, and, when it did not, what that means and what to do."""
+    if _layerskip_drafted(stats):
+        return f"layer-skip drafts came from skip set {stats.skip_set} (the model without these sublayers)"
+    others = "; the other drafters (prompt lookup, suffix) drafted" if stats.draft_tokens else \
+        ", and every step decoded plainly"
     if optimizing:
-        return ("drafting off: on this device no skip set found so far makes drafting pay, so every step "
-                "decoded plainly (same output, no speed-up). The optimiser keeps searching over later "
-                "requests; `swiftsd tune` learns a set once, then start from it with --skip-set-store")
-    return "drafting off: no skip set, every step decoded plainly (same output, no speed-up)"
+        return (f"drafting off: on this device no skip set found so far makes a layer-skipped draft pay, so no "
+                f"step used one{others} (the output is the same either way). The optimiser keeps searching over "
+                "later requests; `swiftsd tune` learns a set once, then start from it with --skip-set-store")
+    return f"drafting off: the layer-skipped model drafted nothing{others} (the output is the same either way)"
 
 
 # ---------------------------------------------------------------------------- pieces

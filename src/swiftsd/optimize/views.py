@@ -49,15 +49,16 @@ def summary(opt: "SkipOptimizer") -> str:
 
     its = d["iterations"]
     stopped = f", stopped: {d['stop_reason']}" if d["stop_reason"] else ""
+    pred, meas = d["predicted_speedup"], d["measured_speedup"]
+    speed = f"speed-up predicted {f(pred, '.2f', 'x')}" if pred is not None else "speed-up not predicted yet"
+    speed += f", measured {meas:.2f}x" if meas is not None else ", not measured yet"
     if d["current_set"]:
-        drafting = "drafting on"
+        drafting = "layer-skip drafting on"
     else:
-        drafting = "drafting off (no skip set pays yet: steps decode plainly, same output)"
+        drafting = "layer-skip drafting off (no skip set pays yet on this device)"
     return (f"optimizer {d['phase']} (round {d['round']}, {its} iteration{'' if its == 1 else 's'}{stopped}), "
             f"best matchness {f(d['best_matchness'], '.2f')} skipping {len(opt.state.best)}/{opt.n_flags} "
-            f"sublayers, draft cost {f(d['draft_cost'], '.2f')} of a full step, speed-up predicted "
-            f"{f(d['predicted_speedup'], '.2f', 'x')}, measured {f(d['measured_speedup'], '.2f', 'x')}; "
-            f"{drafting}")
+            f"sublayers, draft cost {f(d['draft_cost'], '.2f')} of a full step, {speed}; {drafting}")
 
 
 def trace_record(opt: "SkipOptimizer", stats: "GenerationStats", accepted: int, drafted: int,
