@@ -26,3 +26,18 @@ def smollm2():
         return load("smollm2-135m", dtype="float32", device="cpu")
     except MissingPackageError as exc:
         pytest.skip(str(exc))
+
+
+# Modules whose tests must share one process under pytest-xdist (``-n 2 --dist loadgroup`` in
+# pyproject.toml): test_lossless and test_tree_verify_cache end with a check over what the whole
+# module exercised, and the server modules start a server process per module that a split would
+# start twice.
+_ONE_WORKER = ("test_lossless.py", "test_tree_verify_cache.py")
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
+def pytest_collection_modifyitems(config, items) -> None:
+    for item in items:
+        name = item.path.name
+        if name in _ONE_WORKER or name.startswith("test_server"):
+            item.add_marker(pytest.mark.xdist_group(item.path.stem))
