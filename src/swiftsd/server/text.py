@@ -2,8 +2,11 @@
 
 Text that might be the start of a stop string is held back, so the output stops
 *before* the stop text, as OpenAI's does, and streamed chunks always concatenate to
-the non-streamed text. The two stop-string rules are :func:`find_stop` and
-:func:`held_back`; they are all this module knows about stop strings.
+the non-streamed text. The two stop-string rules, :func:`find_stop` and
+:func:`held_back`, are swiftsd.stopping's (shared with the Python API and the CLI,
+which keep the stop text as ``model.generate`` does); they are all this module
+knows about stop strings. The server matches the decoded text, so a request pays
+nothing to index the vocabulary, as Hugging Face's stop-string criterion would.
 """
 
 from __future__ import annotations
@@ -11,25 +14,10 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 from ..detok import IncrementalDetokenizer
+from ..stopping import find_stop
+from ..stopping import partial_stop_length as held_back
 
 DETOK_CONTEXT = 5  # prompt tokens decoded ahead of the completion, so the first word keeps its leading space
-
-
-def find_stop(text: str, stops: Sequence[str], start: int) -> int | None:
-    """Where the first stop string in ``text[start:]`` begins (None: none there)."""
-    hits = [i for s in stops if (i := text.find(s, start)) >= 0]
-    return min(hits) if hits else None
-
-
-def held_back(text: str, stops: Sequence[str], start: int) -> int:
-    """Length of the longest tail of ``text[start:]`` that could begin a stop string."""
-    best = 0
-    for s in stops:
-        for k in range(min(len(s) - 1, len(text) - start), best, -1):
-            if text.endswith(s[:k]):
-                best = k
-                break
-    return best
 
 
 class TextAssembler:
