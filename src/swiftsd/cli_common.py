@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from .config import DRAFTER_NAMES, METHODS
 from .errors import InvalidArgumentError, InvalidSkipSetError
 from .engine.skipset import SkipSet
 
@@ -25,6 +26,35 @@ def add_skip_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--skip-set-store", default=None, metavar="FILE",
                    help="JSON store of tuned skip sets (written by `swiftsd tune`) to start from (default: none)")
     p.add_argument("--task", default="default", help="task name to look up in --skip-set-store")
+
+
+def add_decoder_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--drafters", default=None, metavar="LIST",
+                   help=f"where drafts come from, comma-separated from {','.join(DRAFTER_NAMES)} "
+                        "(default: all three; with --method swift-paper, layerskip)")
+    p.add_argument("--method", default="swiftsd", metavar="NAME",
+                   help="swiftsd (every drafter, steps chosen by cost) or swift-paper (the paper's algorithm: "
+                        "layer-skip chain plus siblings, the reference optimiser)")
+
+
+def decoder_options(args: argparse.Namespace) -> dict[str, Any]:
+    """``--method`` / ``--drafters`` as SwiftDecoder keyword arguments, checked before any model loads."""
+    if args.method not in METHODS:
+        raise InvalidArgumentError(f"--method must be one of {', '.join(METHODS)}; got {args.method!r}")
+    out: dict[str, Any] = {"method": args.method}
+    if args.drafters is not None:
+        names = tuple(x.strip() for x in args.drafters.split(",") if x.strip())
+        unknown = [n for n in names if n not in DRAFTER_NAMES]
+        if unknown or not names or len(set(names)) != len(names):
+            what = f"unknown {', '.join(map(repr, unknown))}" if unknown else \
+                "nothing given" if not names else "a name given twice"
+            raise InvalidArgumentError(f"--drafters takes distinct names from {','.join(DRAFTER_NAMES)}, "
+                                       f"comma-separated ({what}: {args.drafters!r})")
+        out["drafters"] = names
+    if "layerskip" not in out.get("drafters", ("layerskip",)) and (args.skip_set or args.skip_set_store):
+        raise InvalidArgumentError("--skip-set and --skip-set-store configure the layerskip drafter: "
+                                   "add layerskip to --drafters, or drop the skip set")
+    return out
 
 
 def parse_skip_set(value: str | None) -> SkipSet | None:

@@ -48,6 +48,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--min-new-tokens", type=int, default=0, metavar="N",
                    help="no end-of-sequence before N new tokens, as model.generate's min_new_tokens")
     cli_common.add_skip_arguments(p)
+    cli_common.add_decoder_arguments(p)
     p.add_argument("--stream", action="store_true", help="print the text as it is accepted")
     p.add_argument("--compare", action="store_true",
                    help="also run plain model.generate on the same prompt and compare speed and output")
@@ -110,11 +111,11 @@ def run(args: argparse.Namespace) -> int:
     if args.stream and args.json:
         raise InvalidArgumentError("--stream prints text as it comes and --json prints one object: pick one")
     store = skip_set_store if args.skip_set_store else None
+    config: dict[str, Any] = cli_common.decoder_options(args)  # --method, --drafters
 
     # 2. Load the model; build the prompt and the decoder.
     model, tokenizer = cli_common.load_model(args)
     ids = encode_prompt(tokenizer, prompt, args.chat)
-    config: dict[str, Any] = {}
     if store is not None:
         skip = _stored_skip_set(store, args, model)
     elif skip is not None:
@@ -146,7 +147,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.json:
         print(json.dumps(dict(
-            model=args.model, prompt=prompt, chat=args.chat, prompt_tokens=len(ids), text=text,
+            model=args.model, method=args.method, drafters=list(decoder.config.drafters), prompt=prompt,
+            chat=args.chat, prompt_tokens=len(ids), text=text,
             tokens=result.new_tokens, sampling=dict(temperature=params.temperature, top_p=params.top_p,
                                                     top_k=params.top_k, seed=args.seed),
             stop=stops, min_new_tokens=args.min_new_tokens,
@@ -154,7 +156,8 @@ def run(args: argparse.Namespace) -> int:
             compare=comparison.to_dict() if comparison else None), indent=2))
     else:
         print(f"[swiftsd] {stats_line(result.stats)}", file=sys.stderr)
-        print(f"[swiftsd] {drafting_line(result.stats, decoder.optimizer is not None)}", file=sys.stderr)
+        drafting = drafting_line(result.stats, decoder.optimizer is not None, "layerskip" in decoder.drafters)
+        print(f"[swiftsd] {drafting}", file=sys.stderr)
         if result.stats.optimizer is not None:  # the optimiser ran for this request: show its state
             print(f"[swiftsd] {decoder.optimizer.summary()}", file=sys.stderr)
         if comparison is not None:
@@ -191,7 +194,7 @@ def stats_line(stats: Any) -> str:
         per = getattr(stats, "per_drafter", None) or {}
         parts = [f"{name} {d.get('accepted', 0)}/{d.get('proposed', 0)}" for name, d in per.items()
                  if d.get("proposed")]
-        if len(parts) > 1:
+        if parts:
             acceptance += f" (accepted/proposed by drafter: {', '.join(parts)})"
     else:
         acceptance = "acceptance: nothing drafted"
@@ -208,10 +211,14 @@ def _layerskip_drafted(stats: Any) -> bool:
     return stats.skip_set is not None and stats.draft_tokens > 0
 
 
-def drafting_line(stats: Any, optimizing: bool) -> str:
-    """Whether the layer-skipped model drafted, and, when it did not, what that means and what to do."""
+def drafting_line(stats: Any, optimizing: bool, layerskip: bool = True) -> str:
+    """Whether the layer-skipped model drafted, and, when it did not, what that means and what to do
+    (``layerskip``: the layer-skip drafter is on at all)."""
     if _layerskip_drafted(stats):
         return f"layer-skip drafts came from skip set {stats.skip_set} (the model without these sublayers)"
+    if not layerskip:
+        return "layer-skip drafting is off (not in --drafters); " + (
+            "the other drafters drafted" if stats.draft_tokens else "nothing was drafted: every step decoded plainly")
     others = "; the other drafters (prompt lookup, suffix) drafted" if stats.draft_tokens else \
         ", and every step decoded plainly"
     if optimizing:

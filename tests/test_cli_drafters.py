@@ -1,0 +1,105 @@
+"""`swiftsd generate --drafters / --method`: passed to SwiftDecoder, checked before the model loads,
+and the stats line reports each drafter's accepted / proposed tokens."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import swiftsd
+import swiftsd.cli_generate as cli_generate
+from swiftsd.cli import main
+from swiftsd.cli_generate import plain_generate, stats_line
+from swiftsd.config import SamplingParams
+from swiftsd.stats import GenerationStats
+from tiny_cli import save_tiny_model_dir
+
+PROMPT = "the cat sat on the mat, the cat sat on the mat, the cat sat on the"  # repeats: lookup fires
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> str:
+    return str(save_tiny_model_dir(tmp_path_factory.mktemp("tiny-cli-drafters")))
+
+
+@pytest.fixture(scope="module")
+def plain(model_dir) -> list[int]:
+    model, tok = swiftsd.load(model_dir)
+    ids = tok(PROMPT)["input_ids"]
+    return plain_generate(model, ids, 30, SamplingParams(), None, None)[0, len(ids):].tolist()
+
+
+@pytest.fixture
+def built(monkeypatch) -> list:
+    """The decoders `generate` builds, to read the configuration they got."""
+    made: list = []
+
+    class Spy(cli_generate.SwiftDecoder):
+        def __init__(self, *a, **kw) -> None:
+            super().__init__(*a, **kw)
+            made.append(self)
+
+    monkeypatch.setattr(cli_generate, "SwiftDecoder", Spy)
+    return made
+
+
+def cli(capsys, *argv: str) -> tuple[int, str, str]:
+    rc = main(["generate", *argv])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+@pytest.mark.parametrize("drafters", ["lookup", "layerskip", "suffix,lookup", "layerskip,lookup,suffix"])
+def test_drafters_reach_the_decoder_and_stay_lossless(drafters: str, capsys, model_dir, plain, built) -> None:
+    rc, out, _ = cli(capsys, "--model", model_dir, "--prompt", PROMPT, "--max-new-tokens", "30", "--json",
+                     "--drafters", drafters)
+    assert rc == 0
+    d = json.loads(out)
+    want = drafters.split(",")
+    assert set(built[0].drafters) == set(want) and sorted(d["drafters"]) == sorted(want)
+    assert d["tokens"] == plain
+    assert set(d["stats"]["per_drafter"]) <= set(want)  # nothing else drafted
+    if drafters == "lookup":
+        assert d["stats"]["per_drafter"]["lookup"]["proposed"] > 0
+
+
+def test_swift_paper_method_builds_the_papers_decoder(capsys, model_dir, plain, built) -> None:
+    rc, out, _ = cli(capsys, "--model", model_dir, "--prompt", PROMPT, "--max-new-tokens", "30", "--json",
+                     "--method", "swift-paper")
+    assert rc == 0
+    d = json.loads(out)
+    cfg = built[0].config
+    assert d["method"] == "swift-paper" and d["drafters"] == ["layerskip"]
+    assert cfg.tree == "paper" and not cfg.planner and cfg.optimizer.objective == "matchness"
+    assert cfg.tree_widths_greedy == (3, 5, 8, 10)
+    assert d["tokens"] == plain
+    rc, out, _ = cli(capsys, "--model", model_dir, "--prompt", PROMPT, "--max-new-tokens", "30", "--json",
+                     "--method", "swiftsd", "--drafters", "lookup")
+    assert rc == 0 and built[1].config.tree == "dynamic" and built[1].config.planner
+
+
+def test_stats_line_shows_each_drafters_counts(capsys, model_dir) -> None:
+    rc, _, err = cli(capsys, "--model", model_dir, "--prompt", PROMPT, "--max-new-tokens", "30",
+                     "--drafters", "lookup")
+    assert rc == 0
+    line = next(ln for ln in err.splitlines() if ln.startswith("[swiftsd]") and "tok/s" in ln)
+    assert "accepted/proposed by drafter: lookup " in line
+    assert "layer-skip drafting is off (not in --drafters)" in err
+    one = GenerationStats(new_tokens=5, steps=2, wall_time=1.0, draft_lengths=[3, 1], accepted_lengths=[2, 0])
+    one.per_drafter = {"suffix": {"proposed": 4, "accepted": 2}}
+    assert "(accepted/proposed by drafter: suffix 2/4)" in stats_line(one)  # one drafter is shown too
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--drafters", "lookup,medusa"], "unknown 'medusa'"),
+    (["--drafters", ","], "nothing given"),
+    (["--drafters", "lookup,lookup"], "a name given twice"),
+    (["--method", "fast"], "--method must be one of swiftsd, swift-paper; got 'fast'"),
+    (["--drafters", "lookup", "--skip-set", '{"attn": [1]}'], "add layerskip to --drafters"),
+], ids=["unknown", "empty", "twice", "bad-method", "skip-set-without-layerskip"])
+def test_bad_values_fail_in_one_line_before_the_model_loads(argv: list[str], words: str, capsys) -> None:
+    rc, out, err = cli(capsys, "--model", "/no/such/model", "--prompt", "hi", *argv)
+    assert rc == 2 and out == ""
+    assert err.count("\n") == 1 and err.startswith("swiftsd: error: ") and words in err
+    assert "/no/such/model" not in err  # refused before any load was tried
