@@ -91,11 +91,17 @@ def model_dir(tmp_path_factory) -> str:
     return str(save_tiny_model_dir(tmp_path_factory.mktemp("tiny-polish")))
 
 
-def test_generate_says_what_happens_and_never_none_or_na(capsys, model_dir) -> None:
-    rc = main(["generate", "--model", model_dir, "--prompt", PROMPT, "--max-new-tokens", "12"])
+def test_generate_says_what_happens_and_never_none_or_na(capsys, monkeypatch, tmp_path, model_dir) -> None:
+    monkeypatch.setenv("SWIFTSD_CACHE_DIR", str(tmp_path))  # no cost model measured yet
+    argv = ["generate", "--model", model_dir, "--prompt", PROMPT, "--max-new-tokens", "12"]
+    rc = main(argv)
     err = capsys.readouterr().err
     assert rc == 0
-    assert "swiftsd: generating up to 12 new tokens after a" in err and "times this device" in err
+    assert "swiftsd: generating up to 12 new tokens after a" in err
+    assert "times this device's layers (once" in err
+    assert main(argv) == 0
+    again = capsys.readouterr().err
+    assert "generating up to 12" in again and "times this device" not in again  # read back from the cache
     assert "None" not in err and "n/a" not in err
     assert not re.search(r"\b1 (iterations|steps|tokens)\b", err)
     assert "[swiftsd] optimizer" in err and "iteration" in err

@@ -128,7 +128,7 @@ def run(args: argparse.Namespace) -> int:
         gen_kwargs.update(ends)
 
     # 3. Generate (after an untimed warm-up of both methods when comparing).
-    _say(doing_line(args, model, len(ids), decoder.optimizer is not None))
+    _say(doing_line(args, model, len(ids), decoder.optimizer is not None and not _costs_cached(decoder)))
     if args.compare:
         decoder.generate(ids, **dict(gen_kwargs, max_new_tokens=min(WARMUP_TOKENS, args.max_new_tokens)))
         plain_generate(model, ids, min(WARMUP_TOKENS, args.max_new_tokens), params, _eos(model), args.seed)
@@ -174,13 +174,27 @@ def _plural(n: int, word: str) -> str:
     return f"{n} {word}{'' if n == 1 else 's'}"
 
 
-def doing_line(args: argparse.Namespace, model: Any, prompt_tokens: int, optimizing: bool) -> str:
+def _costs_cached(decoder: SwiftDecoder) -> bool:
+    """Has this device's cost model been measured before (the decoder reads it back from the cache)?"""
+    try:
+        from .engine.cost import cost_key
+        from .loading import cache_dir
+
+        if not decoder.config.cost_cache:
+            return False
+        key = cost_key(decoder.adapter, decoder.config.draft_vocab)
+    except (AttributeError, ImportError):
+        return False
+    return (cache_dir() / "costs" / f"{key}.json").is_file()
+
+
+def doing_line(args: argparse.Namespace, model: Any, prompt_tokens: int, times_device: bool) -> str:
     """What happens next, said once the model is loaded (a first request can sit silent for seconds)."""
     dev = model.get_input_embeddings().weight
     what = (f"generating up to {_plural(args.max_new_tokens, 'new token')} after a {prompt_tokens}-token prompt "
             f"({str(dev.dtype).replace('torch.', '')}, {dev.device.type})")
-    if optimizing:
-        what += "; the first request also times this device's layers, so its first token comes late"
+    if times_device:
+        what += "; first the optimiser times this device's layers (once; cached for later runs)"
     if args.compare:
         what += f"; --compare warms both methods up first ({WARMUP_TOKENS} untimed tokens each)"
     return what
