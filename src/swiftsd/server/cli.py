@@ -16,10 +16,11 @@ log = logging.getLogger("swiftsd.server")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from ..cli_common import add_model_arguments, add_skip_arguments
+    from ..cli_common import add_decoder_arguments, add_model_arguments, add_skip_arguments
 
     add_model_arguments(p)
     add_skip_arguments(p)
+    add_decoder_arguments(p)
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000, help="TCP port (default 8000)")
     p.add_argument("--max-queue", type=int, default=ServerSettings.max_queue,
@@ -48,8 +49,12 @@ def _settings(args: argparse.Namespace, aliases: tuple[str, ...]) -> ServerSetti
                           state_path=args.state, state_interval=args.state_interval)
 
 
-def _check(args: argparse.Namespace) -> None:
-    """Everything that needs no model, so a typo fails before a model load."""
+def _check(args: argparse.Namespace) -> dict[str, Any]:
+    """Everything that needs no model, so a typo fails before a model load; returns --method / --drafters
+    as SwiftDecoder options."""
+    from ..cli_common import decoder_options
+
+    options = decoder_options(args)
     if not 0 <= args.port <= 65535:
         raise InvalidArgumentError(f"--port must be in 0..65535, got {args.port}")
     if args.skip_set is not None and args.skip_set_store:
@@ -57,6 +62,7 @@ def _check(args: argparse.Namespace) -> None:
     if args.state is None and (args.state_reset or args.state_interval != ServerSettings.state_interval):
         raise InvalidArgumentError("--state-interval and --state-reset go with --state FILE")
     _settings(args, ())  # the limits' own checks
+    return options
 
 
 def run(args: argparse.Namespace) -> int:
@@ -67,13 +73,12 @@ def run(args: argparse.Namespace) -> int:
     from ..identity import model_identity
     from .app import create_app
 
-    _check(args)
+    config: dict[str, Any] = _check(args)
     skip = parse_skip_set(args.skip_set)
     name = args.served_model_name or args.model
     model, tokenizer = load_model(args)
     identity = model_identity(model)
     settings = _settings(args, tuple({identity.name, args.model} - {name}))
-    config: dict[str, Any] = {}
     if args.skip_set_store:
         from ..optimize.store import resolve_start_set
 
@@ -85,6 +90,7 @@ def run(args: argparse.Namespace) -> int:
         config["optimizer"] = False  # a hand-given set is used as is, not tuned
     decoder = SwiftDecoder(model, tokenizer, skip_set=skip, **config)
     metrics, keeper = Metrics(), None
+    metrics.add_drafters({d: {} for d in decoder.drafters})  # every drafter's series from the start, at 0
     if args.state:
         keeper = StateKeeper(decoder, args.state, identity, args.state_interval, metrics)
         keeper.restore(reset=args.state_reset)

@@ -174,6 +174,7 @@ class Engine:
                 m.accepted += stats.accepted_tokens
                 for phase in PHASES:
                     m.phase_s[phase] = m.phase_s.get(phase, 0.0) + getattr(stats, f"time_{phase}")
+            m.add_drafters(getattr(stats, "per_drafter", None) or {})
         except Exception as exc:  # noqa: BLE001 - handed to the request, which answers 500; the worker lives on
             log.exception("generation failed")
             job.emit("error", exc)

@@ -41,6 +41,7 @@ class Metrics:
     step_tokens: int = 0  # tokens those steps committed (bonus included)
     drafted: int = 0  # from completed generations' stats
     accepted: int = 0
+    per_drafter: dict[str, dict[str, int]] = field(default_factory=dict)  # name -> proposed / accepted nodes
     busy_s: float = 0.0  # wall time the engine spent generating
     phase_s: dict[str, float] = field(default_factory=dict)  # draft / verify / optimize / prefill / other
     optimizer: dict[str, Any] | None = None  # last snapshot of decoder.optimizer.status()
@@ -49,6 +50,14 @@ class Metrics:
         with self.lock:
             d = getattr(self, table)
             d[key] = d.get(key, 0) + 1
+
+    def add_drafters(self, per_drafter: dict[str, dict[str, int]]) -> None:
+        """Add one generation's ``stats.per_drafter`` (tree nodes each drafter proposed / got accepted)."""
+        with self.lock:
+            for name, counts in per_drafter.items():
+                total = self.per_drafter.setdefault(name, {"proposed": 0, "accepted": 0})
+                for key in ("proposed", "accepted"):
+                    total[key] += int(counts.get(key, 0))
 
 
 def _counter(name: str, help_text: str, value: float | dict[str, float], label: str = "") -> CounterMetricFamily:
@@ -87,6 +96,12 @@ class _ServerCollector(Collector):
                            m.accepted)
             yield _gauge("swiftsd_acceptance_rate", "accepted / drafted tokens (completed requests)",
                          m.accepted / m.drafted if m.drafted else 0.0)
+            per = m.per_drafter
+            yield _counter("swiftsd_drafter_drafted_tokens_total", "draft tokens (tree nodes) each drafter proposed "
+                           "and verification saw (completed requests; a node two drafters proposed counts for both)",
+                           {name: d["proposed"] for name, d in per.items()}, "drafter")
+            yield _counter("swiftsd_drafter_accepted_tokens_total", "draft tokens each drafter proposed that were "
+                           "accepted (completed requests)", {name: d["accepted"] for name, d in per.items()}, "drafter")
             yield _counter("swiftsd_phase_seconds_total", "engine time per decoding phase", dict(m.phase_s), "phase")
             yield _counter("swiftsd_state_saves_total", "saves of the learned state (--state) by outcome",
                            dict(m.state_saves), "outcome")
