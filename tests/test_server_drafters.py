@@ -24,20 +24,22 @@ def tiny_dir(tmp_path_factory):
     return save_tiny_server_model(tmp_path_factory.mktemp("tiny-server-drafters"), eos=False)
 
 
+class _Built(Exception):
+    """Raised once `serve` has built its decoder: the test stops there, before anything listens."""
+
+
 @pytest.fixture
 def served(monkeypatch) -> list:
-    """Run `swiftsd serve` in-process up to uvicorn.run, keeping the decoder it built."""
-    import uvicorn
-
+    """The decoder `swiftsd serve` builds; building it ends the command (``_Built``)."""
     made: list = []
 
     class Spy(decoder_mod.SwiftDecoder):
         def __init__(self, *a, **kw) -> None:
             super().__init__(*a, **kw)
             made.append(self)
+            raise _Built
 
     monkeypatch.setattr(decoder_mod, "SwiftDecoder", Spy)
-    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: None)
     return made
 
 
@@ -48,7 +50,8 @@ def served(monkeypatch) -> list:
     (("--method", "swift-paper", "--drafters", "layerskip,lookup"), {"layerskip", "lookup"}, "paper"),
 ], ids=["default", "lookup-suffix", "paper", "paper-plus-lookup"])
 def test_serve_flags_reach_the_decoder(flags, drafters, tree, served, tiny_dir, capsys) -> None:
-    assert main(["serve", "--model", str(tiny_dir), *flags]) == 0
+    with pytest.raises(_Built):
+        main(["serve", "--model", str(tiny_dir), *flags])
     dec = served[0]
     assert set(dec.drafters) == drafters and dec.config.tree == tree
     assert dec.config.planner == (tree == "dynamic")
