@@ -30,18 +30,26 @@ def plain(model_dir) -> list[int]:
     return plain_generate(model, ids, 30, SamplingParams(), None, None)[0, len(ids):].tolist()
 
 
-@pytest.fixture
-def built(monkeypatch) -> list:
-    """The decoders `generate` builds, to read the configuration they got."""
+def record_decoders(monkeypatch, module, stop: type[Exception] | None = None) -> list:
+    """Swap ``module.SwiftDecoder`` for a subclass that keeps each decoder built (and then raises
+    ``stop``, if given), so a test can read the configuration a command gave it."""
     made: list = []
 
-    class Spy(cli_generate.SwiftDecoder):
+    class Spy(module.SwiftDecoder):
         def __init__(self, *a, **kw) -> None:
             super().__init__(*a, **kw)
             made.append(self)
+            if stop is not None:
+                raise stop
 
-    monkeypatch.setattr(cli_generate, "SwiftDecoder", Spy)
+    monkeypatch.setattr(module, "SwiftDecoder", Spy)
     return made
+
+
+@pytest.fixture
+def built(monkeypatch) -> list:
+    """The decoders `generate` builds."""
+    return record_decoders(monkeypatch, cli_generate)
 
 
 def cli(capsys, *argv: str) -> tuple[int, str, str]:

@@ -11,6 +11,7 @@ import pytest
 import swiftsd.decoder as decoder_mod
 from swiftsd.cli import main
 from swiftsd.server.metrics import Exposition, Metrics
+from test_cli_drafters import record_decoders
 from test_server import _total, parse_metrics
 from tiny_server_model import ServerProcess, save_tiny_server_model
 
@@ -31,16 +32,7 @@ class _Built(Exception):
 @pytest.fixture
 def served(monkeypatch) -> list:
     """The decoder `swiftsd serve` builds; building it ends the command (``_Built``)."""
-    made: list = []
-
-    class Spy(decoder_mod.SwiftDecoder):
-        def __init__(self, *a, **kw) -> None:
-            super().__init__(*a, **kw)
-            made.append(self)
-            raise _Built
-
-    monkeypatch.setattr(decoder_mod, "SwiftDecoder", Spy)
-    return made
+    return record_decoders(monkeypatch, decoder_mod, stop=_Built)
 
 
 @pytest.mark.parametrize("flags, drafters, tree", [
