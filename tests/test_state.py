@@ -10,7 +10,7 @@ import pytest
 
 from swiftsd import ModelIdentity
 from swiftsd.errors import StateFileError
-from swiftsd.state import STATE_FILE_VERSION, load_state, save_state
+from swiftsd.state import STATE_FILE_VERSION, check_state_file, load_state, save_state
 
 ME = ModelIdentity("tiny", "sha256:0123456789abcdef", "float32")
 STATE = {"format": 1, "optimizer": {"phase": "search", "best": {"attn": [1, 3], "mlp": []}, "rng": 2**100 + 7},
@@ -27,7 +27,7 @@ def _refused(path, match, identity=ME):
 def test_round_trip_is_exact_and_leaves_no_temporary_file(tmp_path):
     path = tmp_path / "sub" / "state.json"
     save_state(path, STATE, ME)
-    assert load_state(path, ME) == STATE
+    assert load_state(path, ME) == STATE and check_state_file(path) == ME
     doc = json.loads(path.read_text())
     assert doc["format"] == "swiftsd-state" and doc["version"] == STATE_FILE_VERSION
     assert doc["model"] == ME.to_dict() and doc["saved"].startswith("20")
@@ -72,6 +72,8 @@ def test_refusals(tmp_path):
 
     path.write_text(good[: len(good) // 2])  # cut short, as by a full disk
     assert "delete it" in _refused(path, "corrupt or truncated")
+    with pytest.raises(StateFileError, match="corrupt or truncated"):
+        check_state_file(path)  # before any model is loaded
     path.write_bytes(b"\xff\xfe\x00garbage")
     _refused(path, "corrupt or truncated")
     path.write_text(good.replace('"score":0.8125', '"score":0.9'))  # valid JSON, tampered contents

@@ -28,7 +28,7 @@ from typing import Any
 from .errors import InvalidArgumentError, StateFileError
 from .identity import ModelIdentity
 
-__all__ = ["STATE_FILE_FORMAT", "STATE_FILE_VERSION", "load_state", "save_state"]
+__all__ = ["STATE_FILE_FORMAT", "STATE_FILE_VERSION", "check_state_file", "load_state", "save_state"]
 
 STATE_FILE_FORMAT = "swiftsd-state"
 STATE_FILE_VERSION = 1
@@ -84,6 +84,21 @@ def _fsync_dir(folder: Path) -> None:
 def load_state(path: str | Path, identity: ModelIdentity) -> dict[str, Any]:
     """The state saved in ``path`` for the model ``identity``; StateFileError when it cannot be used."""
     p = Path(path)
+    saved, state = _read(p)
+    diff = saved.mismatch(identity)
+    if diff is not None:
+        raise StateFileError(f"state file {p} was learned on {saved}, not on this model, {identity} ({diff}); "
+                             "load the model it was saved with, or use another state file")
+    return state
+
+
+def check_state_file(path: str | Path) -> ModelIdentity:
+    """The identity of the model ``path``'s state was learned on, once the file checks out as whole
+    (so a command can refuse a broken file before it spends time loading a model)."""
+    return _read(Path(path))[0]
+
+
+def _read(p: Path) -> tuple[ModelIdentity, dict[str, Any]]:
     try:
         doc = json.loads(p.read_bytes())
     except FileNotFoundError:
@@ -108,11 +123,7 @@ def load_state(path: str | Path, identity: ModelIdentity) -> dict[str, Any]:
         saved = ModelIdentity.from_dict(doc.get("model"))
     except InvalidArgumentError:
         raise StateFileError(f"state file {p} is corrupt (no model identity); delete it to start afresh") from None
-    diff = saved.mismatch(identity)
-    if diff is not None:
-        raise StateFileError(f"state file {p} was learned on {saved}, not on this model, {identity} ({diff}); "
-                             "load the model it was saved with, or use another state file")
-    return state
+    return saved, state
 
 
 def _digest_matches(doc: dict[str, Any], state: dict[str, Any]) -> bool:

@@ -285,11 +285,11 @@ class _CountAndLimit:
 
 
 def create_app(decoder: Any, tokenizer: Any, model_name: str, settings: ServerSettings | None = None,
-               metrics: Metrics | None = None, tick: Callable[[], None] | None = None,
+               metrics: Metrics | None = None, tick: Callable[[bool], None] | None = None,
                on_shutdown: Callable[[bool], None] | None = None) -> FastAPI:
     """The app serving ``decoder``; its worker thread runs while the app's lifespan does.
 
-    ``tick`` runs on the worker between steps and jobs (the periodic state save);
+    ``tick(worked)`` runs on the worker between steps and jobs and when idle (the periodic state save);
     ``on_shutdown(stopped)`` after the worker is asked to stop (``stopped``: it did,
     so the decoder may be read safely).
     """

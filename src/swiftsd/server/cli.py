@@ -5,14 +5,21 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import logging
+import threading
+from types import FrameType
 from typing import Any
+
+import uvicorn
 
 from ..errors import InvalidArgumentError
 from .metrics import Metrics
-from .persist import StateKeeper, say
+from .persist import StateKeeper, check_before_load, say
 from .settings import ServerSettings
 
 log = logging.getLogger("swiftsd.server")
+
+GRACE_S = 5.0  # after SIGINT/SIGTERM, uvicorn lets open requests finish for this long, then cuts them off
+DRAIN_S = 4.0  # ... so at this point the engine aborts what is left: every client gets an answer first
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -62,12 +69,12 @@ def _check(args: argparse.Namespace) -> dict[str, Any]:
     if args.state is None and (args.state_reset or args.state_interval != ServerSettings.state_interval):
         raise InvalidArgumentError("--state-interval and --state-reset go with --state FILE")
     _settings(args, ())  # the limits' own checks
+    if args.state is not None:
+        check_before_load(args.state, args.state_reset)
     return options
 
 
 def run(args: argparse.Namespace) -> int:
-    import uvicorn
-
     from ..cli_common import load_model, parse_skip_set
     from ..decoder import SwiftDecoder
     from ..identity import model_identity
@@ -100,11 +107,27 @@ def run(args: argparse.Namespace) -> int:
     app = create_app(decoder, tokenizer, name, settings, metrics=metrics, tick=keeper.tick if keeper else None,
                      on_shutdown=lambda stopped: _shutdown(stopped, decoder, settings, keeper))
     say(f"serving {name!r} on http://{args.host}:{args.port}/v1 (health: /health, metrics: /metrics)")
-    # uvicorn turns SIGINT/SIGTERM into a graceful shutdown, which runs the app's lifespan exit:
-    # the engine stops, then the learned state and the optimiser's best set are saved.
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, timeout_graceful_shutdown=5,
-                access_log=args.log_level == "debug")
+    # SIGINT/SIGTERM: requests may finish for DRAIN_S, the rest get a 503 / an in-stream error; then the
+    # app's lifespan exit stops the engine and saves the learned state and the optimiser's best set.
+    config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level,
+                            timeout_graceful_shutdown=GRACE_S, access_log=args.log_level == "debug")
+    _GracefulServer(config, app.state.ctx.engine).run()
     return 0
+
+
+class _GracefulServer(uvicorn.Server):
+    """uvicorn's server, which also tells the engine to wind down on the first SIGINT/SIGTERM."""
+
+    def __init__(self, config: uvicorn.Config, engine: Any) -> None:
+        super().__init__(config)
+        self.engine = engine
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if not self.should_exit:
+            timer = threading.Timer(DRAIN_S, self.engine.stop)
+            timer.daemon = True  # an idle server exits at once, without waiting for it
+            timer.start()
+        super().handle_exit(sig, frame)
 
 
 def _shutdown(stopped: bool, decoder: Any, settings: ServerSettings, keeper: StateKeeper | None) -> None:

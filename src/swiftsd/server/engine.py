@@ -57,9 +57,11 @@ class Job:
 
 
 class Engine:
-    """The worker thread and its queue; ``tick`` (optional) runs on the worker between steps and jobs."""
+    """The worker thread and its queue; ``tick(worked)`` (optional) runs on the worker after each step and
+    job (``worked`` True) and about once a second when idle (False)."""
 
-    def __init__(self, decoder: Any, max_queue: int, metrics: Metrics, tick: Callable[[], None] | None = None) -> None:
+    def __init__(self, decoder: Any, max_queue: int, metrics: Metrics,
+                 tick: Callable[[bool], None] | None = None) -> None:
         self.decoder = decoder
         self.max_queue = max_queue
         self.metrics = metrics
@@ -125,7 +127,7 @@ class Engine:
             try:
                 job = self._q.get(timeout=IDLE_TICK_S)
             except queue.Empty:
-                self._tick()
+                self._tick(False)
                 continue
             if job is None:
                 return
@@ -136,7 +138,7 @@ class Engine:
                     with self._lock:
                         job.state, self._current = "done", None
                     self._snapshot_optimizer()
-            self._tick()
+                self._tick(True)
 
     def _admit(self, job: Job) -> bool:
         """Take a job off the queue: run it, or drop it if abandoned, expired or shutting down."""
@@ -166,7 +168,7 @@ class Engine:
                     stream.close()
                     job.emit("shutdown" if self._stopping.is_set() else "stopped")
                     return
-                self._tick()
+                self._tick(True)
             job.emit("done", stream.result)
             stats = stream.result.stats
             with m.lock:
@@ -185,11 +187,11 @@ class Engine:
                 m.step_tokens += step_tokens
                 m.busy_s += time.perf_counter() - t0
 
-    def _tick(self) -> None:
+    def _tick(self, worked: bool) -> None:
         if self.tick is None:
             return
         try:
-            self.tick()
+            self.tick(worked)
         except Exception:  # noqa: BLE001 - housekeeping must not take the worker down
             log.exception("engine tick failed")
 

@@ -17,7 +17,7 @@ from typing import Any
 
 from ..errors import StateFileError
 from ..identity import ModelIdentity
-from ..state import load_state, save_state
+from ..state import check_state_file, load_state, save_state
 from .metrics import Metrics
 
 log = logging.getLogger("swiftsd.server")
@@ -28,6 +28,20 @@ def say(msg: str) -> None:
     print(f"swiftsd: {msg}", file=sys.stderr, flush=True)
 
 
+def _reset_hint(exc: StateFileError) -> StateFileError:
+    return StateFileError(f"{exc} (or pass --state-reset to start fresh)")
+
+
+def check_before_load(path: str | Path, reset: bool) -> None:
+    """Refuse a broken --state file before the model is loaded (its identity is checked after)."""
+    if reset or not Path(path).exists():
+        return
+    try:
+        check_state_file(path)
+    except StateFileError as exc:
+        raise _reset_hint(exc) from None
+
+
 class StateKeeper:
     """Owns the state file of one server."""
 
@@ -36,6 +50,7 @@ class StateKeeper:
         self.decoder, self.path, self.identity = decoder, Path(path), identity
         self.interval, self.metrics = interval, metrics
         self._last = time.monotonic()
+        self._dirty = False  # the decoder decoded since the last save
 
     def restore(self, reset: bool) -> None:
         """At start: load the file into the decoder, or say why the server starts fresh."""
@@ -49,21 +64,23 @@ class StateKeeper:
         try:
             state = load_state(self.path, self.identity)
         except StateFileError as exc:
-            raise StateFileError(f"{exc} (or pass --state-reset to start fresh)") from None
+            raise _reset_hint(exc) from None
         self.decoder.load_state_dict(state)
         opt = self.decoder.optimizer
         learned = (f" (optimiser: {opt.state.phase}, {opt.state.iterations} proposals scored over "
                    f"{opt.state.requests} requests)") if opt is not None else ""
         say(f"restored the learned state from {self.path}{learned}")
 
-    def tick(self) -> None:
-        """On the worker thread: save if the interval has passed."""
-        if self.interval and time.monotonic() - self._last >= self.interval:
+    def tick(self, worked: bool) -> None:
+        """On the worker thread, after a step (``worked``) or when idle: save once the interval has
+        passed, if the decoder has decoded since the last save."""
+        self._dirty = self._dirty or worked
+        if self._dirty and self.interval and time.monotonic() - self._last >= self.interval:
             self.save()
 
     def save(self) -> bool:
         """Write the decoder's state now (call only from the thread that runs the decoder)."""
-        self._last = time.monotonic()
+        self._last, self._dirty = time.monotonic(), False
         try:
             save_state(self.path, self.decoder.state_dict(), self.identity)
         except Exception:  # noqa: BLE001 - a failed save must not stop the server; the next one may succeed
