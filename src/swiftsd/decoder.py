@@ -29,11 +29,13 @@ from .engine.verify import PositionNoise, coupled_sample, greedy_verify, multi_c
 from .errors import ContextLengthError, InvalidArgumentError
 from .optimize import SkipOptimizer
 from .planner import WallClockBound, best_node_count, forecast_layerskip
-from .run import GenerationResult, GenerationStream, LogitsProcessor, RunState, StepPlan, TargetScores
+from .run import GenerationResult, GenerationStream, LogitsProcessor, RunState, StepPlan, StopHook, TargetScores
 from .stats import GenerationStats
 
 if TYPE_CHECKING:
-    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+    from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase, StoppingCriteria
+
+    from .hf import CustomGenerate
 
 def _causal(n: int, device: torch.device) -> torch.Tensor:
     return torch.ones(n, n, dtype=torch.bool, device=device).tril_()
@@ -82,10 +84,14 @@ class SwiftDecoder:
         seed: int | None = None,
         skip_set: SkipSet | dict | str | None = None,
         logits_processor: LogitsProcessor | None = None,
+        stop_strings: str | Sequence[str] | None = None,
+        min_new_tokens: int = 0,
+        generation_config: "GenerationConfig | None" = None,
+        stopping_criteria: "Sequence[StoppingCriteria] | None" = None,
     ) -> GenerationResult:
         """Generate like ``model.generate`` (greedy when temperature is 0), only faster."""
         stream = self.stream(input_ids, max_new_tokens, temperature, top_p, top_k, eos_token_id, seed, skip_set,
-                             logits_processor)
+                             logits_processor, stop_strings, min_new_tokens, generation_config, stopping_criteria)
         for _ in stream:
             pass
         assert stream.result is not None
@@ -102,6 +108,10 @@ class SwiftDecoder:
         seed: int | None = None,
         skip_set: SkipSet | dict | str | None = None,
         logits_processor: LogitsProcessor | None = None,
+        stop_strings: str | Sequence[str] | None = None,
+        min_new_tokens: int = 0,
+        generation_config: "GenerationConfig | None" = None,
+        stopping_criteria: "Sequence[StoppingCriteria] | None" = None,
     ) -> GenerationStream:
         """Like :meth:`generate`, yielding the token ids each step accepts. Validates eagerly.
 
@@ -111,6 +121,16 @@ class SwiftDecoder:
         temperature > 0 (temperature/top-k/top-p still shape the drafts).
         """
         ids = self._parse_prompt(input_ids)
+        stop = None
+        if stop_strings is not None or min_new_tokens or generation_config is not None or stopping_criteria:
+            from .hf import resolve_options  # stop strings, min_new_tokens, a GenerationConfig: as generate
+
+            o = resolve_options(self, len(ids), generation_config, max_new_tokens=max_new_tokens,
+                                temperature=temperature, top_p=top_p, top_k=top_k, eos_token_id=eos_token_id,
+                                min_new_tokens=min_new_tokens, stop_strings=stop_strings,
+                                logits_processor=logits_processor, stopping_criteria=stopping_criteria)
+            max_new_tokens, temperature, top_p, top_k = o.max_new_tokens, o.temperature, o.top_p, o.top_k
+            eos_token_id, logits_processor, stop = o.eos_token_id, o.logits_processor, o.stop
         params = SamplingParams(temperature=temperature, top_p=top_p, top_k=top_k)
         if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
             raise InvalidArgumentError(f"max_new_tokens must be an integer >= 1, got {max_new_tokens!r}")
@@ -126,7 +146,14 @@ class SwiftDecoder:
         skip = self._parse_skip(skip_set) if skip_set is not None else None
         seed = seed if seed is not None else random.getrandbits(63)
         return GenerationStream(self._decode(self._start(ids, max_new_tokens, params, eos, seed, skip,
-                                                         logits_processor)))
+                                                         logits_processor, stop)))
+
+    @property
+    def custom_generate(self) -> "CustomGenerate":
+        """``model.generate(**inputs, custom_generate=dec.custom_generate)``: HF prepares, this decoder decodes."""
+        from .hf import CustomGenerate
+
+        return CustomGenerate(self)
 
     @property
     def costs(self) -> CostModel:
@@ -223,7 +250,8 @@ class SwiftDecoder:
         return self._finish(run)
 
     def _start(self, ids: list[int], max_new: int, params: SamplingParams, eos: set[int], seed: int,
-               skip: SkipSet | None, processor: LogitsProcessor | None) -> RunState:
+               skip: SkipSet | None, processor: LogitsProcessor | None,
+               stop: StopHook | None = None) -> RunState:
         cfg, ad = self.config, self.adapter
         window = self.optimizer.config.context_window if self.optimizer is not None else 0
         draft_slots = 1 + cfg.max_draft * max(cfg.frontier, cfg.max_width)
@@ -237,7 +265,7 @@ class SwiftDecoder:
         req = Request(tokens=list(ids), prompt_len=len(ids), eos=frozenset(eos))
         return RunState(req=req, cache=cache, head=self._draft_head(ids, eos), params=target, draft_params=params,
                     generator=gen, noise=noise, eos=eos, max_new=max_new, skip_override=skip, processor=processor,
-                    stats=GenerationStats(prompt_tokens=len(ids)), t_start=time.perf_counter())
+                    stop=stop, stats=GenerationStats(prompt_tokens=len(ids)), t_start=time.perf_counter())
 
     def _prefill(self, run: RunState) -> list[int]:
         ad, dev, P = self.adapter, self.adapter.device, len(run.tokens)
@@ -250,6 +278,7 @@ class SwiftDecoder:
         run.tokens.append(first)  # committed; the cache holds all but the last
         run.stats.time_prefill = time.perf_counter() - run.t_start
         run.done = first in run.eos or run.max_new == 1
+        run.done = run.done or (run.stop is not None and run.stop(run.tokens, 1) is not None)
         return [first]
 
     def _optimise(self, run: RunState) -> None:
@@ -364,6 +393,8 @@ class SwiftDecoder:
                 new, run.done = new[: i + 1], True
                 break
         new = new[: run.remaining]
+        if run.stop is not None and (keep := run.stop(run.tokens + new, len(new))) is not None:
+            new, run.done = new[:keep], True
         run.done = run.done or len(new) == run.remaining
         t3 = time.perf_counter()
         stats.time_verify += t3 - run.clock["t2"]
@@ -388,12 +419,14 @@ class SwiftDecoder:
                 d = stats.per_drafter.setdefault(src, {"proposed": 0, "accepted": 0})
                 d["proposed"] += 1
                 d["accepted"] += int(i in hit)
+        forwards = run.req.scratch.pop("layerskip_forwards", 0) if plan.run_model else 0
+        model_accepted = sum(1 for a in accepted if "layerskip" in trie.sources[a])
+        stats.draft_forwards.append(forwards)
+        stats.layerskip_accepted.append(model_accepted)
         self._wall.record(plan.run_model, len(accepted) + 1, step_time, layout.size)
         opt = self.optimizer if run.skip_override is None else None
-        if opt is not None:
-            model_nodes = sum(1 for s in trie.sources[1:] if "layerskip" in s)
-            opt.record_step(stats, accepted=len(accepted) if model_nodes else 0,
-                            drafted=layout.max_depth if model_nodes else 0, step_time=step_time)
+        if opt is not None:  # the optimiser learns about the layer-skip draft alone
+            opt.record_step(stats, accepted=model_accepted, drafted=forwards, step_time=step_time)
 
     def _finish(self, run: RunState) -> GenerationResult:
         stats, P = run.stats, run.req.prompt_len

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from .engine.models import DecoderAdapter
 
 LogitsProcessor = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+StopHook = Callable[[list[int], int], "int | None"]  # (tokens, n_new) -> how many new tokens to keep, if it ends
 
 
 @dataclass
@@ -67,6 +68,7 @@ class RunState:
     max_new: int
     skip_override: SkipSet | None
     processor: LogitsProcessor | None
+    stop: StopHook | None
     stats: GenerationStats
     t_start: float
     done: bool = False

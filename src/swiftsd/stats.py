@@ -27,6 +27,8 @@ class GenerationStats:
     optimizer: dict[str, Any] | None = None
     trace: list[dict[str, Any]] = field(default_factory=list)  # per-step records (optimiser issue)
     per_drafter: dict[str, dict[str, int]] = field(default_factory=dict)  # name -> proposed / accepted nodes
+    draft_forwards: list[int] = field(default_factory=list)  # layer-skip draft forwards per step (0: not run)
+    layerskip_accepted: list[int] = field(default_factory=list)  # accepted nodes the layer-skip draft proposed
 
     @property
     def draft_tokens(self) -> int:
@@ -59,7 +61,8 @@ class GenerationStats:
     def to_dict(self, with_lists: bool = True) -> dict[str, Any]:
         d = asdict(self)
         if not with_lists:
-            for k in ("draft_lengths", "accepted_lengths", "tree_sizes", "trace"):
+            for k in ("draft_lengths", "accepted_lengths", "tree_sizes", "trace", "draft_forwards",
+                      "layerskip_accepted"):
                 d.pop(k)
         d.update(
             draft_tokens=self.draft_tokens,

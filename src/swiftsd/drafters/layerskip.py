@@ -91,6 +91,7 @@ class LayerSkipDrafter:
             depths = self._dynamic(req, trie, budget, ms)
         self.depths_drafted = 0.98 * self.depths_drafted + depths
         self.steps_drafted = 0.98 * self.steps_drafted + 1.0
+        req.scratch["layerskip_forwards"] = depths
 
     def observe(self, req: Request, trie: DraftTrie, accepted: list[int]) -> None:
         tags = trie.tags.get(self.name)
