@@ -67,12 +67,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text, description=help_text, formatter_class=_HelpFormatter)
         if only is not None and name != only:
             continue
-        try:
-            mod = importlib.import_module(module)
-        except ModuleNotFoundError as exc:
-            if exc.name != module:
-                raise
-            continue  # subcommand not built yet
+        mod = importlib.import_module(module)
         mod.add_arguments(p)
         _describe_defaults(p)
         p.set_defaults(_run=mod.run)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Any
 
@@ -80,8 +79,3 @@ def read_text_arg(value: str | None, what: str) -> str:
     if value is None or not value.strip():
         raise InvalidArgumentError(f"{what} is empty: give some text")
     return value
-
-
-def dump_json(obj: Any, path: str | Path) -> None:
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(json.dumps(obj, indent=2))

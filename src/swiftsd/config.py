@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields
 from typing import Any, Mapping
 
 from .errors import InvalidArgumentError
@@ -15,7 +15,7 @@ METHODS = ("swiftsd", "swift-paper")
 
 @dataclass(frozen=True)
 class OptimizerConfig:
-    """SWIFT optimisation phase; defaults are the reference implementation's (DESIGN.md §1)."""
+    """SWIFT optimisation phase; defaults are the reference implementation's (docs/optimizer.md)."""
 
     enabled: bool = True
     context_window: int = 32  # generated tokens scored by matchness
@@ -206,10 +206,6 @@ class SwiftConfig:
                 kw["optimizer"] = OptimizerConfig.reference(**opt)
             return cls.paper(**kw)
         return cls(**kw)
-
-    def with_(self, **changes: Any) -> "SwiftConfig":
-        return replace(self, **changes)
-
 
 @dataclass(frozen=True)
 class SamplingParams:

@@ -37,10 +37,6 @@ class SkipSet:
 
     # -- construction -------------------------------------------------------
     @classmethod
-    def empty(cls) -> "SkipSet":
-        return cls()
-
-    @classmethod
     def uniform(cls, num_layers: int) -> "SkipSet":
         """The paper's starting point: every other layer (first and last kept)."""
         inner = [i for i in range(1, num_layers - 1) if i % 2 == 1]
