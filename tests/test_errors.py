@@ -185,13 +185,13 @@ def test_cli_chat_without_template(capsys, no_template_dir) -> None:
     ("./no/such/folder/", ["no such file"]),
 ])
 def test_cli_unknown_model_or_missing_file(capsys, model, words) -> None:
-    pytest.importorskip("swiftsd.loading")
     line = _error_line(capsys, ["generate", "--model", model, "--prompt", "hi"])
     assert all(w in line for w in words), line
 
 
 def test_missing_package_names_the_pip_command(capsys, monkeypatch, tmp_path) -> None:
-    loading = pytest.importorskip("swiftsd.loading")
+    import swiftsd.loading as loading
+
     # an empty cache: a model cached earlier loads without its packages, which is not what is tested
     monkeypatch.setenv(loading.CACHE_ENV, str(tmp_path))
     missing = [n for n, m in loading.PACKAGED_MODELS.items() if not m.installed()]

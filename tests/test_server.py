@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import random
-import re
 import threading
 import time
 from contextlib import contextmanager
@@ -25,8 +24,10 @@ from tiny_server_model import (
     completion_text,
     expected_completion,
     free_port,
+    parse_metrics,
     save_tiny_server_model,
 )
+from tiny_server_model import metric_total as _total
 
 openai = pytest.importorskip("openai")
 
@@ -76,30 +77,6 @@ def _headers() -> dict[str, str]:
 def _metrics(srv) -> dict[tuple[str, tuple], float]:
     text = httpx.get(srv.base + "/metrics", headers=_headers(), timeout=10).text
     return parse_metrics(text)
-
-
-def parse_metrics(text: str) -> dict[tuple[str, tuple], float]:
-    """{(name, ((label, value), ...)): value}, via prometheus_client's parser when installed."""
-    out: dict[tuple[str, tuple], float] = {}
-    try:
-        from prometheus_client.parser import text_string_to_metric_families
-    except ImportError:
-        for line in text.splitlines():
-            if not line or line.startswith("#"):
-                continue
-            m = re.fullmatch(r'([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)', line)
-            assert m, f"not Prometheus text: {line!r}"
-            labels = tuple(sorted(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', m.group(2) or "")))
-            out[(m.group(1), labels)] = float(m.group(3))
-        return out
-    for fam in text_string_to_metric_families(text):
-        for s in fam.samples:
-            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
-    return out
-
-
-def _total(metrics, name: str, **labels) -> float:
-    return sum(v for (n, lab), v in metrics.items() if n == name and set(labels.items()) <= set(lab))
 
 
 # ================================================================= the real server, tiny model

@@ -14,12 +14,18 @@ from contextlib import contextmanager
 
 import httpx
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from swiftsd import SwiftDecoder, model_identity
 from swiftsd.loading import load
 from swiftsd.state import load_state
-from tiny_server_model import ServerProcess, expected_completion, free_port, save_tiny_server_model
+from tiny_server_model import (
+    ServerProcess,
+    expected_completion,
+    free_port,
+    parse_metrics,
+    save_tiny_server_model,
+)
+from tiny_server_model import metric_total as _total
 
 TIMEOUT = httpx.Timeout(60.0, connect=10.0)
 CUT_SHORT = '{"format": "swiftsd-state", "version": 1, "model": {"na'  # a state file cut short
@@ -33,14 +39,8 @@ def tiny(tmp_path_factory):
     return d, model, tok, model_identity(model)
 
 
-def _total(metrics, name: str, **labels) -> float:
-    return sum(v for (n, lab), v in metrics.items() if n == name and set(labels.items()) <= set(lab))
-
-
 def _metrics(server) -> dict:
-    text = httpx.get(server.base + "/metrics", timeout=10).text
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for fam in text_string_to_metric_families(text) for s in fam.samples}
+    return parse_metrics(httpx.get(server.base + "/metrics", timeout=10).text)
 
 
 def _completion(server, prompt: str, max_tokens: int, **extra) -> dict:

@@ -155,6 +155,19 @@ class ServerProcess:
 API_KEY = "test-key-123"
 
 
+def parse_metrics(text: str) -> dict[tuple[str, tuple], float]:
+    """/metrics text as {(sample name, ((label, value), ...)): value}, by prometheus_client's parser."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for fam in text_string_to_metric_families(text) for s in fam.samples}
+
+
+def metric_total(metrics: dict[tuple[str, tuple], float], name: str, **labels: str) -> float:
+    """The sum of ``name``'s samples whose labels include ``labels``."""
+    return sum(v for (n, lab), v in metrics.items() if n == name and set(labels.items()) <= set(lab))
+
+
 def expected_completion(model, tokenizer, prompt_ids: list[int], max_new: int) -> tuple[str, list[int]]:
     """Plain HF greedy decoding: the completion text (as the full text extends the prompt's) and its ids."""
     out = model.generate(torch.tensor([prompt_ids]), max_new_tokens=max_new, do_sample=False,
