@@ -23,9 +23,9 @@ from tiny_server_model import (
     build_tokenizer,
     completion_text,
     expected_completion,
-    free_port,
     parse_metrics,
     save_tiny_server_model,
+    serve_in_process,
 )
 from tiny_server_model import metric_total as _total
 
@@ -332,24 +332,8 @@ class _ScriptedDecoder:
         return _ScriptedStream(self.log, name, min(n, max_new_tokens), step_ms / 1000, gate)
 
 
-@contextmanager
 def in_process(decoder, tokenizer=None, name="scripted", **settings):
-    import uvicorn
-
-    app = create_app(decoder, tokenizer or build_tokenizer(), name, ServerSettings(**settings))
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    t0 = time.monotonic()
-    while not server.started:
-        assert time.monotonic() - t0 < 30 and thread.is_alive(), "in-process server did not start"
-        time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(20)
+    return serve_in_process(create_app(decoder, tokenizer or build_tokenizer(), name, ServerSettings(**settings)))
 
 
 def _post(base, ids, stream=False, timeout=30.0, **extra):

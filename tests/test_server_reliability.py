@@ -7,23 +7,22 @@ from __future__ import annotations
 
 import json
 import signal
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 
 import httpx
 import pytest
 
 from swiftsd import SwiftDecoder, model_identity
 from swiftsd.loading import load
+from swiftsd.server import create_app
 from swiftsd.state import load_state
 from tiny_server_model import (
     ServerProcess,
     expected_completion,
-    free_port,
     parse_metrics,
     save_tiny_server_model,
+    serve_in_process,
 )
 from tiny_server_model import metric_total as _total
 
@@ -64,33 +63,11 @@ def _sse_text(lines) -> tuple[str, list[dict]]:
     raise AssertionError("stream ended without [DONE]")
 
 
-@contextmanager
-def in_process(decoder, tokenizer):
-    """The app on a loopback port, in a uvicorn thread of this process (no start-up of its own)."""
-    import uvicorn
-
-    from swiftsd.server import create_app
-
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(decoder, tokenizer, "tiny"), host="127.0.0.1", port=port,
-                                           log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    t0 = time.monotonic()
-    while not server.started:
-        assert time.monotonic() - t0 < 30 and thread.is_alive(), "in-process server did not start"
-        time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(20)
-
-
 def test_a_slow_reader_does_not_hold_up_others(tiny):
     _, model, tok, _ = tiny
     want, _ = expected_completion(model, tok, tok("the cat")["input_ids"], 300)
-    with in_process(SwiftDecoder(model, tok), tok) as base, httpx.Client(base_url=base, timeout=TIMEOUT) as slow:
+    app = create_app(SwiftDecoder(model, tok), tok, "tiny")  # in this process: no start-up of its own
+    with serve_in_process(app) as base, httpx.Client(base_url=base, timeout=TIMEOUT) as slow:
         body = {"model": "tiny", "prompt": "the cat", "max_tokens": 300, "temperature": 0, "stream": True}
         with slow.stream("POST", "/v1/completions", json=body) as r:
             lines = r.iter_lines()

@@ -8,7 +8,9 @@ testable: after the word ``halt`` the model's top token is ``</s>``.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import torch
 
@@ -153,6 +155,29 @@ class ServerProcess:
 
 
 API_KEY = "test-key-123"
+
+
+@contextmanager
+def serve_in_process(app) -> Iterator[str]:
+    """``app`` on a free loopback port, in a uvicorn thread of this process; yields its base URL."""
+    import threading
+    import time
+
+    import uvicorn
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    t0 = time.monotonic()
+    while not server.started:
+        assert time.monotonic() - t0 < 30 and thread.is_alive(), "in-process server did not start"
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(20)
 
 
 def parse_metrics(text: str) -> dict[tuple[str, tuple], float]:
