@@ -189,3 +189,16 @@ def test_reset_forgets_the_suffix_index_and_the_search_together(model, monkeypat
     ra = _decoded(_on_fake_clock(monkeypatch, dec, PROMPTS[4]))
     rf = _decoded(_on_fake_clock(monkeypatch, fresh, PROMPTS[4]))
     assert ra == rf and "suffix" not in ra["per_drafter"]
+
+
+def test_costs_measured_on_another_device_are_not_restored(model, learned_state) -> None:
+    """A state learned on a GPU keeps its GPU cost model to itself: this CPU decoder times its own."""
+    state = copy.deepcopy(learned_state)
+    assert state["costs"] is not None
+    state["costs"]["device"] = "cuda:0"
+    dec = SwiftDecoder(model, cost_cache=False)
+    dec.load_state_dict(state)
+    assert dec._costs is None  # measured afresh on first use
+    state["costs"]["device"] = str(dec.adapter.device)
+    dec.load_state_dict(state)
+    assert dec._costs is not None and dec._costs.device == str(dec.adapter.device)

@@ -214,6 +214,9 @@ class SwiftDecoder:
         backup = {name: d.state_dict() for name, d in self.drafters.items()}
         try:  # parse first, then load the drafters, then the optimiser (which loads all or nothing)
             costs = CostModel.from_dict(state["costs"]) if state.get("costs") is not None else self._costs
+            here = (str(self.adapter.device), str(self.adapter.dtype).replace("torch.", ""))
+            if costs is not None and any(got and got != want for got, want in zip((costs.device, costs.dtype), here)):
+                costs = self._costs  # measured on another device or dtype: this one times its own
             ids, n = state["token_counts"]["ids"], state["token_counts"]["counts"]
             if len(ids) != len(n) or any(not 0 <= i < self.token_counts.numel() for i in ids):
                 raise ValueError(f"token_counts needs one count per id, ids in [0, {self.token_counts.numel()})")
