@@ -12,11 +12,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from .base import DraftTrie, Request
-from .ngram import Calibration, NgramIndex, add_continuations, learn
+from .base import Request
+from .ngram import Calibration, CopyDrafter, NgramIndex
 
 
-class LookupDrafter:
+class LookupDrafter(CopyDrafter):
     """Every earlier match of the last ``min_n..max_n`` tokens in the prompt and the generated text."""
 
     name = "lookup"
@@ -36,18 +36,8 @@ class LookupDrafter:
         st["upto"] = max(st["upto"], len(req.tokens) - 1)
         return idx
 
-    def propose(self, req: Request, trie: DraftTrie, budget: int) -> None:
-        if budget <= 0:
-            return
-        idx = self._index(req)
-        matches = idx.matches(req.tokens[-self.max_n :], lambda _: req.tokens, self.max_matches,
-                                 min(self.max_depth, req.max_depth))
-        if matches:
-            trie.tags[self.name] = add_continuations(trie, matches, budget, min(self.max_depth, req.max_depth),
-                                                       self.calib, self.name)
-
-    def observe(self, req: Request, trie: DraftTrie, accepted: list[int]) -> None:
-        learn(self.calib, trie, accepted, self.name)
+    def _matches(self, req: Request, depth: int) -> list[tuple[int, list[int]]]:
+        return self._index(req).matches(req.tokens[-self.max_n :], lambda _: req.tokens, self.max_matches, depth)
 
     def end_request(self, req: Request) -> None:
         req.scratch.pop(self.name, None)

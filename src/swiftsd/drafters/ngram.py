@@ -9,9 +9,12 @@ by more occurrences gets a larger share, and a node's acceptance estimate is
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 from .base import DraftTrie
+
+if TYPE_CHECKING:
+    from .base import Request
 
 NgramKey = tuple[int, ...]
 
@@ -164,3 +167,30 @@ class NgramIndex:
                 if len(out) >= limit:
                     return out
         return out
+
+
+class CopyDrafter:
+    """What both copy drafters do with their matches: a calibrated counted trie, learned from counts.
+
+    Subclasses set ``name``, ``max_n``, ``max_depth``, ``max_matches``, ``calib`` and say where
+    the matches come from (:meth:`_matches`).
+    """
+
+    name = ""
+    free = True
+    max_n = max_depth = max_matches = 0
+    calib: Calibration
+
+    def _matches(self, req: "Request", depth: int) -> list[tuple[int, list[int]]]:
+        raise NotImplementedError
+
+    def propose(self, req: "Request", trie: DraftTrie, budget: int) -> None:
+        depth = min(self.max_depth, req.max_depth)
+        if budget <= 0 or depth <= 0:
+            return
+        matches = self._matches(req, depth)
+        if matches:
+            trie.tags[self.name] = add_continuations(trie, matches, budget, depth, self.calib, self.name)
+
+    def observe(self, req: "Request", trie: DraftTrie, accepted: list[int]) -> None:
+        learn(self.calib, trie, accepted, self.name)

@@ -15,11 +15,11 @@ from collections import deque
 from typing import Any
 
 from ..errors import InvalidArgumentError
-from .base import DraftTrie, Request
-from .ngram import Calibration, NgramIndex, add_continuations, learn
+from .base import Request
+from .ngram import Calibration, CopyDrafter, NgramIndex
 
 
-class SuffixDrafter:
+class SuffixDrafter(CopyDrafter):
     """Matches against earlier requests' prompts and outputs, within a token budget."""
 
     name = "suffix"
@@ -62,17 +62,10 @@ class SuffixDrafter:
             del self.by_id[old_id]
             self.total -= len(old)
 
-    def propose(self, req: Request, trie: DraftTrie, budget: int) -> None:
-        if budget <= 0 or not self.docs:
-            return
-        matches = self.index.matches(req.tokens[-self.max_n :], self.by_id.__getitem__, self.max_matches,
-                                     min(self.max_depth, req.max_depth))
-        if matches:
-            trie.tags[self.name] = add_continuations(trie, matches, budget, min(self.max_depth, req.max_depth),
-                                                       self.calib, self.name)
-
-    def observe(self, req: Request, trie: DraftTrie, accepted: list[int]) -> None:
-        learn(self.calib, trie, accepted, self.name)
+    def _matches(self, req: Request, depth: int) -> list[tuple[int, list[int]]]:
+        if not self.docs:
+            return []
+        return self.index.matches(req.tokens[-self.max_n :], self.by_id.__getitem__, self.max_matches, depth)
 
     def end_request(self, req: Request) -> None:
         self.add_document(req.tokens)
