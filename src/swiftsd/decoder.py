@@ -5,7 +5,9 @@ trie is the root alone is plain decoding). Drafts come from the drafters in
 ``drafters/`` (the layer-skipped model, prompt lookup, a stream suffix index)
 into one trie; the planner picks, per step and by the measured cost model,
 which drafters run and how many nodes to verify. It yields the tokens of every
-step for streaming. The per-request state lives in :class:`RunState`.
+step for streaming. The per-request state lives in ``run.py``, the learned state's
+round trip in ``learned.py``, the step choice in ``planner.py``. (A little over 400 lines:
+the loop and its named steps stay together so the loop reads in one place.)
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import torch
 
 from .config import SamplingParams, SwiftConfig
 from .drafters import DraftTrie, Request, make_drafters
-from .drafters.layerskip import LayerSkipDrafter, ModelStep
+from .drafters.layerskip import LayerSkipDrafter, ModelStep, draft_head, matchness
 from .engine.cache import SlotKVCache
 from .engine.cost import CostModel, cached_costs
 from .engine.models import DraftHead, get_adapter
@@ -28,6 +30,7 @@ from .engine.verify import PositionNoise, coupled_sample, greedy_verify, multi_c
     target_probs
 from .errors import ContextLengthError, InvalidArgumentError
 from .optimize import SkipOptimizer
+from .learned import decoder_state_dict, load_decoder_state
 from .planner import WallClockBound, best_node_count, forecast_layerskip
 from .run import GenerationResult, GenerationStream, LogitsProcessor, RunState, StepPlan, StopHook, TargetScores
 from .stats import GenerationStats
@@ -176,67 +179,13 @@ class SwiftDecoder:
         self.token_counts.zero_()
         self._wall = WallClockBound()
 
-    STATE_FORMAT = 1
-
     def state_dict(self) -> dict[str, Any]:
-        """Everything the decoder learned from its stream, as plain JSON-able data: the optimiser's
-        search, every drafter's state (the suffix index among them), the cost model, token counts
-        and the wall-clock sanity bound's recent step times (it can veto the layer-skip draft)."""
-        counts = self.token_counts
-        nz = counts.nonzero().flatten()
-        return {
-            "format": self.STATE_FORMAT,
-            "num_layers": self.num_layers,
-            "vocab_size": self.adapter.vocab_size,
-            "drafters": {name: d.state_dict() for name, d in self.drafters.items()},
-            "optimizer": self.optimizer.state_dict() if self.optimizer is not None else None,
-            "costs": self._costs.to_dict() if self._costs is not None else None,
-            "token_counts": {"ids": nz.tolist(), "counts": counts[nz].tolist()},
-            "wall_clock": {"drafted": [[t, s] for t, s in self._wall.drafted], "plain": list(self._wall.plain)},
-        }
+        """Everything the decoder learned from its stream, as plain JSON-able data (see learned.py)."""
+        return decoder_state_dict(self)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore :meth:`state_dict`'s output exactly. Refuses state of another model, a newer
-        format or a malformed one in one line, and a refused load changes nothing (all or none)."""
-        if not isinstance(state, dict) or not isinstance(state.get("format"), int):
-            raise InvalidArgumentError("not a SwiftDecoder state: expected the dict state_dict() returns")
-        if state["format"] > self.STATE_FORMAT:
-            raise InvalidArgumentError(f"decoder state format {state['format']} is newer than this swiftsd "
-                                       f"reads ({self.STATE_FORMAT}); upgrade swiftsd")
-        if state.get("num_layers") != self.num_layers or state.get("vocab_size") != self.adapter.vocab_size:
-            raise InvalidArgumentError(
-                f"decoder state is for a model with {state.get('num_layers')} layers and a vocabulary of "
-                f"{state.get('vocab_size')}, this one has {self.num_layers} and {self.adapter.vocab_size}")
-        drafters = state.get("drafters")
-        missing = sorted(set(self.drafters) - set(drafters)) if isinstance(drafters, dict) else sorted(self.drafters)
-        if missing:
-            raise InvalidArgumentError(f"decoder state has no state for drafter(s) {missing}")
-        backup = {name: d.state_dict() for name, d in self.drafters.items()}
-        try:  # parse first, then load the drafters, then the optimiser (which loads all or nothing)
-            costs = CostModel.from_dict(state["costs"]) if state.get("costs") is not None else self._costs
-            here = (str(self.adapter.device), str(self.adapter.dtype).replace("torch.", ""))
-            if costs is not None and any(got and got != want for got, want in zip((costs.device, costs.dtype), here)):
-                costs = self._costs  # measured on another device or dtype: this one times its own
-            ids, n = state["token_counts"]["ids"], state["token_counts"]["counts"]
-            if len(ids) != len(n) or any(not 0 <= i < self.token_counts.numel() for i in ids):
-                raise ValueError(f"token_counts needs one count per id, ids in [0, {self.token_counts.numel()})")
-            counts = torch.zeros_like(self.token_counts)
-            if ids:
-                counts[torch.tensor(ids, dtype=torch.long)] = torch.tensor(n, dtype=torch.long)
-            wall, seen = WallClockBound(), state.get("wall_clock", {"drafted": [], "plain": []})  # absent: older
-            wall.drafted.extend((int(t), float(s)) for t, s in seen["drafted"])
-            wall.plain.extend(float(s) for s in seen["plain"])
-            for name, d in self.drafters.items():
-                d.load_state_dict(drafters[name])
-            if self.optimizer is not None and state.get("optimizer") is not None:
-                self.optimizer.load_state_dict(state["optimizer"])
-        except (KeyError, TypeError, ValueError, IndexError, RuntimeError, InvalidArgumentError) as exc:
-            for name, d in self.drafters.items():
-                d.load_state_dict(backup[name])
-            why = str(exc) if isinstance(exc, InvalidArgumentError) else f"{type(exc).__name__}: {exc}"
-            raise InvalidArgumentError(f"decoder state is malformed ({why}); use the dict state_dict() "
-                                       "returned, or start afresh") from None
-        self._costs, self.token_counts, self._wall = costs, counts, wall
+        """Restore :meth:`state_dict`'s output exactly; anything else is refused and changes nothing."""
+        load_decoder_state(self, state)
 
     # -- the loop ------------------------------------------------------------------
     def _decode(self, run: RunState) -> Generator[list[int], None, GenerationResult]:
@@ -457,36 +406,13 @@ class SwiftDecoder:
 
     def matchness(self, skip: SkipSet, tokens: list[int], prompt_len: int, cache: SlotKVCache,
                   window: int, head: DraftHead | None = None) -> float:
-        """Share of the first ``window`` generated tokens the draft predicts from the prompt cache.
-
-        One parallel draft forward over generated tokens g_1..g_w at their own
-        positions, attending the prompt's cached KV; written in scratch slots past
-        the committed length, so the committed cache is untouched.
-        """
-        dev = self.adapter.device
-        gen_toks = tokens[prompt_len : prompt_len + window + 1]
-        w = len(gen_toks) - 1
-        if w < 1:
-            return 0.0
-        logits = self.adapter.forward(
-            torch.tensor(gen_toks[:-1], device=dev), torch.arange(prompt_len, prompt_len + w, device=dev), cache,
-            cache.length, prompt_len, _causal(w, dev), skip, head=head)
-        pred = logits.argmax(-1)
-        if head is not None:
-            pred = head.token_ids[pred]
-        target = torch.tensor(gen_toks[1:], device=dev)
-        return float((pred == target).float().mean())
+        """The paper's matchness of ``skip`` on this request's first ``window`` tokens (layerskip.py)."""
+        return matchness(self.adapter, skip, tokens, prompt_len, cache, window, head)
 
     def _draft_head(self, prompt: list[int], eos: set[int]) -> DraftHead | None:
-        """The draft's vocabulary for one request: prompt and EOS tokens, then tokens the
-        stream has generated (most frequent first), then the lowest ids."""
-        V, K = self.adapter.vocab_size, self.config.draft_vocab
-        if K == 0 or K >= V or "layerskip" not in self.drafters:
+        if "layerskip" not in self.drafters:
             return None
-        score = self.token_counts.double() + 1.0 - torch.arange(V, dtype=torch.double) / V
-        score[torch.tensor(prompt + sorted(eos), dtype=torch.long)] = float("inf")
-        ids = torch.topk(score, K).indices.sort().values
-        return self.adapter.draft_head(ids)
+        return draft_head(self.adapter, self.token_counts, prompt, eos, self.config.draft_vocab)
 
     # -- input parsing ------------------------------------------------------------------
     def _parse_prompt(self, input_ids: Any) -> list[int]:

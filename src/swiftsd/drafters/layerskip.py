@@ -237,3 +237,39 @@ class LayerSkipDrafter:
             if sum(trie.score[i] for i in frontier) < ms.min_mass:
                 break
         return d
+
+
+def matchness(adapter: DecoderAdapter, skip: SkipSet, tokens: list[int], prompt_len: int, cache: SlotKVCache,
+              window: int, head: DraftHead | None = None) -> float:
+    """Share of the first ``window`` generated tokens the draft predicts from the prompt cache.
+
+    One parallel draft forward over generated tokens g_1..g_w at their own
+    positions, attending the prompt's cached KV; written in scratch slots past
+    the committed length, so the committed cache is untouched.
+    """
+    dev = adapter.device
+    gen_toks = tokens[prompt_len : prompt_len + window + 1]
+    w = len(gen_toks) - 1
+    if w < 1:
+        return 0.0
+    causal = torch.ones(w, w, dtype=torch.bool, device=dev).tril_()
+    logits = adapter.forward(torch.tensor(gen_toks[:-1], device=dev), torch.arange(prompt_len, prompt_len + w, device=dev),
+                             cache, cache.length, prompt_len, causal, skip, head=head)
+    pred = logits.argmax(-1)
+    if head is not None:
+        pred = head.token_ids[pred]
+    target = torch.tensor(gen_toks[1:], device=dev)
+    return float((pred == target).float().mean())
+
+
+def draft_head(adapter: DecoderAdapter, token_counts: torch.Tensor, prompt: list[int], eos: set[int],
+               size: int) -> DraftHead | None:
+    """The draft's vocabulary for one request: prompt and EOS tokens, then tokens the
+    stream has generated (most frequent first), then the lowest ids; None for the full one."""
+    V = adapter.vocab_size
+    if size == 0 or size >= V:
+        return None
+    score = token_counts.double() + 1.0 - torch.arange(V, dtype=torch.double) / V
+    score[torch.tensor(prompt + sorted(eos), dtype=torch.long)] = float("inf")
+    ids = torch.topk(score, size).indices.sort().values
+    return adapter.draft_head(ids)
