@@ -61,7 +61,8 @@ def test_coupled_sample_depends_only_on_the_seed(arch: str) -> None:
     outs = []
     for skip, vocab, tree in [(SkipSet(), 0, True), (SkipSet(attn=[1, 2, 3, 4], mlp=[2, 3]), 20, True),
                               (SkipSet(attn=[2], mlp=[3]), 0, False)]:
-        dec = SwiftDecoder(model, optimizer=False, stop_threshold=0.0, draft_vocab=vocab, use_tree=tree)
+        dec = SwiftDecoder(model, optimizer=False, stop_threshold=0.0, draft_vocab=vocab, use_tree=tree,
+                           planner=False)  # draft with the layer-skip model every step
         res = dec.generate(prompt, seed=11, skip_set=skip, **SAMPLE)
         outs.append(res.new_tokens)
         assert res.stats.draft_tokens > 0

@@ -38,7 +38,7 @@ class Exercise:
     max_accepted: int = 0
     steps_with_siblings: int = 0
     sibling_accepts: int = 0
-    eos_stops: int = 0
+    eos_stops: dict[str, int] = field(default_factory=dict)  # per family
     per_arch: dict[str, int] = field(default_factory=dict)
 
 
@@ -213,7 +213,7 @@ def test_greedy_eos_stops_at_the_same_place(arch, models, exercise, spy) -> None
         res = dec.generate(ids, max_new_tokens=60, eos_token_id=eos)
         assert torch.equal(res.sequences, want)
         assert res.sequences[0, -1].item() == eos and res.stats.new_tokens == cut
-        exercise.eos_stops += 1
+        exercise.eos_stops[arch] = exercise.eos_stops.get(arch, 0) + 1
         _record(exercise, arch, res.stats)
     # a list of eos ids: stop at whichever comes first
     other = free[10]
@@ -359,4 +359,5 @@ def test_suite_exercised_speculation(exercise: Exercise) -> None:
     assert exercise.max_accepted >= 2  # multi-token acceptance
     assert exercise.steps_with_siblings > 0  # trees wider than the chain were verified
     assert exercise.sibling_accepts > 0  # and a sibling was accepted at least once
-    assert exercise.eos_stops == 3 * len(ARCHS)
+    # every family whose EOS test ran here stopped early with all three configurations
+    assert exercise.eos_stops and all(n == 3 for n in exercise.eos_stops.values())
