@@ -1,5 +1,9 @@
 """Load a model and its tokenizer from a short name, a local path or a hub id.
 
+(Over 400 lines, on purpose for now: resolving a name, assembling chunks, dequantising and the
+atomic cache entries share one cache-entry protocol and its locks; splitting them is planned,
+not done.)
+
 ``load(name_or_path)`` accepts, in this order:
 
 1. a short name of a model shipped as GGUF inside PyPI packages (see

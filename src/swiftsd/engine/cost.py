@@ -39,6 +39,9 @@ def measure_draft_cost(
 ) -> dict[str, Any]:
     """Median times of single-token forwards at position ``context`` (full and draft), and c.
 
+    (A long function: validation, set-up, the alternating timing loop and the report are one
+    measurement whose steps share its cache and inputs.)
+
     Both forwards are decode steps exactly as the decode loop runs them: one
     token, attending ``context`` cached tokens, LM head included. Full and
     draft runs alternate, and c is the median of the ratios of adjacent
