@@ -56,15 +56,21 @@ PROMPTS = _prompts()
 
 
 def _decoder(model) -> SwiftDecoder:
-    dec = SwiftDecoder(model, cost_cache=False)
+    # no search time budget: what the optimiser learns must not depend on how fast this machine is
+    dec = SwiftDecoder(model, cost_cache=False, optimizer={"max_opt_share": 1.0})
     dec._costs = COSTS  # the device cost model, as the on-disk cache would give it
     return dec
 
 
 def _learn(model) -> SwiftDecoder:
+    """Four requests on a fake clock: what the optimiser's time budget lets it search does not
+    depend on the machine's load."""
+    from unittest import mock
+
     dec = _decoder(model)
-    for p in PROMPTS[:4]:
-        dec.generate(p, max_new_tokens=NEW, seed=1)
+    with mock.patch.object(decoder_mod, "time", _Clock()), mock.patch.object(optimizer_mod, "time", _Clock(0.0)):
+        for p in PROMPTS[:4]:
+            dec.generate(p, max_new_tokens=NEW, seed=1)
     return dec
 
 
@@ -101,7 +107,7 @@ def test_round_trip_through_a_file_decodes_the_next_request_exactly(model, tmp_p
     path.write_text(json.dumps(a.state_dict(), allow_nan=False))
     saved = json.loads(path.read_text())
     assert saved["drafters"]["suffix"]["docs"] and saved["optimizer"]["state"]["iterations"] > 0
-    b = SwiftDecoder(model, cost_cache=False)
+    b = SwiftDecoder(model, cost_cache=False, optimizer={"max_opt_share": 1.0})
     b.load_state_dict(saved)
     assert _json(b.state_dict()) == saved  # everything came back, the cost model included
 
