@@ -9,12 +9,8 @@ accepted siblings (the last test of the module), so equality is not vacuous.
 
 from __future__ import annotations
 
-import os
-
-import json
 import random
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,11 +18,11 @@ import torch
 
 import swiftsd.decoder as decoder_mod
 from swiftsd import SkipSet, SwiftDecoder
+from lossless_helpers import _first_diff, _ids, plain_generate
 from tiny import ARCHS, tiny_model
 
 
 L = 6  # layers of the tiny models
-VOCAB = 97
 
 
 @dataclass
@@ -72,22 +68,12 @@ def spy(monkeypatch, exercise: Exercise):
     monkeypatch.setattr(decoder_mod, "greedy_verify", recording)
 
 
-def plain_generate(model, ids: torch.Tensor, max_new: int, eos: int | list[int] | None = None) -> torch.Tensor:
-    with torch.no_grad():
-        return model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=max_new,
-                              eos_token_id=eos, pad_token_id=eos if isinstance(eos, int) else 0)
-
-
 def _record(exercise: Exercise, arch: str, stats) -> None:
     exercise.cases += 1
     exercise.per_arch[arch] = exercise.per_arch.get(arch, 0) + 1
     exercise.max_draft = max([exercise.max_draft, *stats.draft_lengths])
     exercise.max_accepted = max([exercise.max_accepted, *stats.accepted_lengths])
     exercise.steps_with_siblings += sum(t > d + 1 for t, d in zip(stats.tree_sizes, stats.draft_lengths))
-
-
-def _ids(n: int, seed: int) -> torch.Tensor:
-    return torch.randint(0, VOCAB, (1, n), generator=torch.Generator().manual_seed(seed))
 
 
 def _random_skip(rng: random.Random) -> SkipSet:
@@ -99,8 +85,8 @@ def _random_skip(rng: random.Random) -> SkipSet:
 # Every decoder below is built with ``optimizer=False``: these tests pin the skip set they
 # name (the on-the-fly optimiser would replace it). ``planner=False`` makes the layer-skip
 # draft run every step (the cost planner would mostly skip it on these tiny models), so
-# trees mix layer-skip, lookup and suffix nodes; test_greedy_with_default_optimizer and
-# test_greedy_drafter_combinations cover the default decoder with its planner.
+# trees mix layer-skip, lookup and suffix nodes; test_greedy_with_default_optimizer here and
+# test_lossless_drafters.py cover the default decoder with its planner.
 ALL_BUT_ENDS = SkipSet(attn=range(1, L - 1), mlp=range(1, L - 1))
 DEEP = dict(stop_threshold=0.0, max_draft=25, max_nodes=160, tree="paper")
 
@@ -223,35 +209,6 @@ def test_greedy_eos_stops_at_the_same_place(arch, models, exercise, spy) -> None
     assert torch.equal(res.sequences, want)
 
 
-COMBOS = [("layerskip",), ("lookup",), ("suffix",), ("lookup", "suffix"), ("layerskip", "lookup"),
-          ("layerskip", "suffix"), ("layerskip", "lookup", "suffix")]
-
-
-@pytest.mark.parametrize("arch", ARCHS)
-@pytest.mark.parametrize("drafters", COMBOS, ids=["+".join(c) for c in COMBOS])
-def test_greedy_drafter_combinations(arch, drafters, models, exercise, spy) -> None:
-    """Every combination of drafters, with the planner on and off, on prompts that repeat
-    themselves (lookup fires) and prompts that do not, over a stream of requests on one
-    decoder (so the suffix index fires from the second request on)."""
-    model = _model(models, arch, 0)
-    planner = (ARCHS.index(arch) + COMBOS.index(drafters)) % 2 == 0  # each combination both ways over archs
-    if True:
-        dec = SwiftDecoder(model, optimizer=False, skip_set=SkipSet(attn=[2], mlp=[3]), drafters=drafters,
-                           planner=planner)
-        base = _ids(14, seed=ARCHS.index(arch))
-        prompts = [base.repeat(1, 3), _ids(25, seed=7), torch.cat([base, _ids(6, seed=8)], 1)]
-        for ids in prompts:
-            want = plain_generate(model, ids, 40)
-            res = dec.generate(ids, max_new_tokens=40)
-            assert torch.equal(res.sequences, want), (
-                f"{arch} {drafters} planner={planner}: diverged at {_first_diff(res.sequences, want)}")
-            for name in res.stats.per_drafter:
-                assert name in drafters
-            _record(exercise, arch, res.stats)
-        if "suffix" in drafters:
-            assert dec.drafters["suffix"].size > 0  # the stream was indexed
-
-
 def test_eos_defaults_to_generation_config(models) -> None:
     model = tiny_model("llama", seed=1)  # own copy: its generation_config is changed below
     ids = _ids(15, seed=99)
@@ -293,60 +250,6 @@ def test_stream_close_stops_early(models) -> None:
             stream.close()
             break
     assert 5 <= len(got) < 80 and stream.result is None
-
-
-def _first_diff(a: torch.Tensor, b: torch.Tensor) -> int | None:
-    x, y = a[0].tolist(), b[0].tolist()
-    return next((i for i, (u, v) in enumerate(zip(x, y)) if u != v), None if len(x) == len(y) else min(len(x), len(y)))
-
-
-# ---------------------------------------------------------------------------- a real model
-QUESTIONS = Path(__file__).resolve().parents[2] / "shared" / "data" / "spec_bench" / "question.jsonl"
-REAL_IDS = (81, 121, 161, 441)  # writing, coding, translation, math reasoning
-
-
-def _real_prompts(tok) -> list[str]:
-    fallback = ["Write a short poem about the sea.", "What is 17 * 23? Explain step by step.",
-                "Explain what a hash table is.", "Give three tips for learning to cook."]
-    texts = fallback
-    if QUESTIONS.is_file():
-        rows = [json.loads(line) for line in QUESTIONS.read_text().splitlines() if line.strip()]
-        by_id = {r["question_id"]: r["turns"][0] for r in rows}
-        texts = [by_id[q] for q in REAL_IDS if q in by_id] or fallback
-    return [tok.apply_chat_template([{"role": "user", "content": t}], tokenize=False, add_generation_prompt=True)
-            for t in texts]
-
-
-@pytest.mark.real_model
-def test_greedy_equals_generate_smollm2_fp32() -> None:
-    try:
-        from swiftsd.errors import MissingPackageError
-        from swiftsd.loading import load
-    except ImportError as exc:
-        pytest.skip(f"swiftsd.loading not available: {exc}")
-    try:
-        model, tok = load("smollm2-135m", dtype="float32", device="cpu")
-    except MissingPackageError as exc:
-        pytest.skip(str(exc))
-    # hand-picked: a light skip of middle-layer sublayers, so drafts are often right and steps accept several tokens
-    skip = SkipSet(attn=[8, 12, 16, 20], mlp=[10, 14, 18])
-    dec = SwiftDecoder(model, tok, optimizer=False, skip_set=skip, planner=False)
-    default = SwiftDecoder(model, tok)  # every drafter, the planner and the optimiser on
-    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))  # a real model: use the cores
-    multi = 0
-    try:
-        for text in _real_prompts(tok):
-            ids = tok(text, return_tensors="pt", add_special_tokens=False)["input_ids"]
-            with torch.no_grad():
-                want = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=48)
-            res = dec.generate(ids, max_new_tokens=48)
-            assert torch.equal(res.sequences, want), f"diverged at {_first_diff(res.sequences, want)} for {text[-80:]!r}"
-            multi += sum(a >= 2 for a in res.stats.accepted_lengths)
-            res = default.generate(ids, max_new_tokens=48)
-            assert torch.equal(res.sequences, want), f"default decoder diverged for {text[-80:]!r}"
-    finally:
-        torch.set_num_threads(1)
-    assert multi > 0
 
 
 # ---------------------------------------------------------------------------- non-vacuity
