@@ -17,7 +17,9 @@ from swiftsd.bench.metrics import (
     committed_per_step, draft_cost, first_difference, mismatches, summarize, summarize_group,
 )
 from swiftsd.bench.report import drafter_table, headlines, markdown_table, mismatch_text, write_report
-from swiftsd.bench.runner import _announce_mismatches, make_record, rotated, run_stream, warm_up
+from swiftsd.bench.runner import (
+    _announce_mismatches, interleave_categories, make_record, rotated, run_stream, warm_up,
+)
 from swiftsd.cli import main
 from swiftsd.config import SamplingParams
 from swiftsd.errors import InvalidArgumentError
@@ -522,3 +524,81 @@ def test_from_jsonl_recomputes_the_written_table(tmp_path, capsys):
     assert main(["bench", "--from-jsonl", str(paths["jsonl"])]) == 0
     out = capsys.readouterr().out
     assert markdown_table(rows) in out and markdown_table(rows) in paths["md"].read_text()
+
+
+# -- long runs: order, time budget, interruption ---------------------------------------------------
+def test_prompts_run_round_robin_over_categories():
+    ps = [BenchPrompt(f"{c}{i}", c, ("x",)) for c in "abc" for i in range(3 if c != "b" else 1)]
+    assert [p.id for p in interleave_categories(ps)] == ["a0", "b0", "c0", "a1", "c1", "a2", "c2"]
+
+
+def test_time_budget_starts_no_prompt_that_would_end_past_it(monkeypatch):
+    monkeypatch.setattr("swiftsd.bench.runner.build_input", lambda tok, p, t, answers: [0, 1, 2])
+    now = [0.0]
+    plain = _Scripted("plain", lambda k: 1.0)
+    real_generate = plain.generate
+
+    def timed(*a):  # each run advances the injected clock by 10 s: a prompt (2 repeats) takes 20 s
+        now[0] += 10.0
+        return real_generate(*a)
+
+    plain.generate = timed
+    prompts = [BenchPrompt(f"q{i}", "qa", ("x",)) for i in range(5)]
+    said, kept = [], []
+    recs = run_stream([plain], _Tok(), prompts, RunParams(max_new_tokens=4), progress=False, repeats=2,
+                      say=said.append, deadline=65.0, on_prompt=kept.append, clock=lambda: now[0])
+    # q0..q2 end at 60 s; q3 would end at 80 s > 65 s, so it never starts
+    assert [r["prompt_id"] for r in recs] == ["q0", "q1", "q2"] and [k[0]["prompt_id"] for k in kept] == ["q0", "q1", "q2"]
+    assert said == ["swiftsd bench: time budget reached: stopping after 3 of 5 prompts"]
+    assert run_stream([plain], _Tok(), prompts, RunParams(max_new_tokens=4), progress=False, repeats=2,
+                      say=said.append, deadline=None, clock=lambda: now[0]) and len(said) == 1
+
+
+def _two_category_data(tmp_path):
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(f'{{"question_id": {i}, "category": "{c}", "turns": ["one two one two {i}"]}}\n'
+                            for i, c in enumerate(["qa", "qa", "rag", "rag"])))
+    return data
+
+
+def test_cli_interrupted_run_reports_the_prompts_that_finished(tmp_path, capsys, monkeypatch):
+    import swiftsd.bench as bench_cli
+
+    real = bench_cli.run_stream
+
+    def interrupted(*a, on_prompt, **kw):  # Ctrl-C arrives as the second prompt ends
+        def keep(mine):
+            on_prompt(mine)
+            if len(seen) == 1:
+                raise KeyboardInterrupt
+            seen.append(mine)
+        seen: list = []
+        return real(*a, on_prompt=keep, **kw)
+
+    monkeypatch.setattr(bench_cli, "run_stream", interrupted)
+    model_dir = save_tiny_server_model(tmp_path / "m")
+    out = tmp_path / "o"
+    rc = main(["bench", "--model", str(model_dir), "--data", str(_two_category_data(tmp_path)), "--methods", "pld",
+               "--max-new-tokens", "4", "--out", str(out), "--name", "t", "--no-progress", "--warmup", "0",
+               "--device", "cpu", "--dtype", "float32"])
+    assert rc == 130
+    err = capsys.readouterr().err
+    assert "interrupted" in err and "2 of 4 prompts ran" in err and "Traceback" not in err
+    recs = [json.loads(line) for line in (out / "t.jsonl").read_text().splitlines()]
+    assert [r["prompt_id"] for r in recs if r["method"] == "plain"] == ["0", "2"]  # one of each category
+    machine = json.loads((out / "t.machine.json").read_text())
+    assert machine["prompts"] == 2 and machine["prompts_planned"] == 4 and machine["stopped_early"] == "interrupted"
+    assert "**of 4 planned: stopped early (interrupted)**" in (out / "t.md").read_text()
+
+
+def test_cli_time_budget_too_small_for_one_prompt_is_a_clear_error(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr("swiftsd.bench.runner.out_of_time", lambda deadline, started, done, now: True)
+    model_dir = save_tiny_server_model(tmp_path / "m")
+    rc = main(["bench", "--model", str(model_dir), "--data", str(_two_category_data(tmp_path)), "--methods", "pld",
+               "--max-new-tokens", "4", "--out", str(tmp_path / "o"), "--no-progress", "--warmup", "0",
+               "--time-budget", "0.001", "--device", "cpu"])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "no prompt finished" in err and "--time-budget" in err and "Traceback" not in err
+    assert main(["bench", "--no-progress", "--time-budget", "0"]) == 2
+    assert "--time-budget is in minutes" in capsys.readouterr().err

@@ -15,6 +15,7 @@ import json
 import os
 import re
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,7 @@ from .metrics import OVERALL, mismatches, summarize
 from .report import (
     drafter_table, headlines, machine_info, markdown_table, mismatch_text, speedup_matrix, write_report,
 )
-from .runner import NOISE_MARGIN, run_stream, warm_up
+from .runner import NOISE_MARGIN, interleave_categories, run_stream, warm_up
 
 __all__ = ["add_arguments", "run"]
 
@@ -73,6 +74,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pld-tokens", type=int, default=10, help="prompt_lookup_num_tokens for pld")
     p.add_argument("--early-exit-layer", type=int, default=None, help="assistant_early_exit (default: half depth)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--time-budget", type=float, default=None, metavar="MINUTES",
+                   help="start no prompt that would end past this many minutes (the report covers the prompts "
+                        "that ran, and says so); prompts run round-robin over categories, so a cut run covers "
+                        "every category")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--from-jsonl", default=None, metavar="FILE",
                    help="run nothing: recompute and print the tables from a raw JSONL this command wrote")
@@ -168,6 +173,8 @@ def _check_args(args: argparse.Namespace) -> RunParams:
         raise InvalidArgumentError("--method / --drafters configure the 'swiftsd' entry: add swiftsd to --methods")
     if args.threads is not None and args.threads < 1:
         raise InvalidArgumentError(f"--threads must be >= 1, got {args.threads}")
+    if args.time_budget is not None and not args.time_budget > 0:
+        raise InvalidArgumentError(f"--time-budget is in minutes and must be > 0, got {args.time_budget}")
     return params
 
 
@@ -182,6 +189,42 @@ def _build(args: argparse.Namespace, model: Any, tok: Any, static: SkipSet | Non
     return [m for m in methods if m.name not in unavailable], unavailable
 
 
+def _stem(args: argparse.Namespace, dtype: str, meta: dict[str, Any], device: Any, greedy: bool) -> str:
+    dev_name = "cpu" if device.type == "cpu" else _slug(meta.get("gpu") or device.type)
+    return args.name or "-".join(filter(None, [
+        _slug(Path(args.model).stem if "/" in args.model else args.model), dtype, dev_name,
+        None if greedy else f"t{args.temperature:g}"]))
+
+
+def _measure(args: argparse.Namespace, methods: list, tok: Any, prompts: list, params: RunParams,
+             jsonl: Path) -> tuple[list, str | None]:
+    """Warm up, then the stream; each finished prompt's records are appended to ``jsonl`` at once.
+
+    Returns (records, why the run stopped early or None). Ctrl-C keeps the prompts
+    already finished: an hour-long run is not lost to one interruption.
+    """
+    import torch
+
+    records: list = []
+    jsonl.parent.mkdir(parents=True, exist_ok=True)
+    with jsonl.open("w") as f, torch.inference_mode():
+        def keep(mine: list) -> None:
+            records.extend(mine)
+            f.writelines(json.dumps(r) + "\n" for r in mine)
+            f.flush()
+
+        warm_up(methods, tok, params, args.warmup)
+        deadline = None if args.time_budget is None else time.monotonic() + 60.0 * args.time_budget
+        try:
+            run_stream(methods, tok, prompts, params, args.seed, progress=False if args.no_progress else None,
+                       repeats=args.repeats, margin=args.noise_margin, deadline=deadline, on_prompt=keep)
+        except KeyboardInterrupt:
+            print("\nswiftsd bench: interrupted: reporting the prompts that finished", file=sys.stderr)
+            return records, "interrupted"
+    done = len({r["prompt_id"] for r in records})
+    return records, (None if done == len(prompts) else f"--time-budget {args.time_budget:g} min")
+
+
 def run(args: argparse.Namespace) -> int:
     if args.from_jsonl:
         return recompute(args.from_jsonl)
@@ -189,7 +232,7 @@ def run(args: argparse.Namespace) -> int:
     from transformers.utils import logging as hf_logging
 
     params = _check_args(args)
-    prompts = load_prompts(args.data, args.categories, args.n_per_category)
+    prompts = interleave_categories(load_prompts(args.data, args.categories, args.n_per_category))
     static = parse_skip_set(args.skip_set)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
@@ -206,31 +249,33 @@ def run(args: argparse.Namespace) -> int:
     dtype = _dtype_short(model.dtype)
     meta = machine_info(dtype, str(device))  # before the run: the date and commit of what is measured
     load_before = _loadavg()
+    stem = _stem(args, dtype, meta, device, params.greedy)
+    records, stopped = _measure(args, methods, tok, prompts, params, Path(args.out) / f"{stem}.jsonl")
+    if not records:
+        raise InvalidArgumentError("no prompt finished, so there is nothing to report; give a longer "
+                                   "--time-budget or fewer --n-per-category")
+    ran = list(dict.fromkeys(r["prompt_id"] for r in records))
     with torch.inference_mode():
-        warm_up(methods, tok, params, args.warmup)
-        records = run_stream(methods, tok, prompts, params, args.seed, progress=False if args.no_progress else None,
-                             repeats=args.repeats, margin=args.noise_margin)
         isolated = _isolated_costs(methods, records)
-
     meta.update(
-        model=args.model, data=args.data or "built-in", categories=list(dict.fromkeys(p.category for p in prompts)),
-        prompts=len(prompts), turns=sum(len(p.turns) for p in prompts), max_new_tokens=args.max_new_tokens,
+        model=args.model, data=args.data or "built-in",
+        categories=list(dict.fromkeys(p.category for p in prompts if p.id in ran)),
+        prompts=len(ran), turns=len({(r["prompt_id"], r["turn"]) for r in records}),
+        prompts_planned=len(prompts), stopped_early=stopped, max_new_tokens=args.max_new_tokens,
         temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, seed=args.seed, warmup=args.warmup,
         repeats=args.repeats, noise_margin=args.noise_margin,
         methods={m.name: m.describe() for m in methods}, unavailable=unavailable,
         static_skip_source="--skip-set" if args.skip_set else ("store" if static is not None else "decoder default"),
-        draft_cost_isolated=isolated, command=" ".join(sys.argv), load_average_before=load_before,
-        load_average_after=_loadavg(),
+        draft_cost_isolated=isolated, command=" ".join(sys.argv),
+        load_average_before=load_before, load_average_after=_loadavg(),
     )
-    dev_name = "cpu" if device.type == "cpu" else _slug(meta.get("gpu") or device.type)
-    stem = args.name or "-".join(filter(None, [
-        _slug(Path(args.model).stem if "/" in args.model else args.model), dtype, dev_name,
-        None if params.greedy else f"t{args.temperature:g}"]))
     rows = summarize(records, params.greedy)
     paths = write_report(Path(args.out), stem, records, rows, meta, params.greedy, unavailable)
     _print_summary(records, rows, unavailable, params.greedy, args.noise_margin)
+    if stopped:
+        print(f"swiftsd bench: stopped early ({stopped}): {len(ran)} of {len(prompts)} prompts ran", file=sys.stderr)
     print(f"\nwrote {', '.join(str(p) for p in paths.values())}")
-    return 0
+    return 130 if stopped == "interrupted" else 0
 
 
 def _print_summary(records: list, rows: list, unavailable: dict[str, str], greedy: bool, margin: float) -> None:

@@ -243,7 +243,7 @@ def render_markdown(records: Sequence[Record], rows: Sequence[Row], meta: dict[s
         f"# swiftsd bench: {meta.get('model')}, {meta.get('dtype')}, {meta.get('device')}\n\n"
         f"{hw}; torch {meta.get('torch')}, transformers {meta.get('transformers')}; {mode}; "
         f"{meta.get('max_new_tokens')} new tokens; data {meta.get('data')}; "
-        f"{meta.get('prompts')} prompts ({meta.get('turns')} turns); seed {meta.get('seed')}; "
+        f"{meta.get('prompts')} prompts ({meta.get('turns')} turns){_stopped_text(meta)}; seed {meta.get('seed')}; "
         f"{_repeats_text(meta)} after {meta.get('warmup')} warm-up prompt(s); "
         f"load average before/after {meta.get('load_average_before')} / {meta.get('load_average_after')}.\n\n"
         f"{mismatch_text(records, greedy)}\n\n"
@@ -272,6 +272,15 @@ def _isolated_text(meta: dict[str, Any]) -> str:
              f"draft {v['draft_ms']:.1f} ms vs full {v['full_ms']:.1f} ms)" for m, v in iso.items()]
     return ("Draft cost of each swiftsd method's final skip set measured in isolation (`cost.measure_draft_cost`: "
             "one-token adapter forwards, no draft-loop overhead): " + "; ".join(parts) + ".\n\n")
+
+
+def _stopped_text(meta: dict[str, Any]) -> str:
+    """A run cut short says so next to its prompt count (prompts ran round-robin over categories)."""
+    why = meta.get("stopped_early")
+    if not why:
+        return ""
+    return (f" **of {meta.get('prompts_planned')} planned: stopped early ({why})**; prompts ran round-robin "
+            "over categories, so each category has about the same share of the planned questions")
 
 
 def _repeats_text(meta: dict[str, Any]) -> str:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from dataclasses import replace
 from typing import Any, Callable, Sequence
 
@@ -31,6 +32,29 @@ def rotated(methods: Sequence[Method], i: int) -> list[Method]:
 def turn_seed(seed: int, prompt_index: int, turn: int) -> int:
     """Same seed for every method and repeat of the same turn (sampling runs are then paired)."""
     return seed * 1_000_003 + prompt_index * 101 + turn
+
+
+def interleave_categories(prompts: Sequence[BenchPrompt]) -> list[BenchPrompt]:
+    """Round-robin over categories (first of each, then second of each, ...).
+
+    A run cut short by a time budget or Ctrl-C then still covers every category
+    about evenly, and the stream mixes tasks as a server's traffic does.
+    """
+    by_cat: dict[str, list[BenchPrompt]] = {}
+    for p in prompts:
+        by_cat.setdefault(p.category, []).append(p)
+    out: list[BenchPrompt] = []
+    for k in range(max((len(v) for v in by_cat.values()), default=0)):
+        out += [v[k] for v in by_cat.values() if k < len(v)]
+    return out
+
+
+def out_of_time(deadline: float | None, started: float, done: int, now: float) -> bool:
+    """True when the next prompt, taking the mean time of those done, would end past ``deadline``."""
+    if deadline is None:
+        return False
+    mean = (now - started) / done if done else 0.0
+    return now + mean > deadline
 
 
 def load_average() -> float | None:
@@ -109,12 +133,17 @@ def _run_turn(methods: Sequence[Method], inputs: dict[str, list[int]], params: R
 
 def run_stream(methods: Sequence[Method], tokenizer: Any, prompts: Sequence[BenchPrompt], params: RunParams,
                seed: int = 0, progress: bool | None = None, say: Callable[[str], None] | None = None,
-               repeats: int = 2, margin: float = NOISE_MARGIN) -> list[Record]:
+               repeats: int = 2, margin: float = NOISE_MARGIN, deadline: float | None = None,
+               on_prompt: Callable[[list[Record]], None] | None = None,
+               clock: Callable[[], float] = time.monotonic) -> list[Record]:
     """Every method on every turn of every prompt; one record per (method, prompt, turn), from its fastest repeat.
 
     ``progress``: None shows a bar on a terminal only, False never. Greedy outputs
     are compared with plain decoding's as soon as a prompt is done; a mismatch or
-    an impossible step log is announced at once through ``say``.
+    an impossible step log is announced at once through ``say``. ``on_prompt``
+    gets each prompt's records when they are final (so a killed run keeps them).
+    ``deadline`` (on ``clock``): no prompt starts that would, at the mean pace so
+    far, end after it; the records then cover the prompts that ran.
     """
     from tqdm import tqdm
 
@@ -126,8 +155,12 @@ def run_stream(methods: Sequence[Method], tokenizer: Any, prompts: Sequence[Benc
     say = say or (lambda msg: tqdm.write(msg, file=sys.stderr))
     records: list[Record] = []
     rounds = 0
+    started = clock()
     try:
         for i, prompt in enumerate(prompts):
+            if out_of_time(deadline, started, i, clock()):
+                say(f"swiftsd bench: time budget reached: stopping after {i} of {len(prompts)} prompts")
+                break
             answers: dict[str, list[str]] = {m.name: [] for m in methods}
             mine: list[Record] = []
             for t in range(len(prompt.turns)):
@@ -156,6 +189,8 @@ def run_stream(methods: Sequence[Method], tokenizer: Any, prompts: Sequence[Benc
             if params.greedy:
                 _announce_mismatches(mine, say)
             records += mine
+            if on_prompt is not None:
+                on_prompt(mine)
     finally:
         bar.close()
     return records
