@@ -35,9 +35,18 @@ def smollm2():
 _ONE_WORKER = ("test_lossless.py", "test_tree_verify_cache.py")
 
 
+# The longest-running modules (``--durations``) are collected first: xdist hands out work in
+# collection order, so the long ones start at once on both workers and the short tests fill
+# in at the end, instead of one worker idling while the other finishes a long module.
+_LONG_FIRST = ("test_lossless.py", "test_sampling.py", "test_lossless_real.py", "test_server_reliability.py",
+               "test_hf_generate.py", "test_server_load.py", "test_loading.py", "test_server.py")
+
+
 @pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
 def pytest_collection_modifyitems(config, items) -> None:
     for item in items:
         name = item.path.name
         if name in _ONE_WORKER or name.startswith("test_server"):
             item.add_marker(pytest.mark.xdist_group(item.path.stem))
+    rank = {name: i for i, name in enumerate(_LONG_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: file order otherwise

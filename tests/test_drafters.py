@@ -11,7 +11,7 @@ import torch
 from swiftsd import SkipSet, SwiftDecoder
 from swiftsd.drafters import DraftTrie, LookupDrafter, Request, SuffixDrafter
 from swiftsd.engine.cost import CostModel
-from swiftsd.planner import WallClockBound, best_node_count, forecast_layerskip
+from swiftsd.planner import CopyProbe, WallClockBound, best_node_count, forecast_layerskip
 from tiny import tiny_model
 
 
@@ -217,3 +217,48 @@ def test_any_vocabulary_size_works() -> None:
         dec = SwiftDecoder(model, cost_cache=False, **cfg)
         assert torch.equal(dec.generate(ids, max_new_tokens=20).sequences, want)
         dec.generate(ids, max_new_tokens=10, temperature=1.0, seed=1)  # sampling too
+
+
+# ---------------------------------------------------------------------------- the copy probe
+def test_copy_probe_backs_off_when_copies_fail_and_follows_a_copy_run() -> None:
+    probe = CopyProbe(start=4, max_wait=16, nodes=8)
+    waits = []
+    for _ in range(5):  # every probe fails: 4, 8, 16, 16, 16 steps between probes
+        k = 1
+        while not probe.due():
+            k += 1
+        waits.append(k)
+        probe.result(accepted=1)
+    assert waits == [4, 8, 16, 16, 16]
+    probe.result(accepted=5)  # a probe that copied: probe again at the next step
+    assert probe.due()
+    probe.result(accepted=0)
+    assert [probe.due() for _ in range(2)] == [False, True]  # failed: the wait doubles from 1
+
+
+def _repeating_stream_decoder(copy_probe: bool):
+    model = tiny_model("llama", seed=0)
+    dec = SwiftDecoder(model, optimizer=False, drafters=("lookup",), cost_cache=False, copy_probe=copy_probe)
+    dec._costs = _costs()
+    calib = dec.drafters["lookup"].calib
+    for b in (f"n{n}d{d}" for n in (1, 2, 3) for d in (1, 2, 3, 5, 9)):  # learned: copies never pay
+        calib.hits[b], calib.mass[b] = 0.0, 1e6
+    return model, dec
+
+
+def test_copy_drafts_the_planner_distrusts_are_retried_and_pay_again() -> None:
+    """The exploration trap: a calibration that learned "copies never pay" stops the planner
+    from verifying any copy, so it can never learn that this request copies. The probe
+    retries long matches; on a prompt that repeats itself they are accepted, losslessly."""
+    ids = torch.arange(3, 17).repeat(1, 3)  # the lossless drafter tests' repeating prompt: lookup pays here
+    model, trapped = _repeating_stream_decoder(copy_probe=False)
+    with torch.no_grad():
+        want = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=80,
+                              pad_token_id=0)
+    res = trapped.generate(ids, max_new_tokens=80)
+    assert torch.equal(res.sequences, want) and "lookup" not in res.stats.per_drafter  # never verified
+    _, probing = _repeating_stream_decoder(copy_probe=True)
+    res = probing.generate(ids, max_new_tokens=80)
+    assert torch.equal(res.sequences, want)
+    lookup = res.stats.per_drafter["lookup"]
+    assert lookup["accepted"] >= 10 and res.stats.steps < 80 - 10  # probes copied, and saved steps

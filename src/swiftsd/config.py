@@ -118,6 +118,7 @@ class SwiftConfig:
     frontier: int = 4  # dynamic tree: nodes expanded per draft depth (one forward over them)
     max_nodes: int = 64  # verification tree size at most (root included)
     planner: bool = True  # choose drafters and tree size per step by the measured cost model
+    copy_probe: bool = True  # with the planner: retry long copy matches it stopped trusting (planner.CopyProbe)
     tree_widths_greedy: tuple[int, ...] | None = None  # paper tree under greedy decoding (None: tree_widths)
     suffix_max_tokens: int = 262_144  # stream suffix index bound (oldest requests evicted first)
     cost_cache: bool = True  # keep the measured cost model on disk, per (model, device, dtype, threads)

@@ -21,6 +21,7 @@ import torch
 from .config import SamplingParams, SwiftConfig
 from .drafters import DraftTrie, Request, make_drafters
 from .drafters.layerskip import LayerSkipDrafter, ModelStep, draft_head, matchness
+from .drafters.ngram import has_long_match
 from .engine.cache import SlotKVCache
 from .engine.cost import CostModel, cached_costs
 from .engine.models import DraftHead, get_adapter
@@ -311,6 +312,9 @@ class SwiftDecoder:
             costs = self.costs
             spent = run.clock["model_draft"] / costs.full_step if run.clock["model_draft"] else 0.0
             n, _ = best_node_count(trie.score[1:], costs, spent, max_nodes)
+            if n == 1 and not spent and cfg.copy_probe and has_long_match(trie) and run.probe.due():
+                n = min(max_nodes, run.probe.nodes)  # the planner would decode plainly: retry the copy
+                run.req.scratch["probe"] = True
             trie = trie.select(max(n, sum(trie.keep)))
         elif len(trie) > max_nodes:
             trie = trie.select(max_nodes)
@@ -373,6 +377,8 @@ class SwiftDecoder:
                 d["accepted"] += int(i in hit)
         forwards = run.req.scratch.pop("layerskip_forwards", 0) if plan.run_model else 0
         model_accepted = sum(1 for a in accepted if "layerskip" in trie.sources[a])
+        if run.req.scratch.pop("probe", False):
+            run.probe.result(len(accepted) - model_accepted)
         stats.draft_forwards.append(forwards)
         stats.layerskip_accepted.append(model_accepted)
         self._wall.record(plan.run_model, len(accepted) + 1, step_time, layout.size)

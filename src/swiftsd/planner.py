@@ -102,3 +102,33 @@ class WallClockBound:
         plain = sorted(self.plain)[len(self.plain) // 2]
         observed = toks / secs * plain if secs > 0 else 0.0
         return observed < 1.0 and observed < 0.7 * predicted_rate
+
+
+class CopyProbe:
+    """Verify the copy drafts anyway, now and then, when the planner does not trust them.
+
+    A drafter's acceptance is learned only from the nodes that get verified. Where a
+    verification is dear, neither the prior estimate nor a calibration learned on other
+    prompts pays for a copy, so the planner never verifies one and never learns that
+    this request copies: an exploration trap (qwen-0.5b fp32, where 2 nodes cost 1.75
+    plain steps: no lookup draft of a summarisation turn was verified, while PLD's
+    were accepted ten at a time). So after ``wait`` steps in which a long match (3+
+    tokens) was left unverified, one step verifies its best ``nodes`` nodes. A probe
+    that accepts 2+ tokens probes again next step (a copy run goes on); one that fails
+    doubles the wait, up to ``max_wait``: where copies never pay, probes cost O(log steps).
+    One per request: a new request starts from ``start``.
+    """
+
+    def __init__(self, start: int = 16, max_wait: int = 256, nodes: int = 8) -> None:
+        self.start, self.max_wait, self.nodes = start, max_wait, nodes
+        self.wait, self.since = start, 0
+
+    def due(self) -> bool:
+        """Called on each step where the planner left a long match unverified: probe now?"""
+        self.since += 1
+        return self.since >= self.wait
+
+    def result(self, accepted: int) -> None:
+        """What the probe's verification accepted from the copy drafts."""
+        self.since = 0
+        self.wait = 1 if accepted >= 2 else min(self.max_wait, 2 * self.wait)

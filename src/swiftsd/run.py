@@ -17,6 +17,7 @@ from .engine.models import DraftHead
 from .engine.skipset import SkipSet
 from .engine.tree import TreeLayout
 from .engine.verify import PositionNoise, coupled_sample, target_probs
+from .planner import CopyProbe
 from .stats import GenerationStats
 
 if TYPE_CHECKING:
@@ -73,6 +74,7 @@ class RunState:
     t_start: float
     done: bool = False
     clock: dict[str, float] = field(default_factory=dict)
+    probe: CopyProbe = field(default_factory=CopyProbe)  # retries copy drafts the planner stopped trusting
 
     @property
     def tokens(self) -> list[int]:

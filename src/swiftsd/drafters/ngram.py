@@ -110,6 +110,11 @@ def add_continuations(
     return tags
 
 
+def has_long_match(trie: DraftTrie, sources: Sequence[str] = ("lookup", "suffix")) -> bool:
+    """A copy drafter proposed a continuation of a match of 3+ tokens (bucket ``n3``)."""
+    return any(tag[0].startswith("n3") for src in sources for tag in trie.tags.get(src, {}).values())
+
+
 def learn(calib: Calibration, trie: DraftTrie, accepted: list[int], source: str) -> None:
     """Fit ``calib`` from one verification: every ``source`` node whose parent was accepted is a trial."""
     on_path = {0, *accepted}
