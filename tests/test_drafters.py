@@ -232,8 +232,10 @@ def test_copy_probe_backs_off_when_copies_fail_and_follows_a_copy_run() -> None:
     assert waits == [4, 8, 16, 16, 16]
     probe.result(accepted=5)  # a probe that copied: probe again at the next step
     assert probe.due()
-    probe.result(accepted=0)
-    assert [probe.due() for _ in range(2)] == [False, True]  # failed: the wait doubles from 1
+    probe.result(accepted=3)
+    assert probe.due()
+    probe.result(accepted=0)  # the copy run ended: back to the wait before it, not doubled
+    assert [probe.due() for _ in range(16)] == [False] * 15 + [True]
 
 
 def _repeating_stream_decoder(copy_probe: bool):
@@ -241,7 +243,7 @@ def _repeating_stream_decoder(copy_probe: bool):
     dec = SwiftDecoder(model, optimizer=False, drafters=("lookup",), cost_cache=False, copy_probe=copy_probe)
     dec._costs = _costs()
     calib = dec.drafters["lookup"].calib
-    for b in (f"n{n}d{d}" for n in (1, 2, 3) for d in (1, 2, 3, 5, 9)):  # learned: copies never pay
+    for b in (f"n{n}d{d}{r}" for n in (1, 2, 3) for d in (1, 2, 3, 5, 9) for r in "hc"):  # copies never pay
         calib.hits[b], calib.mass[b] = 0.0, 1e6
     return model, dec
 

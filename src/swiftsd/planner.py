@@ -114,14 +114,16 @@ class CopyProbe:
     plain steps: no lookup draft of a summarisation turn was verified, while PLD's
     were accepted ten at a time). So after ``wait`` steps in which a long match (3+
     tokens) was left unverified, one step verifies its best ``nodes`` nodes. A probe
-    that accepts 2+ tokens probes again next step (a copy run goes on); one that fails
-    doubles the wait, up to ``max_wait``: where copies never pay, probes cost O(log steps).
+    that accepts 2+ tokens probes again next step (a copy run goes on); the failure that
+    ends a run waits ``base`` steps again, and a failed probe outside a run doubles
+    ``base`` (up to ``max_wait``): where copies never pay, probes cost O(log steps).
     One per request: a new request starts from ``start``.
     """
 
     def __init__(self, start: int = 16, max_wait: int = 256, nodes: int = 8) -> None:
-        self.start, self.max_wait, self.nodes = start, max_wait, nodes
-        self.wait, self.since = start, 0
+        self.max_wait, self.nodes = max_wait, nodes
+        self.base = self.wait = start
+        self.since = 0
 
     def due(self) -> bool:
         """Called on each step where the planner left a long match unverified: probe now?"""
@@ -130,5 +132,10 @@ class CopyProbe:
 
     def result(self, accepted: int) -> None:
         """What the probe's verification accepted from the copy drafts."""
-        self.since = 0
-        self.wait = 1 if accepted >= 2 else min(self.max_wait, 2 * self.wait)
+        in_run, self.since = self.wait == 1, 0
+        if accepted >= 2:
+            self.wait = 1
+            return
+        if not in_run:
+            self.base = min(self.max_wait, 2 * self.base)
+        self.wait = self.base

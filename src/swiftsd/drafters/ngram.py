@@ -35,8 +35,13 @@ class Calibration:
     mass: dict[str, float] = field(default_factory=dict)
 
     def factor(self, bucket: str) -> float:
+        """A "hot" bucket (suffix ``h``: right after accepted copies) starts from its cold
+        twin's estimate when that is higher: copying just worked, so it is at least as likely."""
+        prior = self.prior
+        if bucket.endswith("h"):
+            prior = max(prior, self.factor(bucket[:-1] + "c"))
         h, m = self.hits.get(bucket, 0.0), self.mass.get(bucket, 0.0)
-        return (h + self.prior * self.strength) / (m + self.strength)
+        return (h + prior * self.strength) / (m + self.strength)
 
     def prob(self, bucket: str, share: float) -> float:
         return min(0.98, self.factor(bucket) * share)
@@ -66,10 +71,12 @@ def add_continuations(
     max_depth: int,
     calib: Calibration,
     source: str,
+    regime: str = "",
 ) -> dict[int, tuple[str, float]]:
     """Insert the continuations of ``matches`` [(match length n, tokens after the match)],
     best first, into ``trie`` under its root, within ``budget`` new nodes.
 
+    ``regime`` is appended to every calibration bucket (see :class:`CopyDrafter`).
     Returns node -> (calibration bucket, share) for the nodes this call proposed.
     """
     # 1. A local counted trie of every continuation (cheap: ints and dicts).
@@ -103,7 +110,7 @@ def add_continuations(
         j = parent[i]
         while j > 0:
             depth, j = depth + 1, parent[j]
-        b = bucket(ngram[i], depth)
+        b = bucket(ngram[i], depth) + regime
         node = trie.add(where[parent[i]], token[i], calib.prob(b, share), source)
         where[i] = node
         tags[node] = (b, share)
@@ -179,6 +186,12 @@ class CopyDrafter:
 
     Subclasses set ``name``, ``max_n``, ``max_depth``, ``max_matches``, ``calib`` and say where
     the matches come from (:meth:`_matches`).
+
+    Copying comes in runs: a request that is copying its prompt (a summary, an edit) keeps
+    on, one that is not rarely starts. So acceptance is calibrated apart in two regimes of the
+    request: "hot" after a verification that accepted 2+ of this drafter's tokens, "cold"
+    otherwise. One stream-wide calibration would carry a summarisation request's 90 %
+    over to the math question that follows it and verify copies that fail there.
     """
 
     name = ""
@@ -195,7 +208,11 @@ class CopyDrafter:
             return
         matches = self._matches(req, depth)
         if matches:
-            trie.tags[self.name] = add_continuations(trie, matches, budget, depth, self.calib, self.name)
+            regime = "h" if req.scratch.get(f"{self.name}:hot") else "c"
+            trie.tags[self.name] = add_continuations(trie, matches, budget, depth, self.calib, self.name, regime)
 
     def observe(self, req: "Request", trie: DraftTrie, accepted: list[int]) -> None:
         learn(self.calib, trie, accepted, self.name)
+        mine = trie.tags.get(self.name, {})
+        if any(trie.parents[node] == 0 for node in mine):  # verified this step: the regime follows it
+            req.scratch[f"{self.name}:hot"] = sum(1 for a in accepted if a in mine) >= 2
