@@ -97,6 +97,11 @@ class Comparison:
 
 
 def run(args: argparse.Namespace) -> int:
+    """`swiftsd generate`: validate, load, decode (streamed or not), report, compare.
+
+    A little over 60 lines: its numbered steps are the command's whole story, in the
+    order a user sees them, and each step is already a call into a helper.
+    """
     # 1. Validate everything that needs no model.
     prompt = cli_common.read_text_arg(args.prompt, "--prompt")
     params = SamplingParams(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k)

@@ -177,14 +177,9 @@ def run_stream(methods: Sequence[Method], tokenizer: Any, prompts: Sequence[Benc
                 rounds += repeats
                 load = (before, load_average())
                 for m in methods:
-                    best, fields = repeat_fields(runs[m.name], margin, load)
-                    out = runs[m.name][best]
-                    answers[m.name].append(tokenizer.decode(out.new_ids, skip_special_tokens=True))
-                    rec = make_record(m.name, prompt, t, len(inputs[m.name]), out, s)
-                    rec.update(fields)
-                    if "invalid" in rec:
-                        say(f"BENCH ACCOUNTING: {m.name} on prompt {prompt.id} turn {t}: "
-                            f"{'; '.join(rec['invalid'])} (its acceptance is not reported)")
+                    rec, text = _turn_record(m.name, runs[m.name], prompt, t, len(inputs[m.name]), s, margin, load,
+                                             tokenizer, say)
+                    answers[m.name].append(text)
                     mine.append(rec)
             if params.greedy:
                 _announce_mismatches(mine, say)
@@ -194,6 +189,20 @@ def run_stream(methods: Sequence[Method], tokenizer: Any, prompts: Sequence[Benc
     finally:
         bar.close()
     return records
+
+
+def _turn_record(method: str, runs: Sequence[TurnOutput], prompt: BenchPrompt, turn: int, prompt_tokens: int,
+                 seed: int, margin: float, load: tuple[float | None, float | None], tokenizer: Any,
+                 say: Callable[[str], None]) -> tuple[Record, str]:
+    """The record of one (method, turn) from its fastest repeat, and that repeat's text (the next turn's history)."""
+    best, fields = repeat_fields(runs, margin, load)
+    out = runs[best]
+    rec = make_record(method, prompt, turn, prompt_tokens, out, seed)
+    rec.update(fields)
+    if "invalid" in rec:
+        say(f"BENCH ACCOUNTING: {method} on prompt {prompt.id} turn {turn}: "
+            f"{'; '.join(rec['invalid'])} (its acceptance is not reported)")
+    return rec, tokenizer.decode(out.new_ids, skip_special_tokens=True)
 
 
 def _announce_mismatches(records: Sequence[Record], say: Callable[[str], None]) -> None:
