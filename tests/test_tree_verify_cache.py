@@ -28,18 +28,11 @@ VOCAB = COMMON["vocab_size"]
 AFTER = 4  # plain steps decoded from the compacted cache
 FAMILIES = ["llama", "qwen3", "gemma2", "phi3"]  # gemma2: sliding window 24, crossed by every case
 SEEDS = range(6)
-pytestmark = pytest.mark.xdist_group("test_tree_verify_cache")  # one process: the last test sums the module
 
 
 @pytest.fixture(scope="module")
 def models() -> dict:
     return {arch: tiny_model(arch, seed=4) for arch in FAMILIES}
-
-
-@pytest.fixture(scope="module")
-def seen() -> dict:
-    """What the cases exercised, summed over the module (checked by the last test)."""
-    return {"cases": 0, "nodes": 0, "deep": 0, "sibling_path": 0, "decoy": 0}
 
 
 def _record(seen: dict, parents: tuple[int, ...], tokens: list[int], truth: list[int], accepted: list[int]) -> None:
@@ -102,11 +95,8 @@ def _stock_logits(model, ids: list[int]) -> torch.Tensor:
         return model(torch.tensor([ids])).logits[0].float()
 
 
-@pytest.mark.parametrize("seed", SEEDS)
-@pytest.mark.parametrize("arch", FAMILIES)
-def test_random_trie_verify_then_compacted_cache_decodes_like_stock(arch: str, seed: int, models, seen) -> None:
-    model = models[arch]
-    ad = get_adapter(model)
+def _case(model, arch: str, seed: int) -> tuple[list[int], tuple[int, ...], list[int], list[int], int]:
+    """One random case, the same on every call: (prompt, trie, its tokens, true continuation, planted node)."""
     rng = random.Random(FAMILIES.index(arch) * 1000 + seed)
     P = rng.randint(20, 40)  # prompts on both sides of gemma2's window; decoding always crosses it
     prompt = [rng.randrange(VOCAB) for _ in range(P)]
@@ -117,6 +107,16 @@ def test_random_trie_verify_then_compacted_cache_decodes_like_stock(arch: str, s
                              do_sample=False, max_new_tokens=layout.max_depth + AFTER + 2, pad_token_id=0)
     truth = out[0, P:].tolist()  # truth[0] is the root: the last committed token
     tokens, planted = _random_tokens(rng, parents, truth)
+    return prompt, parents, tokens, truth, planted
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("arch", FAMILIES)
+def test_random_trie_verify_then_compacted_cache_decodes_like_stock(arch: str, seed: int, models) -> None:
+    model = models[arch]
+    ad = get_adapter(model)
+    prompt, parents, tokens, truth, planted = _case(model, arch, seed)
+    P, layout = len(prompt), build_tree(parents)
 
     # the prefix cache as the decoder leaves it after prefill: the prompt, the root not yet in it
     cache = SlotKVCache(ad.num_layers, P + len(parents) + AFTER + 2)
@@ -136,7 +136,6 @@ def test_random_trie_verify_then_compacted_cache_decodes_like_stock(arch: str, s
     assert len(accepted) >= layout.depths[planted]  # the planted path is never cut short
     assert bonus == truth[len(accepted) + 1]
     assert scored == [0] + accepted  # only the walk reached the LM head
-    _record(seen, parents, tokens, truth, accepted)
 
     cache.keep(P, [0] + accepted)
     m = len(accepted)
@@ -151,9 +150,14 @@ def test_random_trie_verify_then_compacted_cache_decodes_like_stock(arch: str, s
         torch.testing.assert_close(got[0], stock[pos], atol=ATOL, rtol=1e-5)
 
 
-def test_random_tries_were_not_vacuous(seen: dict) -> None:
-    """Runs last: across the cases above, some accepted paths were deep, some left a parent's first
-    child, some tries held a decoy deeper than what was accepted, and some tries were large."""
-    if seen["cases"] < len(FAMILIES) * len(SEEDS):
-        pytest.skip("only meaningful after every case of this module ran")
-    assert seen["nodes"] >= 40 and seen["deep"] >= 3 and seen["sibling_path"] >= 3 and seen["decoy"] >= 3
+def test_random_tries_were_not_vacuous(models) -> None:
+    """The cases above, rebuilt (each asserts that greedy_verify accepts exactly the longest true prefix):
+    some accepted paths were deep, some left a parent's first child, some tries held a decoy deeper than
+    what was accepted, and some tries were large. Self-contained, so xdist's scheduling cannot skip it."""
+    seen = {"cases": 0, "nodes": 0, "deep": 0, "sibling_path": 0, "decoy": 0}
+    for arch in FAMILIES:
+        for seed in SEEDS:
+            _, parents, tokens, truth, _ = _case(models[arch], arch, seed)
+            _record(seen, parents, tokens, truth, _longest_true_prefix(parents, tokens, truth))
+    assert seen["cases"] == len(FAMILIES) * len(SEEDS)
+    assert seen["nodes"] >= 40 and seen["deep"] >= 3 and seen["sibling_path"] >= 3 and seen["decoy"] >= 3, seen
