@@ -221,21 +221,32 @@ def test_any_vocabulary_size_works() -> None:
 
 # ---------------------------------------------------------------------------- the copy probe
 def test_copy_probe_backs_off_when_copies_fail_and_follows_a_copy_run() -> None:
-    probe = CopyProbe(start=4, max_wait=16, nodes=8)
-    waits = []
-    for _ in range(5):  # every probe fails: 4, 8, 16, 16, 16 steps between probes
-        k = 1
-        while not probe.due():
-            k += 1
-        waits.append(k)
-        probe.result(accepted=1)
-    assert waits == [4, 8, 16, 16, 16]
-    probe.result(accepted=5)  # a probe that copied: probe again at the next step
+    probe = CopyProbe(start=4, max_wait=16, nodes=8, margin=1.5)
+    cost = 2.4  # 8 nodes: 2.4 plain steps, so a probe pays from 1.5 * 2.4 = 3.6 tokens (3 accepted + bonus)
+
+    def gaps(n: int, accepted: int) -> list[int]:
+        out = []
+        for _ in range(n):
+            k = 1
+            while not probe.due():
+                k += 1
+            out.append(k)
+            probe.result(accepted=accepted, cost=cost)
+        return out
+
+    assert gaps(5, accepted=1) == [4, 8, 16, 16, 16]  # every probe fails: the wait doubles to its cap
+    probe = CopyProbe(start=4, max_wait=64, nodes=8, margin=1.5)
+    assert gaps(2, accepted=2) == [4, 8]  # 2 accepted for 2.4 steps is a failure, not a copy run
+    probe.result(accepted=5, cost=cost)  # a probe that copied: probe again at the next step
     assert probe.due()
-    probe.result(accepted=3)
+    probe.result(accepted=3, cost=cost)
     assert probe.due()
-    probe.result(accepted=0)  # the copy run ended: back to the wait before it, not doubled
+    probe.result(accepted=0, cost=cost)  # the end of a run of two paying probes: the wait before it, not doubled
     assert [probe.due() for _ in range(16)] == [False] * 15 + [True]
+    probe.result(accepted=6, cost=cost)  # a run of one paying probe ...
+    assert probe.due()
+    probe.result(accepted=0, cost=cost)  # ... ended by a failure: a lucky probe, so the wait doubles
+    assert [probe.due() for _ in range(32)] == [False] * 31 + [True]
 
 
 def _repeating_stream_decoder(copy_probe: bool):

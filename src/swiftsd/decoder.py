@@ -32,7 +32,7 @@ from .engine.verify import PositionNoise, coupled_sample, greedy_verify, multi_c
 from .errors import ContextLengthError, InvalidArgumentError
 from .optimize import SkipOptimizer
 from .learned import decoder_state_dict, load_decoder_state
-from .planner import WallClockBound, best_node_count, forecast_layerskip
+from .planner import WallClockBound, best_node_count, forecast_layerskip, relative_verify
 from .run import GenerationResult, GenerationStream, LogitsProcessor, RunState, StepPlan, StopHook, TargetScores
 from .stats import GenerationStats
 
@@ -378,7 +378,7 @@ class SwiftDecoder:
         forwards = run.req.scratch.pop("layerskip_forwards", 0) if plan.run_model else 0
         model_accepted = sum(1 for a in accepted if "layerskip" in trie.sources[a])
         if run.req.scratch.pop("probe", False):
-            run.probe.result(len(accepted) - model_accepted)
+            run.probe.result(len(accepted) - model_accepted, relative_verify(self.costs, layout.size))
         stats.draft_forwards.append(forwards)
         stats.layerskip_accepted.append(model_accepted)
         self._wall.record(plan.run_model, len(accepted) + 1, step_time, layout.size)

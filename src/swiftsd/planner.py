@@ -113,29 +113,36 @@ class CopyProbe:
     this request copies: an exploration trap (qwen-0.5b fp32, where 2 nodes cost 1.75
     plain steps: no lookup draft of a summarisation turn was verified, while PLD's
     were accepted ten at a time). So after ``wait`` steps in which a long match (3+
-    tokens) was left unverified, one step verifies its best ``nodes`` nodes. A probe
-    that accepts 2+ tokens probes again next step (a copy run goes on); the failure that
-    ends a run waits ``base`` steps again, and a failed probe outside a run doubles
-    ``base`` (up to ``max_wait``): where copies never pay, probes cost O(log steps).
-    One per request: a new request starts from ``start``.
+    tokens) was left unverified, one step verifies its best ``nodes`` nodes.
+
+    A probe *pays* when its tokens (accepted + the bonus) are at least ``margin`` times
+    what its verification cost in plain steps: then the next step probes again (a copy
+    run goes on). Anything less is a failure, even 2 accepted tokens, which pay for
+    nothing when 8 nodes cost 2.4 steps (the math turns of the first A/B lost 15 % to
+    such near-misses and the failed probe after each). The failure that ends a run of
+    2+ paying probes waits ``base`` steps again; any other failure doubles ``base`` (up
+    to ``max_wait``): where copies never pay, probes cost O(log steps). One per
+    request: a new request starts from ``start``.
     """
 
-    def __init__(self, start: int = 16, max_wait: int = 256, nodes: int = 8) -> None:
-        self.max_wait, self.nodes = max_wait, nodes
+    def __init__(self, start: int = 16, max_wait: int = 256, nodes: int = 8, margin: float = 1.5) -> None:
+        self.max_wait, self.nodes, self.margin = max_wait, nodes, margin
         self.base = self.wait = start
-        self.since = 0
+        self.since = self.run = 0
 
     def due(self) -> bool:
         """Called on each step where the planner left a long match unverified: probe now?"""
         self.since += 1
         return self.since >= self.wait
 
-    def result(self, accepted: int) -> None:
-        """What the probe's verification accepted from the copy drafts."""
-        in_run, self.since = self.wait == 1, 0
-        if accepted >= 2:
+    def result(self, accepted: int, cost: float) -> None:
+        """What the probe's verification accepted from the copy drafts, and what it cost (plain steps)."""
+        self.since = 0
+        if accepted + 1 >= self.margin * cost:
+            self.run += 1
             self.wait = 1
             return
-        if not in_run:
+        if self.run < 2:  # a cold failure, or a "run" of one lucky probe
             self.base = min(self.max_wait, 2 * self.base)
+        self.run = 0
         self.wait = self.base
