@@ -23,6 +23,7 @@ from ..cli_common import add_model_arguments, add_skip_arguments, load_model, pa
 from ..config import SamplingParams
 from ..errors import InvalidArgumentError
 from ..engine.skipset import SkipSet
+from . import resume
 from .data import load_prompts
 from .methods import DEFAULT_METHODS, METHOD_NAMES, RunParams, Swift, build_methods
 from .metrics import OVERALL, mismatches, summarize
@@ -78,6 +79,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="start no prompt that would end past this many minutes (the report covers the prompts "
                         "that ran, and says so); prompts run round-robin over categories, so a cut run covers "
                         "every category")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run of the same --out/--name that a time budget, Ctrl-C or a crash cut "
+                        "short: its finished prompts are kept, the methods' learned state is restored, and the "
+                        "rest runs (same arguments and code only)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--from-jsonl", default=None, metavar="FILE",
                    help="run nothing: recompute and print the tables from a raw JSONL this command wrote")
@@ -197,32 +202,55 @@ def _stem(args: argparse.Namespace, dtype: str, meta: dict[str, Any], device: An
 
 
 def _measure(args: argparse.Namespace, methods: list, tok: Any, prompts: list, params: RunParams,
-             jsonl: Path) -> tuple[list, str | None]:
-    """Warm up, then the stream; each finished prompt's records are appended to ``jsonl`` at once.
+             jsonl: Path, slices: resume.RunFile, records: list) -> tuple[list, str | None]:
+    """Warm up, then the stream after ``records`` (an earlier slice's); each finished prompt's
+    records are appended to ``jsonl`` at once, and the run file then says it is done.
 
     Returns (records, why the run stopped early or None). Ctrl-C keeps the prompts
     already finished: an hour-long run is not lost to one interruption.
     """
     import torch
 
-    records: list = []
+    run_path = resume.run_file_path(jsonl)
     jsonl.parent.mkdir(parents=True, exist_ok=True)
     with jsonl.open("w") as f, torch.inference_mode():
+        f.writelines(json.dumps(r) + "\n" for r in records)  # an earlier slice's, without a line cut short
+
         def keep(mine: list) -> None:
             records.extend(mine)
             f.writelines(json.dumps(r) + "\n" for r in mine)
             f.flush()
+            os.fsync(f.fileno())
+            states = {m.name: st for m in methods if (st := m.state_dict()) is not None}
+            resume.record_prompt(slices, mine[0]["prompt_id"], states)
+            resume.save(run_path, slices)
 
         warm_up(methods, tok, params, args.warmup)
+        for m in methods:  # after the warm-up, which runs on throwaway state
+            if m.name in slices.states:
+                m.load_state_dict(slices.states[m.name])
+        resume.save(run_path, slices)
         deadline = None if args.time_budget is None else time.monotonic() + 60.0 * args.time_budget
         try:
             run_stream(methods, tok, prompts, params, args.seed, progress=False if args.no_progress else None,
-                       repeats=args.repeats, margin=args.noise_margin, deadline=deadline, on_prompt=keep)
+                       repeats=args.repeats, margin=args.noise_margin, deadline=deadline, on_prompt=keep,
+                       skip=set(slices.done))
         except KeyboardInterrupt:
             print("\nswiftsd bench: interrupted: reporting the prompts that finished", file=sys.stderr)
             return records, "interrupted"
     done = len({r["prompt_id"] for r in records})
     return records, (None if done == len(prompts) else f"--time-budget {args.time_budget:g} min")
+
+
+def _slices(args: argparse.Namespace, meta: dict[str, Any], jsonl: Path) -> tuple[resume.RunFile, list]:
+    """The run file and the records of an earlier slice (``--resume``), or a new run's."""
+    if not args.resume:
+        return resume.new_run(args, meta), []
+    run_file = resume.load_for_resume(resume.run_file_path(jsonl), args, meta)
+    records = resume.kept_records(jsonl, run_file.done)
+    print(f"swiftsd bench: resuming {jsonl.name}: {len(run_file.done)} prompts done in "
+          f"{len(run_file.slices)} earlier slice(s)", file=sys.stderr)
+    return run_file, records
 
 
 def run(args: argparse.Namespace) -> int:
@@ -250,7 +278,10 @@ def run(args: argparse.Namespace) -> int:
     meta = machine_info(dtype, str(device))  # before the run: the date and commit of what is measured
     load_before = _loadavg()
     stem = _stem(args, dtype, meta, device, params.greedy)
-    records, stopped = _measure(args, methods, tok, prompts, params, Path(args.out) / f"{stem}.jsonl")
+    jsonl = Path(args.out) / f"{stem}.jsonl"
+    slices, earlier = _slices(args, meta, jsonl)
+    resume.start_slice(slices, load_before)
+    records, stopped = _measure(args, methods, tok, prompts, params, jsonl, slices, earlier)
     if not records:
         raise InvalidArgumentError("no prompt finished, so there is nothing to report; give a longer "
                                    "--time-budget or fewer --n-per-category")
@@ -267,7 +298,7 @@ def run(args: argparse.Namespace) -> int:
         methods={m.name: m.describe() for m in methods}, unavailable=unavailable,
         static_skip_source="--skip-set" if args.skip_set else ("store" if static is not None else "decoder default"),
         draft_cost_isolated=isolated, command=" ".join(sys.argv),
-        load_average_before=load_before, load_average_after=_loadavg(),
+        load_average_before=load_before, load_average_after=_loadavg(), slices=slices.slices,
     )
     rows = summarize(records, params.greedy)
     paths = write_report(Path(args.out), stem, records, rows, meta, params.greedy, unavailable)

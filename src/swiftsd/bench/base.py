@@ -140,3 +140,10 @@ class Method:
 
     def set_state(self, state: Any) -> None:
         """Continue from ``state`` (which the method then owns and changes)."""
+
+    def state_dict(self) -> dict[str, Any] | None:
+        """The learned state as plain JSON data, for a run continued later (``--resume``); None: none."""
+        return None
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from :meth:`state_dict`'s output."""

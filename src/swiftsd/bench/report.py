@@ -245,7 +245,8 @@ def render_markdown(records: Sequence[Record], rows: Sequence[Row], meta: dict[s
         f"{meta.get('max_new_tokens')} new tokens; data {meta.get('data')}; "
         f"{meta.get('prompts')} prompts ({meta.get('turns')} turns){_stopped_text(meta)}; seed {meta.get('seed')}; "
         f"{_repeats_text(meta)} after {meta.get('warmup')} warm-up prompt(s); "
-        f"load average before/after {meta.get('load_average_before')} / {meta.get('load_average_after')}.\n\n"
+        f"load average before/after {meta.get('load_average_before')} / {meta.get('load_average_after')}."
+        f"{_slices_text(meta)}\n\n"
         f"{mismatch_text(records, greedy)}\n\n"
         f"## Result\n\n{_headline_text(rows, meta)}\n\n"
         f"## Overall\n\n{markdown_table(overall, unavailable)}\n\n"
@@ -272,6 +273,16 @@ def _isolated_text(meta: dict[str, Any]) -> str:
              f"draft {v['draft_ms']:.1f} ms vs full {v['full_ms']:.1f} ms)" for m, v in iso.items()]
     return ("Draft cost of each swiftsd method's final skip set measured in isolation (`cost.measure_draft_cost`: "
             "one-token adapter forwards, no draft-loop overhead): " + "; ".join(parts) + ".\n\n")
+
+
+def _slices_text(meta: dict[str, Any]) -> str:
+    """A run continued with --resume names its slices: when each ran, and how many prompts."""
+    slices = meta.get("slices") or []
+    if len(slices) < 2:
+        return ""
+    parts = [f"{s.get('started')} to {s.get('ended')}: {s.get('prompts')} prompts" for s in slices]
+    return (f" Ran in {len(slices)} slices (`--resume`; same arguments and code, the learned state carried "
+            f"from each slice to the next): {'; '.join(parts)}.")
 
 
 def _stopped_text(meta: dict[str, Any]) -> str:

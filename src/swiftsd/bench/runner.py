@@ -14,7 +14,7 @@ import os
 import sys
 import time
 from dataclasses import replace
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Collection, Sequence
 
 from .base import Method, RunParams, TurnOutput, accounting_problems
 from .data import BUILTIN_PROMPTS, BenchPrompt, build_input
@@ -135,7 +135,7 @@ def run_stream(methods: Sequence[Method], tokenizer: Any, prompts: Sequence[Benc
                seed: int = 0, progress: bool | None = None, say: Callable[[str], None] | None = None,
                repeats: int = 2, margin: float = NOISE_MARGIN, deadline: float | None = None,
                on_prompt: Callable[[list[Record]], None] | None = None,
-               clock: Callable[[], float] = time.monotonic) -> list[Record]:
+               clock: Callable[[], float] = time.monotonic, skip: Collection[str] = ()) -> list[Record]:
     """Every method on every turn of every prompt; one record per (method, prompt, turn), from its fastest repeat.
 
     ``progress``: None shows a bar on a terminal only, False never. Greedy outputs
@@ -143,13 +143,15 @@ def run_stream(methods: Sequence[Method], tokenizer: Any, prompts: Sequence[Benc
     an impossible step log is announced at once through ``say``. ``on_prompt``
     gets each prompt's records when they are final (so a killed run keeps them).
     ``deadline`` (on ``clock``): no prompt starts that would, at the mean pace so
-    far, end after it; the records then cover the prompts that ran.
+    far, end after it; the records then cover the prompts that ran. ``skip``: ids of
+    prompts an earlier slice ran (``--resume``); the others keep their place, and seeds.
     """
     from tqdm import tqdm
 
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
-    total = sum(len(p.turns) for p in prompts) * len(methods) * repeats
+    todo = [(i, p) for i, p in enumerate(prompts) if p.id not in skip]
+    total = sum(len(p.turns) for _, p in todo) * len(methods) * repeats
     bar = tqdm(total=total, unit="run", desc="bench", file=sys.stderr, dynamic_ncols=True, leave=False,
                disable=None if progress is None else not progress)
     say = say or (lambda msg: tqdm.write(msg, file=sys.stderr))
@@ -157,9 +159,9 @@ def run_stream(methods: Sequence[Method], tokenizer: Any, prompts: Sequence[Benc
     rounds = 0
     started = clock()
     try:
-        for i, prompt in enumerate(prompts):
-            if out_of_time(deadline, started, i, clock()):
-                say(f"swiftsd bench: time budget reached: stopping after {i} of {len(prompts)} prompts")
+        for ran, (i, prompt) in enumerate(todo):
+            if out_of_time(deadline, started, ran, clock()):
+                say(f"swiftsd bench: time budget reached: stopping after {ran} of {len(todo)} prompts")
                 break
             answers: dict[str, list[str]] = {m.name: [] for m in methods}
             mine: list[Record] = []

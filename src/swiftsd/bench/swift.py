@@ -75,6 +75,13 @@ class Swift(Method):
     def set_state(self, state: Any) -> None:
         self.decoder = state
 
+    def state_dict(self) -> dict[str, Any] | None:
+        return self.decoder.state_dict() if self.decoder is not None else None
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        assert self.decoder is not None, f"{self.name} is unavailable: {self._why}"
+        self.decoder.load_state_dict(state)
+
     def _run(self, decoder: SwiftDecoder, input_ids: list[int], params: RunParams, seed: int) -> Any:
         s = params.sampling
         return decoder.generate(input_ids, max_new_tokens=params.max_new_tokens, temperature=s.temperature,
