@@ -28,7 +28,8 @@ from typing import Any
 from .errors import InvalidArgumentError, StateFileError
 from .identity import ModelIdentity
 
-__all__ = ["STATE_FILE_FORMAT", "STATE_FILE_VERSION", "check_state_file", "load_state", "save_state"]
+__all__ = ["STATE_FILE_FORMAT", "STATE_FILE_VERSION", "check_state_file", "load_state", "save_state",
+           "write_atomically"]
 
 STATE_FILE_FORMAT = "swiftsd-state"
 STATE_FILE_VERSION = 1
@@ -52,19 +53,25 @@ def save_state(path: str | Path, state: dict[str, Any], identity: ModelIdentity)
             "saved": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "sha256": hashlib.sha256(body.encode()).hexdigest()}
     text = json.dumps(head)[:-1] + ', "state": ' + body + "}\n"
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
+    return write_atomically(p, text)
+
+
+def write_atomically(path: Path, text: str) -> Path:
+    """Write ``text`` to a temporary file beside ``path``, fsync it, rename it over ``path``, fsync the
+    folder: a crash at any moment leaves the old file or the new one, never half of one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, p)
+        os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    _fsync_dir(p.parent)
-    return p
+    _fsync_dir(path.parent)
+    return path
 
 
 def _fsync_dir(folder: Path) -> None:

@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Sequence
 
 from ..errors import InvalidArgumentError
+from ..state import write_atomically
 from .metrics import Record
 
 RUN_FILE_FORMAT = "swiftsd-bench-run"
@@ -73,18 +72,7 @@ def record_prompt(run: RunFile, prompt_id: str, states: dict[str, Any]) -> None:
 
 
 def save(path: Path, run: RunFile) -> None:
-    body = {"format": RUN_FILE_FORMAT, "version": RUN_FILE_VERSION, **asdict(run)}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(body, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomically(path, json.dumps({"format": RUN_FILE_FORMAT, "version": RUN_FILE_VERSION, **asdict(run)}))
 
 
 def load_for_resume(path: Path, args: argparse.Namespace, meta: dict[str, Any]) -> RunFile:
