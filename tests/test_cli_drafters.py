@@ -96,7 +96,7 @@ def test_stats_line_shows_each_drafters_counts(capsys, model_dir) -> None:
     assert "layer-skip drafting is off (not in --drafters)" in err
     one = GenerationStats(new_tokens=5, steps=2, wall_time=1.0, draft_lengths=[3, 1], accepted_lengths=[2, 0])
     one.per_drafter = {"suffix": {"proposed": 4, "accepted": 2}}
-    assert "(accepted/proposed by drafter: suffix 2/4)" in stats_line(one)  # one drafter is shown too
+    assert "(tree nodes accepted/proposed by drafter: suffix 2/4)" in stats_line(one)  # one drafter is shown too
 
 
 @pytest.mark.parametrize("argv, words", [

@@ -65,8 +65,8 @@ def test_stats_line_pluralises_and_shows_acceptance_as_counts() -> None:
                            accepted_lengths=[2, 1, 0, 2])
     many.per_drafter = {"layerskip": {"proposed": 8, "accepted": 3}, "lookup": {"proposed": 2, "accepted": 2}}
     line = stats_line(many)
-    assert "9 tokens" in line and "4 steps" in line and "acceptance 5/10 drafted tokens (50%)" in line
-    assert "accepted/proposed by drafter: layerskip 3/8, lookup 2/2" in line
+    assert "9 tokens" in line and "4 steps" in line and "acceptance 5/10 draft positions (50%)" in line
+    assert "(tree nodes accepted/proposed by drafter: layerskip 3/8, lookup 2/2" in line
 
 
 def test_drafting_off_says_what_it_means_and_what_to_do() -> None:

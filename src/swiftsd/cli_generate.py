@@ -206,15 +206,20 @@ def doing_line(args: argparse.Namespace, model: Any, prompt_tokens: int, times_d
 
 
 def stats_line(stats: Any) -> str:
-    """The request in one line: speed, steps and how many drafted tokens the full model accepted."""
+    """The request in one line: speed, steps and how many drafted tokens the full model accepted.
+
+    Two counts, named apart because they differ on trees: acceptance is per position (tokens
+    accepted / the deepest draft of each step, summed: Spec-Bench's measure); each drafter's is
+    per tree node it proposed (a node two drafters proposed counts for both).
+    """
     drafted, accepted = stats.draft_tokens, stats.accepted_tokens
     if drafted:
-        acceptance = f"acceptance {accepted}/{drafted} drafted tokens ({accepted / drafted:.0%})"
+        acceptance = f"acceptance {accepted}/{drafted} draft positions ({accepted / drafted:.0%})"
         per = getattr(stats, "per_drafter", None) or {}
         parts = [f"{name} {d.get('accepted', 0)}/{d.get('proposed', 0)}" for name, d in per.items()
                  if d.get("proposed")]
         if parts:
-            acceptance += f" (accepted/proposed by drafter: {', '.join(parts)})"
+            acceptance += f" (tree nodes accepted/proposed by drafter: {', '.join(parts)})"
     else:
         acceptance = "acceptance: nothing drafted"
     return (f"{_plural(stats.new_tokens, 'token')} in {stats.wall_time:.2f}s ({stats.tokens_per_s:.1f} tok/s), "
