@@ -325,7 +325,7 @@ class SwiftDecoder:
         ad, dev, n = self.adapter, self.adapter.device, len(run.tokens)
         hidden = ad.forward(torch.tensor(trie.tokens, device=dev), (n - 1) + layout.depth.to(dev), run.cache,
                             n - 1, n - 1, layout.mask.to(dev), None, logits_rows="hidden")
-        return TargetScores(self.adapter, run, trie, layout, hidden)
+        return TargetScores(self.adapter, run, trie, layout, hidden, self._costs)
 
     def _accept(self, run: RunState, trie: DraftTrie, layout: TreeLayout, target: TargetScores
                 ) -> tuple[list[int], int]:

@@ -39,15 +39,16 @@ def best_node_count(scores: list[float], costs: CostModel, spent: float, max_nod
     """The node count N (root included) maximising (1 + top-(N-1) scores) / (spent + V(N)).
 
     ``scores`` are P(accepted) of the candidate nodes; ``spent`` the draft time already
-    paid, in plain steps; each expected accepted token adds one LM-head row. Returns
-    (N, its rate). N = 1 is a plain step.
+    paid, in plain steps; the expected accepted tokens add their LM-head rows (scored
+    together, ``CostModel.head``). Returns (N, its rate). N = 1 is a plain step.
     """
     ordered = sorted(scores, reverse=True)[: max(0, max_nodes - 1)]
-    head = costs.lm_head / costs.full_step  # one more LM-head row per accepted token
+    one = costs.head(1)
     best_n, best_rate, gain = 1, 1.0 / (spent + 1.0), 1.0
     for i, s in enumerate(ordered, start=2):
         gain += s
-        rate = gain / (spent + relative_verify(costs, i) + (gain - 1.0) * head)
+        head = (costs.head(gain) - one) / costs.full_step  # the accepted path's further LM-head rows
+        rate = gain / (spent + relative_verify(costs, i) + head)
         if rate > best_rate:
             best_n, best_rate = i, rate
     return best_n, best_rate

@@ -179,6 +179,9 @@ class CostModel:
     device: str = ""
     dtype: str = ""
     context: int = 0  # committed tokens the timed forwards attended to
+    head_rows: tuple[int, ...] = (1,)  # LM-head row counts timed (1 first)
+    head_times: tuple[float, ...] = ()  # the LM head over that many rows, with the product below
+    head_transposed: bool = False  # models.head_product(transposed=True) was the faster product here
 
     def draft_step(self, skip: SkipSet) -> float:
         t = self.full_step - len(skip.attn) * self.attn - len(skip.mlp) * self.mlp + self.draft_extra
@@ -190,16 +193,13 @@ class CostModel:
 
     def verify(self, n: float) -> float:
         """Seconds to verify ``n`` tree nodes in one full forward (linear between timed sizes)."""
-        xs, ys = self.verify_sizes, self.verify_times
-        if n <= xs[0]:
-            return ys[0]
-        for (x0, y0), (x1, y1) in zip(zip(xs, ys), zip(xs[1:], ys[1:])):
-            if n <= x1:
-                return y0 + (y1 - y0) * (n - x0) / (x1 - x0)
-        if len(xs) == 1:
-            return ys[0] * n
-        slope = (ys[-1] - ys[-2]) / (xs[-1] - xs[-2])
-        return ys[-1] + slope * (n - xs[-1])
+        return _interpolate(self.verify_sizes, self.verify_times, n)
+
+    def head(self, rows: float) -> float:
+        """Seconds of the LM head over ``rows`` rows in one product (linear between timed counts)."""
+        if not self.head_times:
+            return self.lm_head * max(1.0, rows)
+        return _interpolate(self.head_rows, self.head_times, rows)
 
     def predict(self, alpha: float, skip: SkipSet, max_draft: int, nodes_per_depth: float = 1.0) -> Prediction:
         """Best speed-up over draft lengths k = 1..max_draft (see docs/optimizer.md).
@@ -221,14 +221,33 @@ class CostModel:
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        d["verify_sizes"], d["verify_times"] = list(self.verify_sizes), list(self.verify_times)
+        for k in _SEQUENCES:
+            d[k] = list(d[k])
         return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "CostModel":
         d = dict(d)
-        d["verify_sizes"], d["verify_times"] = tuple(d["verify_sizes"]), tuple(d["verify_times"])
+        for k in _SEQUENCES:
+            if k in d:
+                d[k] = tuple(d[k])
         return cls(**d)
+
+
+_SEQUENCES = ("verify_sizes", "verify_times", "head_rows", "head_times")
+
+
+def _interpolate(xs: Sequence[float], ys: Sequence[float], x: float) -> float:
+    """Piecewise linear through (xs, ys), xs ascending; the last slope beyond them (proportional if one point)."""
+    if x <= xs[0]:
+        return ys[0]
+    for (x0, y0), (x1, y1) in zip(zip(xs, ys), zip(xs[1:], ys[1:])):
+        if x <= x1:
+            return y0 + (y1 - y0) * (x - x0) / (x1 - x0)
+    if len(xs) == 1:
+        return ys[0] * x / xs[0]
+    slope = (ys[-1] - ys[-2]) / (xs[-1] - xs[-2])
+    return ys[-1] + slope * (x - xs[-1])
 
 
 def measure_verify_costs(adapter: "DecoderAdapter", sizes: Sequence[int], context: int = 64, rounds: int = 5,
@@ -269,6 +288,40 @@ def measure_verify_costs(adapter: "DecoderAdapter", sizes: Sequence[int], contex
             if r > 0:  # round 0 warms up
                 times[n].append(time.perf_counter() - t0)
     return {n: statistics.median(t) for n, t in times.items()}
+
+
+def measure_head(adapter: "DecoderAdapter", rows: Sequence[int] = (1, 2, 4, 8, 16), rounds: int = 3,
+                 seed: int = 0) -> dict[bool, dict[int, float]]:
+    """Median seconds of the LM head over each row count, per product (``transposed`` False / True,
+    see ``models.head_product``), all interleaved in shuffled rounds after a warm-up round."""
+    import random as _random
+
+    from .models import head_product
+
+    lm = adapter.model.get_output_embeddings()
+    dev, w, b = adapter.device, lm.weight, getattr(lm, "bias", None)
+    gen = torch.Generator().manual_seed(seed)
+    hs = {r: torch.randn(r, w.shape[1], generator=gen).to(device=dev, dtype=w.dtype) for r in rows}
+    cells = [(t, r) for t in (False, True) for r in rows]
+    times: dict[tuple[bool, int], list[float]] = {c: [] for c in cells}
+    rng = _random.Random(seed)
+    with torch.inference_mode():
+        for k in range(rounds + 1):
+            rng.shuffle(cells)
+            for t, r in cells:
+                _sync(dev)
+                t0 = time.perf_counter()
+                head_product(hs[r], w, b, t)
+                _sync(dev)
+                if k > 0:
+                    times[(t, r)].append(time.perf_counter() - t0)
+    return {t: {r: statistics.median(times[(t, r)]) for r in rows} for t in (False, True)}
+
+
+def faster_head(timed: dict[bool, dict[int, float]], margin: float = 0.9) -> bool:
+    """Use the transposed product where it took under ``margin`` x F.linear's time over the multi-row counts."""
+    multi = [r for r in timed[False] if r > 1]
+    return bool(multi) and sum(timed[True][r] for r in multi) < margin * sum(timed[False][r] for r in multi)
 
 
 def measure_costs(adapter: "DecoderAdapter", context: int = 64, n: int = 3,
@@ -315,6 +368,14 @@ def measure_costs(adapter: "DecoderAdapter", context: int = 64, n: int = 3,
         extra = timed(lambda: torch.topk(logits.softmax(-1), min(10, k)))
     head_full = min(head_full, empty_s)
     measured = measure_verify_costs(adapter, verify_sizes, context=context, rounds=max(3, n + 2))
+    heads = measure_head(adapter)
+    transposed = faster_head(heads)
+    head_rows = tuple(sorted(heads[transposed]))
+    # the one-row head is F.linear either way; times are relative to this run's one-row figure
+    scale = head_full / heads[transposed][1] if heads[transposed][1] > 0 else 1.0
+    head_times = [heads[transposed][r] * scale for r in head_rows]
+    for i in range(1, len(head_times)):  # a product over more rows never takes less time
+        head_times[i] = max(head_times[i], head_times[i - 1])
     # Relative to the one-token forward timed in the same rounds; monotone in n despite
     # noise (contention only slows a run down, so a size that timed slower than a larger
     # one is an outlier): the running minimum from the largest size down, never below 1.
@@ -326,10 +387,11 @@ def measure_costs(adapter: "DecoderAdapter", context: int = 64, n: int = 3,
         full_step=full, attn=attn, mlp=mlp, lm_head=head_full, fixed=max(0.0, empty_s - head_full),
         draft_extra=extra + head_draft - head_full, verify_sizes=(1, *ns), verify_times=(full, *vt),
         num_layers=L, device=str(dev), dtype=str(adapter.dtype).replace("torch.", ""), context=context,
+        head_rows=head_rows, head_times=tuple(head_times), head_transposed=transposed,
     )
 
 
-COST_FORMAT = 2
+COST_FORMAT = 3
 
 
 def cost_key(adapter: "DecoderAdapter", draft_vocab: int) -> str:
