@@ -236,17 +236,19 @@ def test_copy_probe_backs_off_when_copies_fail_and_follows_a_copy_run() -> None:
 
     assert gaps(5, accepted=1) == [4, 8, 16, 16, 16]  # every probe fails: the wait doubles to its cap
     probe = CopyProbe(start=4, max_wait=64, nodes=8, margin=1.5)
-    assert gaps(2, accepted=2) == [4, 8]  # 2 accepted for 2.4 steps is a failure, not a copy run
+    assert gaps(2, accepted=2) == [4, 4]  # 2 accepted for 2.4 steps: a near-miss, no run, no back-off
     probe.result(accepted=5, cost=cost)  # a probe that copied: probe again at the next step
     assert probe.due()
     probe.result(accepted=3, cost=cost)
     assert probe.due()
     probe.result(accepted=0, cost=cost)  # the end of a run of two paying probes: the wait before it, not doubled
-    assert [probe.due() for _ in range(16)] == [False] * 15 + [True]
+    assert [probe.due() for _ in range(4)] == [False] * 3 + [True]
     probe.result(accepted=6, cost=cost)  # a run of one paying probe ...
     assert probe.due()
     probe.result(accepted=0, cost=cost)  # ... ended by a failure: a lucky probe, so the wait doubles
-    assert [probe.due() for _ in range(32)] == [False] * 31 + [True]
+    assert [probe.due() for _ in range(8)] == [False] * 7 + [True]
+    probe.result(accepted=1, cost=cost)  # a cold failure doubles it again
+    assert [probe.due() for _ in range(16)] == [False] * 15 + [True]
 
 
 def _repeating_stream_decoder(copy_probe: bool):

@@ -118,12 +118,13 @@ class CopyProbe:
 
     A probe *pays* when its tokens (accepted + the bonus) are at least ``margin`` times
     what its verification cost in plain steps: then the next step probes again (a copy
-    run goes on). Anything less is a failure, even 2 accepted tokens, which pay for
-    nothing when 8 nodes cost 2.4 steps (the math turns of the first A/B lost 15 % to
-    such near-misses and the failed probe after each). The failure that ends a run of
-    2+ paying probes waits ``base`` steps again; any other failure doubles ``base`` (up
-    to ``max_wait``): where copies never pay, probes cost O(log steps). One per
-    request: a new request starts from ``start``.
+    run goes on). A near-miss (2+ tokens accepted that do not pay: 8 nodes cost 2.4
+    steps on qwen-0.5b fp32) waits ``base`` steps: in the first A/B, which treated it as
+    a run, math turns lost 15 % to near-misses and the failed probe after each, while a
+    summarisation turn's first probe is often one. A failure that ends a run of 2+
+    paying probes also waits ``base``; any other failure doubles ``base`` (up to
+    ``max_wait``): where copies never pay, probes cost O(log steps). One per request:
+    a new request starts from ``start``.
     """
 
     def __init__(self, start: int = 16, max_wait: int = 256, nodes: int = 8, margin: float = 1.5) -> None:
@@ -143,7 +144,7 @@ class CopyProbe:
             self.run += 1
             self.wait = 1
             return
-        if self.run < 2:  # a cold failure, or a "run" of one lucky probe
+        if self.run < 2 and accepted < 2:  # a cold failure, or a "run" of one lucky probe
             self.base = min(self.max_wait, 2 * self.base)
         self.run = 0
         self.wait = self.base
