@@ -10,7 +10,8 @@ import torch
 
 from lossless_helpers import _first_diff, _ids, cached_plain_generate
 from swiftsd import SkipSet, SwiftDecoder
-from swiftsd.engine.cost import CostModel, faster_head, measure_head
+from swiftsd.engine.cost import CostModel
+from swiftsd.engine.timing import faster_head, measure_head
 from swiftsd.engine.models import get_adapter, head_product
 from swiftsd.engine.tree import build_tree
 from swiftsd.drafters import DraftTrie

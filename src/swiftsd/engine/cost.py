@@ -18,14 +18,10 @@ import torch
 from ..errors import InvalidArgumentError
 from .cache import SlotKVCache
 from .skipset import SkipSet
+from .timing import sync_device, faster_head, measure_head, measure_verify_costs
 
 if TYPE_CHECKING:
     from .models import DecoderAdapter
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def measure_draft_cost(
@@ -73,10 +69,10 @@ def measure_draft_cost(
         return lambda: adapter.forward(tok, pos, cache, context, context, one, s)
 
     def timed(fn: Callable[[], None]) -> float:
-        _sync(dev)
+        sync_device(dev)
         t0 = time.perf_counter()
         fn()
-        _sync(dev)
+        sync_device(dev)
         return time.perf_counter() - t0
 
     full_step, draft_step = step(None), step(skip)
@@ -248,80 +244,6 @@ def _interpolate(xs: Sequence[float], ys: Sequence[float], x: float) -> float:
         return ys[0] * x / xs[0]
     slope = (ys[-1] - ys[-2]) / (xs[-1] - xs[-2])
     return ys[-1] + slope * (x - xs[-1])
-
-
-def measure_verify_costs(adapter: "DecoderAdapter", sizes: Sequence[int], context: int = 64, rounds: int = 5,
-                         seed: int = 0) -> dict[int, float]:
-    """Median seconds of one full forward over a causal block of each size, sizes interleaved in rounds.
-
-    The LM head runs on one row, as in verification, which scores only the nodes on the
-    accepted path (see ``CostModel.lm_head`` for each further row).
-
-    Every round times every size once, in a shuffled order, after one warm-up round:
-    timing each size in its own run lets a warm-up or a burst of load land on one size
-    (on qwen-1.5b, 8 nodes once timed at 0.84 of a one-token step).
-    """
-    import random as _random
-
-    dev = adapter.device
-    sizes = sorted({1, *(int(x) for x in sizes)})
-    vocab = adapter.model.get_input_embeddings().weight.shape[0]
-    ids = torch.randint(0, vocab, (context + max(sizes),), generator=torch.Generator().manual_seed(seed)).to(dev)
-    cache = SlotKVCache(adapter.num_layers, context + max(sizes) + 1)
-    causal = torch.ones(context, context, dtype=torch.bool, device=dev).tril()
-    adapter.forward(ids[:context], torch.arange(context, device=dev), cache, 0, 0, causal, None,
-                    logits_rows=slice(context - 1, context))
-    cache.rollback(context)
-    blocks = {n: (ids[context : context + n], torch.arange(context, context + n, device=dev),
-                  torch.ones(n, n, dtype=torch.bool, device=dev).tril()) for n in sizes}
-    times: dict[int, list[float]] = {n: [] for n in sizes}
-    order = list(sizes)
-    rng = _random.Random(seed)
-    for r in range(rounds + 1):
-        rng.shuffle(order)
-        for n in order:
-            tok, pos, mask = blocks[n]
-            _sync(dev)
-            t0 = time.perf_counter()
-            adapter.forward(tok, pos, cache, context, context, mask, None, logits_rows=slice(n - 1, n))
-            _sync(dev)
-            if r > 0:  # round 0 warms up
-                times[n].append(time.perf_counter() - t0)
-    return {n: statistics.median(t) for n, t in times.items()}
-
-
-def measure_head(adapter: "DecoderAdapter", rows: Sequence[int] = (1, 2, 4, 8, 16), rounds: int = 3,
-                 seed: int = 0) -> dict[bool, dict[int, float]]:
-    """Median seconds of the LM head over each row count, per product (``transposed`` False / True,
-    see ``models.head_product``), all interleaved in shuffled rounds after a warm-up round."""
-    import random as _random
-
-    from .models import head_product
-
-    lm = adapter.model.get_output_embeddings()
-    dev, w, b = adapter.device, lm.weight, getattr(lm, "bias", None)
-    gen = torch.Generator().manual_seed(seed)
-    hs = {r: torch.randn(r, w.shape[1], generator=gen).to(device=dev, dtype=w.dtype) for r in rows}
-    cells = [(t, r) for t in (False, True) for r in rows]
-    times: dict[tuple[bool, int], list[float]] = {c: [] for c in cells}
-    rng = _random.Random(seed)
-    with torch.inference_mode():
-        for k in range(rounds + 1):
-            rng.shuffle(cells)
-            for t, r in cells:
-                _sync(dev)
-                t0 = time.perf_counter()
-                head_product(hs[r], w, b, t)
-                _sync(dev)
-                if k > 0:
-                    times[(t, r)].append(time.perf_counter() - t0)
-    return {t: {r: statistics.median(times[(t, r)]) for r in rows} for t in (False, True)}
-
-
-def faster_head(timed: dict[bool, dict[int, float]], margin: float = 0.9) -> bool:
-    """Use the transposed product where it took under ``margin`` x F.linear's time over the multi-row counts."""
-    multi = [r for r in timed[False] if r > 1]
-    return bool(multi) and sum(timed[True][r] for r in multi) < margin * sum(timed[False][r] for r in multi)
 
 
 def measure_costs(adapter: "DecoderAdapter", context: int = 64, n: int = 3,
