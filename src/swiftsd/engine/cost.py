@@ -18,7 +18,7 @@ import torch
 from ..errors import InvalidArgumentError
 from .cache import SlotKVCache
 from .skipset import SkipSet
-from .timing import sync_device, faster_head, measure_head, measure_verify_costs
+from .timing import head_costs, measure_verify_costs, sync_device
 
 if TYPE_CHECKING:
     from .models import DecoderAdapter
@@ -290,14 +290,7 @@ def measure_costs(adapter: "DecoderAdapter", context: int = 64, n: int = 3,
         extra = timed(lambda: torch.topk(logits.softmax(-1), min(10, k)))
     head_full = min(head_full, empty_s)
     measured = measure_verify_costs(adapter, verify_sizes, context=context, rounds=max(3, n + 2))
-    heads = measure_head(adapter)
-    transposed = faster_head(heads)
-    head_rows = tuple(sorted(heads[transposed]))
-    # the one-row head is F.linear either way; times are relative to this run's one-row figure
-    scale = head_full / heads[transposed][1] if heads[transposed][1] > 0 else 1.0
-    head_times = [heads[transposed][r] * scale for r in head_rows]
-    for i in range(1, len(head_times)):  # a product over more rows never takes less time
-        head_times[i] = max(head_times[i], head_times[i - 1])
+    head_rows, head_times, transposed = head_costs(adapter, head_full)
     # Relative to the one-token forward timed in the same rounds; monotone in n despite
     # noise (contention only slows a run down, so a size that timed slower than a larger
     # one is an outlier): the running minimum from the largest size down, never below 1.
@@ -309,7 +302,7 @@ def measure_costs(adapter: "DecoderAdapter", context: int = 64, n: int = 3,
         full_step=full, attn=attn, mlp=mlp, lm_head=head_full, fixed=max(0.0, empty_s - head_full),
         draft_extra=extra + head_draft - head_full, verify_sizes=(1, *ns), verify_times=(full, *vt),
         num_layers=L, device=str(dev), dtype=str(adapter.dtype).replace("torch.", ""), context=context,
-        head_rows=head_rows, head_times=tuple(head_times), head_transposed=transposed,
+        head_rows=head_rows, head_times=head_times, head_transposed=transposed,
     )
 
 

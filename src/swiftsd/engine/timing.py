@@ -17,7 +17,7 @@ from .cache import SlotKVCache
 if TYPE_CHECKING:
     from .models import DecoderAdapter
 
-__all__ = ["faster_head", "measure_head", "measure_verify_costs", "sync_device"]
+__all__ = ["faster_head", "head_costs", "measure_head", "measure_verify_costs", "sync_device"]
 
 
 def sync_device(device: torch.device) -> None:
@@ -98,3 +98,19 @@ def faster_head(timed: dict[bool, dict[int, float]], margin: float = 0.9) -> boo
     """Use the transposed product where it took under ``margin`` x F.linear's time over the multi-row counts."""
     multi = [r for r in timed[False] if r > 1]
     return bool(multi) and sum(timed[True][r] for r in multi) < margin * sum(timed[False][r] for r in multi)
+
+
+def head_costs(adapter: "DecoderAdapter", one_row: float) -> tuple[tuple[int, ...], tuple[float, ...], bool]:
+    """(row counts, seconds of the faster product over each, whether that is the transposed one).
+
+    Scaled to ``one_row``, the one-row head timed beside the other forwards (one row is
+    ``F.linear`` either way); a product over more rows is never priced below a smaller one.
+    """
+    heads = measure_head(adapter)
+    transposed = faster_head(heads)
+    rows = tuple(sorted(heads[transposed]))
+    scale = one_row / heads[transposed][1] if heads[transposed][1] > 0 else 1.0
+    times = [heads[transposed][r] * scale for r in rows]
+    for i in range(1, len(times)):
+        times[i] = max(times[i], times[i - 1])
+    return rows, tuple(times), transposed
