@@ -81,6 +81,36 @@ def test_lookup_respects_its_budget_and_learns() -> None:
     assert t2.prob[1] > before
 
 
+def test_a_request_that_does_not_copy_outweighs_the_streams_copying_history() -> None:
+    """After a summarisation-like stream (copies accepted, many trials), a request whose copies
+    fail stops trusting them within about a dozen trials; the stream's fit alone would still
+    say 0.9. The stream learns from it too, and the next request starts from the stream's."""
+    toks = [5, 6, 7, 1, 2, 5, 6, 7, 3, 4, 5, 6, 7]
+    d = LookupDrafter(min_n=1, max_n=3, max_depth=2)
+    for b in (f"n{n}d{k}{r}" for n in (1, 2, 3) for k in (1, 2) for r in "hc"):
+        d.calib.hits[b], d.calib.mass[b] = 90.0, 100.0
+    req = Request(tokens=toks, prompt_len=len(toks))
+    first = DraftTrie.rooted(toks[-1])
+    d.propose(req, first, budget=8)
+    depth1 = [i for i in range(1, len(first)) if first.parents[i] == 0]
+    assert sum(first.prob[i] for i in depth1) == pytest.approx(d.calib.factor("n3d1c")) and len(depth1) == 2
+    assert d.calib.factor("n3d1c") > 0.85  # no counts of its own yet: the stream's estimate
+    for _ in range(12):  # each verification accepts nothing of it
+        t = DraftTrie.rooted(toks[-1])
+        d.propose(req, t, budget=8)
+        d.observe(req, t, [])
+    late = DraftTrie.rooted(toks[-1])
+    d.propose(req, late, budget=8)
+    p_late = sum(late.prob[i] for i in range(1, len(late)) if late.parents[i] == 0)
+    assert p_late < 0.4  # the request's own 12 failures weigh 12 against the prior's 8
+    stream = d.calib.factor("n3d1c")
+    assert 0.7 < stream < 0.9  # the stream saw them too, but its 100 trials of history hold
+    fresh = DraftTrie.rooted(toks[-1])
+    d.propose(Request(tokens=toks, prompt_len=len(toks)), fresh, budget=8)
+    p_fresh = sum(fresh.prob[i] for i in range(1, len(fresh)) if fresh.parents[i] == 0)
+    assert p_fresh == pytest.approx(stream, rel=1e-6)
+
+
 def test_lookup_index_grows_with_the_text() -> None:
     d = LookupDrafter()
     req = Request(tokens=[1, 2, 3], prompt_len=3)

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 import inspect
 import json
 import math
+import random
 
 import numpy as np
 import pytest
@@ -15,9 +17,10 @@ from torch import nn
 from swiftsd import OptimizerConfig, SkipSet, SwiftDecoder
 from swiftsd.engine.cache import SlotKVCache
 from swiftsd.engine.cost import CostModel, expected_tokens, measure_costs
+from swiftsd.engine.timing import monotone_fit
 from swiftsd.optimize import ACCELERATE, PLAIN, SkipOptimizer
 from swiftsd.stats import GenerationStats
-from tiny import tiny_model
+from tiny import cheap_tree_costs, tiny_model
 
 
 # ------------------------------------------------------------------------------------------
@@ -311,6 +314,26 @@ def test_measure_costs_on_a_tiny_model():
     assert CostModel.from_dict(json.loads(json.dumps(costs.to_dict()))) == costs
 
 
+def test_monotone_fit_pools_a_lucky_large_size_with_the_smaller_ones():
+    """The flaw it fixes: 16 nodes timed at 1.22 steps, 2 at 1.45; a running minimum from above
+    priced 2-16 at 1.22. Pooled, they share their mean, and a later larger size keeps its own."""
+    fit = monotone_fit([1.45, 1.50, 1.40, 1.22, 2.30])
+    assert fit[:4] == pytest.approx([1.3925] * 4) and fit[4] == 2.30
+    assert monotone_fit([1.0, 1.2, 1.9]) == [1.0, 1.2, 1.9]
+    rng = random.Random(3)
+    for _ in range(200):
+        xs = [rng.uniform(0.5, 3.0) for _ in range(rng.randint(1, 8))]
+        fit = monotone_fit(xs)
+        assert fit == sorted(fit) and sum(fit) == pytest.approx(sum(xs))
+        # least squares among non-decreasing sequences: no small monotone nudge does better
+        err = sum((a - b) ** 2 for a, b in zip(fit, xs))
+        for i in range(len(fit)):
+            for d in (-0.01, 0.01):
+                nudged = fit[:i] + [fit[i] + d] + fit[i + 1:]
+                if nudged == sorted(nudged):
+                    assert sum((a - b) ** 2 for a, b in zip(nudged, xs)) >= err - 1e-12
+
+
 # ------------------------------------------------------------------------------------------
 # never slower
 # ------------------------------------------------------------------------------------------
@@ -421,6 +444,7 @@ def test_lossless_with_optimizer_running(arch, preset):
     else:
         cfg = OptimizerConfig(context_window=6, bayes_interval=5, max_opt_iter=40, max_opt_share=1.0)
     dec = SwiftDecoder(model, optimizer=cfg)
+    dec._costs = cheap_tree_costs()  # a device where a skip set can pay: the default decoder searches
     gen = torch.Generator().manual_seed(7)
     drafted = 0
     for r in range(4):
@@ -439,9 +463,42 @@ def test_lossless_with_optimizer_running(arch, preset):
         assert key in state
 
 
+def test_the_search_is_skipped_where_no_skip_set_can_pay_on_the_device():
+    """With verify costs as measured for qwen-0.5b fp32 on a 2-core AVX2 CPU (2 nodes: 1.86 plain
+    steps, 8: 2.33), no layer-skipped draft pays even at 80 % acceptance, so the default decoder
+    scores no proposals (they cost 6 % of a first request there) and says why. A device with cheap
+    trees gets the search, and so does the paper's loop whatever the cost."""
+    from swiftsd.cli_generate import drafting_line
+    from swiftsd.planner import layerskip_ceiling
+
+    rel = (1.0, 1.86, 2.05, 2.33, 2.74, 3.27, 5.33)
+    dear = replace(cheap_tree_costs(), verify_sizes=(1, 2, 4, 8, 16, 32, 64), verify_times=tuple(0.01 * r for r in rel))
+    assert layerskip_ceiling(dear, 0.6, 4, 25).rate < 1.0 < layerskip_ceiling(cheap_tree_costs(), 0.6, 4, 25).rate
+    model = tiny_model("llama", seed=0)
+    cfg = {"context_window": 6, "max_opt_share": 1.0}
+    gen = torch.Generator().manual_seed(2)
+    prompts = [torch.randint(97, (1, 12), generator=gen) for _ in range(3)]
+    iterations = {}
+    for name, costs, kw in (("dear", dear, {}), ("cheap", cheap_tree_costs(), {}),
+                            ("paper", dear, {"method": "swift-paper"})):
+        dec = SwiftDecoder(model, optimizer=cfg, **kw)
+        dec._costs = costs
+        for p in prompts:
+            res = dec.generate(p, max_new_tokens=30)
+            assert torch.equal(res.sequences, model.generate(p, max_new_tokens=30, do_sample=False)), name
+        iterations[name] = dec.optimizer.state.iterations
+        if name == "dear":
+            assert res.stats.optimizer["layerskip_ceiling"] < 1.0
+            assert "cannot pay even at 80% acceptance" in drafting_line(res.stats, optimizing=True)
+        else:
+            assert "layerskip_ceiling" not in res.stats.optimizer
+    assert iterations["dear"] == 0 and iterations["cheap"] > 0 and iterations["paper"] > 0
+
+
 def test_sampling_runs_with_optimizer():
     model = tiny_model("qwen2", seed=2)
     dec = SwiftDecoder(model, optimizer=OptimizerConfig.reference(context_window=6))
+    dec._costs = cheap_tree_costs()
     a = dec.generate([1, 2, 3], max_new_tokens=30, temperature=0.8, seed=3)
     assert a.sequences.shape[1] <= 33 and dec.optimizer.state.iterations > 0
 
@@ -473,4 +530,9 @@ def test_optimizer_config_validation():
         OptimizerConfig(max_opt_share=0.0)
     with pytest.raises(InvalidArgumentError, match="unknown optimizer option"):
         SwiftDecoder(tiny_model("llama"), optimizer={"skip_ration": 0.3})
+    with pytest.raises(InvalidArgumentError, match="optimizer must be an OptimizerConfig.*got str"):
+        SwiftDecoder(tiny_model("llama"), optimizer="reference")
+    assert SwiftDecoder(tiny_model("llama"), optimizer=None).config.optimizer == OptimizerConfig()
+    assert SwiftDecoder(tiny_model("llama"), optimizer=None, method="swift-paper").config.optimizer == \
+        OptimizerConfig.reference()
     assert not math.isnan(OptimizerConfig.reference().skip_ratio)

@@ -9,13 +9,14 @@ import pytest
 from swiftsd import InvalidArgumentError, OptimizerConfig, SwiftDecoder
 from swiftsd.cli import main
 from swiftsd.trace import plot_trace, read_trace, write_trace
-from tiny import tiny_model
+from tiny import cheap_tree_costs, tiny_model
 
 
 @pytest.fixture(scope="module")
 def runs():
     model = tiny_model("llama", seed=4)
     dec = SwiftDecoder(model, optimizer=OptimizerConfig.reference(context_window=6))
+    dec._costs = cheap_tree_costs()  # a device where a skip set can pay: the default decoder searches
     return [dec.generate([3 + i, 4, 5], max_new_tokens=30).stats for i in range(3)]
 
 

@@ -58,3 +58,14 @@ def tiny_model(arch: str, seed: int = 0, dtype=torch.float32, **over):
     with torch.no_grad():
         model.lm_head.weight.mul_(8.0) if not model.config.tie_word_embeddings else None
     return model.eval()
+
+
+def cheap_tree_costs(num_layers: int = 6):
+    """A device cost model on which trees are nearly free and a layer-skipped draft is cheap (a GPU's
+    shape): the default decoder's optimiser always searches here (``planner.layerskip_ceiling``),
+    whatever this machine's own timings of a tiny model say."""
+    from swiftsd.engine.cost import CostModel
+
+    per = 0.008 / (2 * (num_layers - 2))  # every inner sublayer together: 80 % of a step
+    return CostModel(full_step=0.01, attn=per, mlp=per, lm_head=0.001, fixed=0.001, draft_extra=0.0,
+                     verify_sizes=(1, 8, 32, 64), verify_times=(0.01, 0.011, 0.013, 0.018), num_layers=num_layers)

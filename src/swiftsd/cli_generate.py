@@ -245,6 +245,11 @@ def drafting_line(stats: Any, optimizing: bool, layerskip: bool = True) -> str:
             "the other drafters drafted" if stats.draft_tokens else "nothing was drafted: every step decoded plainly")
     others = "; the other drafters (prompt lookup, suffix) drafted" if stats.draft_tokens else \
         ", and every step decoded plainly"
+    ceiling = (getattr(stats, "optimizer", None) or {}).get("layerskip_ceiling")
+    if optimizing and ceiling is not None:
+        return (f"drafting off: by this device's measured costs a layer-skipped draft cannot pay even at 80% "
+                f"acceptance (at best {ceiling:.2f}x plain: verifying a tree costs too much here), so the "
+                f"optimiser does not search{others} (the output is the same either way)")
     if optimizing:
         return (f"drafting off: on this device no skip set found so far makes a layer-skipped draft pay, so no "
                 f"step used one{others} (the output is the same either way). The optimiser keeps searching over "

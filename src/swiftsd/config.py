@@ -197,6 +197,11 @@ class SwiftConfig:
             kw["optimizer"] = OptimizerConfig(**opt)
         elif opt is False:
             kw["optimizer"] = OptimizerConfig(enabled=False)
+        elif opt is None or opt is True:  # the default (the method's: the paper's for swift-paper)
+            kw.pop("optimizer", None)
+        elif not isinstance(opt, OptimizerConfig):
+            raise InvalidArgumentError(f"optimizer must be an OptimizerConfig, a dict of its options, True or "
+                                       f"False, got {type(opt).__name__} {opt!r}")
         for key in ("tree_thresholds", "tree_widths", "tree_widths_greedy", "drafters"):
             if kw.get(key) is not None:
                 if isinstance(kw[key], str):

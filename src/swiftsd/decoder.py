@@ -32,7 +32,7 @@ from .engine.verify import PositionNoise, coupled_sample, greedy_verify, multi_c
 from .errors import ContextLengthError, InvalidArgumentError
 from .optimize import SkipOptimizer
 from .learned import decoder_state_dict, load_decoder_state
-from .planner import WallClockBound, best_node_count, forecast_layerskip, relative_verify
+from .planner import WallClockBound, best_node_count, forecast_layerskip, layerskip_ceiling, relative_verify
 from .run import GenerationResult, GenerationStream, LogitsProcessor, RunState, StepPlan, StopHook, TargetScores
 from .stats import GenerationStats
 
@@ -68,6 +68,7 @@ class SwiftDecoder:
         self.num_layers = self.adapter.num_layers
         self.skip_set = self._parse_skip(skip_set) if skip_set is not None else SkipSet.uniform(self.num_layers)
         self._costs: CostModel | None = None
+        self._ceiling: tuple[CostModel, float] | None = None  # layerskip_ceiling of that cost model
         self.drafters = make_drafters(self.config)
         self.optimizer: SkipOptimizer | None = None
         if self.config.optimizer.enabled and "layerskip" in self.drafters:
@@ -238,11 +239,22 @@ class SwiftDecoder:
         t0 = time.perf_counter()
         opt = self.optimizer if run.skip_override is None else None
         n, P = len(run.tokens), run.req.prompt_len
-        if opt is not None and opt.wants_proposal(n - P):
+        if opt is not None and opt.wants_proposal(n - P) and self._search_can_pay():
             cand = opt.propose()
             opt.observe(cand, self.matchness(cand, run.tokens, P, run.cache, opt.config.context_window, run.head))
         run.clock["t0"], run.clock["t1"] = t0, time.perf_counter()
         run.stats.time_optimize += run.clock["t1"] - t0
+
+    def _search_can_pay(self) -> bool:
+        """Could any skip set pay here, by the cost model at a best-case acceptance? (planner only:
+        the paper's loop always searches.)"""
+        if not self.config.planner:
+            return True
+        costs, cfg = self.costs, self.config
+        if self._ceiling is None or self._ceiling[0] is not costs:
+            ratio = max(cfg.optimizer.ratio_range[1], cfg.optimizer.skip_ratio)
+            self._ceiling = (costs, layerskip_ceiling(costs, ratio, cfg.frontier, cfg.max_draft).rate)
+        return self._ceiling[1] > 1.0
 
     def _current_skip(self, run: RunState) -> SkipSet | None:
         if run.skip_override is not None:
@@ -399,6 +411,8 @@ class SwiftDecoder:
         stats.skip_set = last.to_dict() if last is not None else None
         opt = self.optimizer if run.skip_override is None else None
         stats.optimizer = opt.status() if opt is not None else None
+        if stats.optimizer is not None and self._ceiling is not None and self._ceiling[1] <= 1.0:
+            stats.optimizer["layerskip_ceiling"] = round(self._ceiling[1], 3)  # the search was skipped
         seq = torch.tensor([run.tokens], dtype=torch.long, device=self.adapter.device)
         return GenerationResult(sequences=seq, stats=stats)
 

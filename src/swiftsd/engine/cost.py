@@ -18,7 +18,7 @@ import torch
 from ..errors import InvalidArgumentError
 from .cache import SlotKVCache
 from .skipset import SkipSet
-from .timing import head_costs, measure_verify_costs, sync_device
+from .timing import head_costs, measure_verify_costs, monotone_fit, sync_device
 
 if TYPE_CHECKING:
     from .models import DecoderAdapter
@@ -291,13 +291,10 @@ def measure_costs(adapter: "DecoderAdapter", context: int = 64, n: int = 3,
     head_full = min(head_full, empty_s)
     measured = measure_verify_costs(adapter, verify_sizes, context=context, rounds=max(3, n + 2))
     head_rows, head_times, transposed = head_costs(adapter, head_full)
-    # Relative to the one-token forward timed in the same rounds; monotone in n despite
-    # noise (contention only slows a run down, so a size that timed slower than a larger
-    # one is an outlier): the running minimum from the largest size down, never below 1.
+    # Relative to the one-token forward timed in the same rounds, never below it, and
+    # monotone in n (see monotone_fit).
     ns = sorted(x for x in measured if x > 1)
-    vt = [max(measured[x] / measured[1], 1.0) * full for x in ns]
-    for i in range(len(vt) - 2, -1, -1):
-        vt[i] = min(vt[i], vt[i + 1])
+    vt = monotone_fit([max(measured[x] / measured[1], 1.0) * full for x in ns])
     return CostModel(
         full_step=full, attn=attn, mlp=mlp, lm_head=head_full, fixed=max(0.0, empty_s - head_full),
         draft_extra=extra + head_draft - head_full, verify_sizes=(1, *ns), verify_times=(full, *vt),
@@ -306,7 +303,7 @@ def measure_costs(adapter: "DecoderAdapter", context: int = 64, n: int = 3,
     )
 
 
-COST_FORMAT = 3
+COST_FORMAT = 4
 
 
 def cost_key(adapter: "DecoderAdapter", draft_vocab: int) -> str:
