@@ -5,14 +5,13 @@ trie is the root alone is plain decoding). Drafts come from the drafters in
 ``drafters/`` (the layer-skipped model, prompt lookup, a stream suffix index)
 into one trie; the planner picks, per step and by the measured cost model,
 which drafters run and how many nodes to verify. It yields the tokens of every
-step for streaming. The per-request state lives in ``run.py``, the learned state's
-round trip in ``learned.py``, the step choice in ``planner.py``. (A little over 400 lines:
-the loop and its named steps stay together so the loop reads in one place.)
+step for streaming. A request's arguments are parsed in ``request.py``, its state
+lives in ``run.py``, the learned state's round trip in ``learned.py``, the step
+choice in ``planner.py``.
 """
 
 from __future__ import annotations
 
-import random
 import time
 from typing import TYPE_CHECKING, Any, Generator, Sequence
 
@@ -29,11 +28,11 @@ from .engine.skipset import SkipSet
 from .engine.tree import TreeLayout, build_tree
 from .engine.verify import PositionNoise, coupled_sample, greedy_verify, multi_candidate_speculative_sampling, \
     target_probs
-from .errors import ContextLengthError, InvalidArgumentError
 from .optimize import SkipOptimizer
 from .learned import decoder_state_dict, load_decoder_state
 from .planner import WallClockBound, best_node_count, forecast_layerskip, layerskip_ceiling, relative_verify
-from .run import GenerationResult, GenerationStream, LogitsProcessor, RunState, StepPlan, StopHook, TargetScores
+from .run import GenerationResult, GenerationStream, LogitsProcessor, RunState, StepPlan, TargetScores
+from .request import RequestArgs, parse_request, parse_skip
 from .stats import GenerationStats
 
 if TYPE_CHECKING:
@@ -66,7 +65,7 @@ class SwiftDecoder:
         self.adapter = get_adapter(model)
         self.config = SwiftConfig.from_kwargs(config)
         self.num_layers = self.adapter.num_layers
-        self.skip_set = self._parse_skip(skip_set) if skip_set is not None else SkipSet.uniform(self.num_layers)
+        self.skip_set = parse_skip(skip_set, self.num_layers) if skip_set is not None else SkipSet.uniform(self.num_layers)
         self._costs: CostModel | None = None
         self._ceiling: tuple[CostModel, float] | None = None  # layerskip_ceiling of that cost model
         self.drafters = make_drafters(self.config)
@@ -125,33 +124,9 @@ class SwiftDecoder:
         then does the warping: the decoder samples from softmax(processed scores) when
         temperature > 0 (temperature/top-k/top-p still shape the drafts).
         """
-        ids = self._parse_prompt(input_ids)
-        stop = None
-        if stop_strings is not None or min_new_tokens or generation_config is not None or stopping_criteria:
-            from .hf import resolve_options  # stop strings, min_new_tokens, a GenerationConfig: as generate
-
-            o = resolve_options(self, len(ids), generation_config, max_new_tokens=max_new_tokens,
-                                temperature=temperature, top_p=top_p, top_k=top_k, eos_token_id=eos_token_id,
-                                min_new_tokens=min_new_tokens, stop_strings=stop_strings,
-                                logits_processor=logits_processor, stopping_criteria=stopping_criteria)
-            max_new_tokens, temperature, top_p, top_k = o.max_new_tokens, o.temperature, o.top_p, o.top_k
-            eos_token_id, logits_processor, stop = o.eos_token_id, o.logits_processor, o.stop
-        params = SamplingParams(temperature=temperature, top_p=top_p, top_k=top_k)
-        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
-            raise InvalidArgumentError(f"max_new_tokens must be an integer >= 1, got {max_new_tokens!r}")
-        limit = self.adapter.max_positions
-        if limit is not None and len(ids) + max_new_tokens > limit:
-            raise ContextLengthError(
-                f"prompt ({len(ids)} tokens) + max_new_tokens ({max_new_tokens}) = {len(ids) + max_new_tokens} "
-                f"exceeds the model's context of {limit} tokens; shorten the prompt or lower max_new_tokens"
-            )
-        if logits_processor is not None and not callable(logits_processor):
-            raise InvalidArgumentError("logits_processor must be callable(input_ids, scores) -> scores")
-        eos = self._parse_eos(eos_token_id)
-        skip = self._parse_skip(skip_set) if skip_set is not None else None
-        seed = seed if seed is not None else random.getrandbits(63)
-        return GenerationStream(self._decode(self._start(ids, max_new_tokens, params, eos, seed, skip,
-                                                         logits_processor, stop)))
+        a = parse_request(self, input_ids, max_new_tokens, temperature, top_p, top_k, eos_token_id, seed, skip_set,
+                          logits_processor, stop_strings, min_new_tokens, generation_config, stopping_criteria)
+        return GenerationStream(self._decode(self._start(a)))
 
     @property
     def custom_generate(self) -> "CustomGenerate":
@@ -203,10 +178,9 @@ class SwiftDecoder:
             yield self._commit(run, trie, layout, plan, accepted, bonus)  # 9. keep its KV, emit its tokens
         return self._finish(run)
 
-    def _start(self, ids: list[int], max_new: int, params: SamplingParams, eos: set[int], seed: int,
-               skip: SkipSet | None, processor: LogitsProcessor | None,
-               stop: StopHook | None = None) -> RunState:
+    def _start(self, a: RequestArgs) -> RunState:
         cfg, ad = self.config, self.adapter
+        ids, max_new, params, eos, seed, processor = a.ids, a.max_new_tokens, a.params, set(a.eos), a.seed, a.processor
         window = self.optimizer.config.context_window if self.optimizer is not None else 0
         draft_slots = 1 + cfg.max_draft * max(cfg.frontier, cfg.max_width)
         cache = SlotKVCache(ad.num_layers, len(ids) + max_new + draft_slots + cfg.max_nodes + window + 2)
@@ -218,8 +192,8 @@ class SwiftDecoder:
         target = SamplingParams(temperature=1.0) if processor is not None and not params.greedy else params
         req = Request(tokens=list(ids), prompt_len=len(ids), eos=frozenset(eos))
         return RunState(req=req, cache=cache, head=self._draft_head(ids, eos), params=target, draft_params=params,
-                    generator=gen, noise=noise, eos=eos, max_new=max_new, skip_override=skip, processor=processor,
-                    stop=stop, stats=GenerationStats(prompt_tokens=len(ids)), t_start=time.perf_counter())
+                    generator=gen, noise=noise, eos=eos, max_new=max_new, skip_override=a.skip, processor=processor,
+                    stop=a.stop, stats=GenerationStats(prompt_tokens=len(ids)), t_start=time.perf_counter())
 
     def _prefill(self, run: RunState) -> list[int]:
         ad, dev, P = self.adapter, self.adapter.device, len(run.tokens)
@@ -375,18 +349,7 @@ class SwiftDecoder:
     def _record(self, run: RunState, trie: DraftTrie, layout: TreeLayout, plan: StepPlan, accepted: list[int],
                 step_time: float) -> None:
         stats = run.stats
-        drafted = layout.size - 1
-        stats.steps += 1
-        stats.plain_steps += int(drafted == 0)
-        stats.draft_lengths.append(layout.max_depth)
-        stats.accepted_lengths.append(len(accepted))
-        stats.tree_sizes.append(layout.size)
-        hit = set(accepted)
-        for i in range(1, layout.size):
-            for src in trie.sources[i]:
-                d = stats.per_drafter.setdefault(src, {"proposed": 0, "accepted": 0})
-                d["proposed"] += 1
-                d["accepted"] += int(i in hit)
+        stats.record_tree(trie.sources, layout.size, layout.max_depth, accepted)
         forwards = run.req.scratch.pop("layerskip_forwards", 0) if plan.run_model else 0
         model_accepted = sum(1 for a in accepted if "layerskip" in trie.sources[a])
         if run.req.scratch.pop("probe", False):
@@ -433,19 +396,3 @@ class SwiftDecoder:
         if "layerskip" not in self.drafters:
             return None
         return draft_head(self.adapter, self.token_counts, prompt, eos, self.config.draft_vocab)
-
-    # -- input parsing ------------------------------------------------------------------
-    def _parse_prompt(self, input_ids: Any) -> list[int]:
-        from .prompt import parse_prompt  # str, ids, tensor, BatchEncoding / dict: see swiftsd.prompt
-
-        return parse_prompt(input_ids, self.tokenizer, self.model.get_input_embeddings().weight.shape[0])
-
-    def _parse_eos(self, eos_token_id: int | Sequence[int] | None) -> set[int]:
-        from .eos import resolve_eos
-
-        return resolve_eos(self.model, eos_token_id)
-
-    def _parse_skip(self, skip: SkipSet | dict | str) -> SkipSet:
-        if isinstance(skip, str):
-            skip = SkipSet.from_json(skip)
-        return SkipSet.from_dict(skip).validate(self.num_layers)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Sequence
 
 
 @dataclass
@@ -29,6 +29,21 @@ class GenerationStats:
     per_drafter: dict[str, dict[str, int]] = field(default_factory=dict)  # name -> proposed / accepted nodes
     draft_forwards: list[int] = field(default_factory=list)  # layer-skip draft forwards per step (0: not run)
     layerskip_accepted: list[int] = field(default_factory=list)  # accepted nodes the layer-skip draft proposed
+
+    def record_tree(self, sources: Sequence[Sequence[str]], size: int, depth: int, accepted: list[int]) -> None:
+        """One verification: its tree's size and depth, the path accepted, and per drafter the
+        nodes proposed and accepted (a node two drafters proposed counts for both)."""
+        self.steps += 1
+        self.plain_steps += int(size == 1)
+        self.draft_lengths.append(depth)
+        self.accepted_lengths.append(len(accepted))
+        self.tree_sizes.append(size)
+        hit = set(accepted)
+        for i in range(1, size):
+            for src in sources[i]:
+                d = self.per_drafter.setdefault(src, {"proposed": 0, "accepted": 0})
+                d["proposed"] += 1
+                d["accepted"] += int(i in hit)
 
     @property
     def draft_tokens(self) -> int:
