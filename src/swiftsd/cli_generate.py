@@ -97,10 +97,9 @@ class Comparison:
 
 
 def run(args: argparse.Namespace) -> int:
-    """`swiftsd generate`: validate, load, decode (streamed or not), report, compare.
+    """`swiftsd generate`: validate, load, decode (streamed or not), compare, report.
 
-    A little over 60 lines: its numbered steps are the command's whole story, in the
-    order a user sees them, and each step is already a call into a helper.
+    Its numbered steps are the command's whole story, in the order a user sees them.
     """
     # 1. Validate everything that needs no model.
     prompt = cli_common.read_text_arg(args.prompt, "--prompt")
@@ -150,10 +149,17 @@ def run(args: argparse.Namespace) -> int:
         _say(f"now plain model.generate on the same prompt, for the comparison ({result.stats.new_tokens} tokens)")
     comparison = compare_with_plain(model, ids, result, params, args.seed, tokenizer, ends) if args.compare else None
 
+    _report(args, decoder, result, text, prompt, len(ids), params, stops, comparison)
+    return 0
+
+
+def _report(args: argparse.Namespace, decoder: SwiftDecoder, result: Any, text: str, prompt: str,
+            prompt_tokens: int, params: SamplingParams, stops: list[str], comparison: Any) -> None:
+    """5. One JSON object on stdout (--json), else the stats, drafting and comparison lines on stderr."""
     if args.json:
         print(json.dumps(dict(
             model=args.model, method=args.method, drafters=list(decoder.config.drafters), prompt=prompt,
-            chat=args.chat, prompt_tokens=len(ids), text=text,
+            chat=args.chat, prompt_tokens=prompt_tokens, text=text,
             tokens=result.new_tokens, sampling=dict(temperature=params.temperature, top_p=params.top_p,
                                                     top_k=params.top_k, seed=args.seed),
             stop=stops, min_new_tokens=args.min_new_tokens,
@@ -167,7 +173,6 @@ def run(args: argparse.Namespace) -> int:
             print(f"[swiftsd] {decoder.optimizer.summary()}", file=sys.stderr)
         if comparison is not None:
             print(f"[compare] {comparison.summary()}", file=sys.stderr)
-    return 0
 
 
 # ---------------------------------------------------------------------------- what is said
