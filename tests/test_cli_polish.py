@@ -80,6 +80,11 @@ def test_drafting_off_says_what_it_means_and_what_to_do() -> None:
     searching.per_drafter = {"suffix": {"proposed": 3, "accepted": 3}}
     line = drafting_line(searching, optimizing=True)
     assert line.startswith("drafting off:") and "prompt lookup, suffix" in line
+    gated = GenerationStats(new_tokens=9, steps=6, draft_lengths=[3, 0], accepted_lengths=[3, 0],
+                            optimizer={"phase": "search", "layerskip_ceiling": 0.86})
+    line = drafting_line(gated, optimizing=True)
+    assert "cannot pay even at 80% acceptance (at best 0.86x plain" in line and "does not search" in line
+    assert "swiftsd tune" not in line  # tuning cannot help where no set can pay
     on = GenerationStats(new_tokens=5, steps=2, skip_set={"attn": [1], "mlp": []}, draft_lengths=[2],
                          accepted_lengths=[1])
     on.per_drafter = {"layerskip": {"proposed": 2, "accepted": 1}}

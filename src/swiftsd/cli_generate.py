@@ -169,7 +169,8 @@ def _report(args: argparse.Namespace, decoder: SwiftDecoder, result: Any, text: 
         print(f"[swiftsd] {stats_line(result.stats)}", file=sys.stderr)
         drafting = drafting_line(result.stats, decoder.optimizer is not None, "layerskip" in decoder.drafters)
         print(f"[swiftsd] {drafting}", file=sys.stderr)
-        if result.stats.optimizer is not None:  # the optimiser ran for this request: show its state
+        searched = result.stats.optimizer is not None and "layerskip_ceiling" not in result.stats.optimizer
+        if searched:  # the optimiser ran for this request: show its state
             print(f"[swiftsd] {decoder.optimizer.summary()}", file=sys.stderr)
         if comparison is not None:
             print(f"[compare] {comparison.summary()}", file=sys.stderr)
