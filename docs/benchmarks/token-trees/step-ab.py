@@ -7,7 +7,11 @@ LM-head product with F.linear, as before chains were scored together). The bench
 independent passes (fresh decoders each pass, methods in rotated order per prompt), so the
 spread between passes shows. Step counts are exact; wall times carry the machine's load. Usage:
 
-    python docs/benchmarks/token-trees/step-ab.py MODEL DTYPE N_PROMPTS OUT_STEM [CATEGORIES]
+    python docs/benchmarks/token-trees/step-ab.py MODEL DTYPE N_PROMPTS OUT_STEM [CATEGORIES [VARIANTS [PASSES]]]
+
+VARIANTS (comma-separated) may also name ``no-search-gate`` (the optimiser searches even where
+``planner.layerskip_ceiling`` says no skip set can pay) and ``stream-calibration`` (copy
+acceptance from the stream's counts alone, without the per-request weighting).
 """
 
 from __future__ import annotations
@@ -29,12 +33,40 @@ DATA = "/work/shared/data/spec_bench/question.jsonl"
 VARIANTS = ("swiftsd", "no-probe", "row-by-row-head")
 
 
+def _row_by_row(model, tok) -> SwiftDecoder:
+    dec = SwiftDecoder(model, tok)
+    dec._costs = replace(dec.costs, head_rows=(1,), head_times=(), head_transposed=False)
+    return dec
+
+
+def _no_search_gate(model, tok) -> SwiftDecoder:
+    """The optimiser searches even where planner.layerskip_ceiling says no skip set can pay."""
+    dec = SwiftDecoder(model, tok)
+    dec._search_can_pay = lambda: True
+    return dec
+
+
+def _stream_calibration(model, tok) -> SwiftDecoder:
+    """The copy drafters' acceptance from the stream's counts alone (no per-request weighting)."""
+    dec = SwiftDecoder(model, tok)
+    for name in ("lookup", "suffix"):
+        d = dec.drafters.get(name)
+        if d is not None:
+            d._calibration = lambda req, d=d: d.calib
+    return dec
+
+
+BUILDERS = {
+    "swiftsd": lambda m, t: SwiftDecoder(m, t),
+    "no-probe": lambda m, t: SwiftDecoder(m, t, copy_probe=False),
+    "row-by-row-head": _row_by_row,
+    "no-search-gate": _no_search_gate,
+    "stream-calibration": _stream_calibration,
+}
+
+
 def _decoders(model, tok) -> dict[str, SwiftDecoder]:
-    decs = {"swiftsd": SwiftDecoder(model, tok), "no-probe": SwiftDecoder(model, tok, copy_probe=False)}
-    row = SwiftDecoder(model, tok)
-    row._costs = replace(row.costs, head_rows=(1,), head_times=(), head_transposed=False)
-    decs["row-by-row-head"] = row
-    return decs
+    return {name: BUILDERS[name](model, tok) for name in VARIANTS}
 
 
 def main(model_name: str, dtype: str, n: int, stem: str, categories: str | None = None) -> None:
@@ -46,7 +78,7 @@ def main(model_name: str, dtype: str, n: int, stem: str, categories: str | None 
     rows = []
     names = ["plain", *VARIANTS]
     with torch.inference_mode():
-        for rep in range(2):
+        for rep in range(PASSES):
             decs = _decoders(model, tok)
             for i, p in enumerate(prompts):
                 ids = torch.tensor([build_input(tok, p, 0, [])])
@@ -72,8 +104,8 @@ def main(model_name: str, dtype: str, n: int, stem: str, categories: str | None 
 def report(rows: list[dict], model_name: str, dtype: str) -> str:
     cats = list(dict.fromkeys(r["category"] for r in rows))
     out = [f"# Decoder A/B: {model_name} {dtype}, {platform.processor() or platform.machine()}, 1 thread\n",
-           "Two passes; speed-up = plain wall / method wall per pass, then the range over passes.\n",
-           "| category | method | steps (pass 1 / 2) | lookup accepted / proposed | verify s (pass 1) | "
+           f"{PASSES} pass(es); speed-up = plain wall / method wall per pass, then the range over passes.\n",
+           "| category | method | steps (per pass) | lookup accepted / proposed | verify s (pass 1) | "
            "speed-up vs plain (passes) |",
            "|---|---|---|---|---|---|"]
     for c in cats + ["overall"]:
@@ -81,19 +113,25 @@ def report(rows: list[dict], model_name: str, dtype: str) -> str:
         for m in VARIANTS:
             sel = [r for r in rows if r["method"] == m and (c == "overall" or r["category"] == c)]
             sp = []
-            for rep in (0, 1):
+            for rep in range(PASSES):
                 a = sum(r["wall"] for r in ref if r["pass_"] == rep)
                 b = sum(r["wall"] for r in sel if r["pass_"] == rep)
                 sp.append(a / b if b else float("nan"))
-            steps = [sum(r["steps"] for r in sel if r["pass_"] == rep) for rep in (0, 1)]
+            steps = [sum(r["steps"] for r in sel if r["pass_"] == rep) for rep in range(PASSES)]
             first = [r for r in sel if r["pass_"] == 0]
             acc = sum(r["per_drafter"].get("lookup", {}).get("accepted", 0) for r in first)
             prop = sum(r["per_drafter"].get("lookup", {}).get("proposed", 0) for r in first)
             tv = sum(r["time_verify"] or 0.0 for r in first)
-            out.append(f"| {c} | {m} | {steps[0]} / {steps[1]} | {acc} / {prop} | {tv:.1f} | "
+            out.append(f"| {c} | {m} | {' / '.join(map(str, steps))} | {acc} / {prop} | {tv:.1f} | "
                        f"{min(sp):.2f}×–{max(sp):.2f}× |")
     return "\n".join(out) + "\n"
 
 
+PASSES = 2
+
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5] if len(sys.argv) > 5 else None)
+    if len(sys.argv) > 6:
+        VARIANTS = tuple(sys.argv[6].split(","))
+    if len(sys.argv) > 7:
+        PASSES = int(sys.argv[7])
+    main(sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5] if len(sys.argv) > 5 and sys.argv[5] else None)
