@@ -76,7 +76,9 @@ def forecast_layerskip(costs: CostModel, skip: SkipSet, alpha: float, frontier: 
     return best
 
 
-OPTIMISTIC_ACCEPTANCE = 0.8  # above what a layer-skipped draft of 60 % of the sublayers reached on any model here
+# Per-depth acceptance, optimistic for a draft that skips 60 % of the sublayers: on smollm2-135m the
+# search's best set skipping 28 of 56 scored matchness 0.00 (README command 1, this CPU).
+OPTIMISTIC_ACCEPTANCE = 0.8
 
 
 def layerskip_ceiling(costs: CostModel, ratio: float, frontier: int, max_depth: int,
