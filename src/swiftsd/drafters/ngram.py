@@ -34,14 +34,16 @@ class Calibration:
     hits: dict[str, float] = field(default_factory=dict)
     mass: dict[str, float] = field(default_factory=dict)
 
-    def factor(self, bucket: str) -> float:
-        """A "hot" bucket (suffix ``h``: right after accepted copies) starts from its cold
+    def factor(self, bucket: str, prior: Callable[[str], float] | None = None) -> float:
+        """The fit, over ``prior(bucket)`` (default: the constant ``prior``) as ``strength`` trials.
+
+        A "hot" bucket (suffix ``h``: right after accepted copies) starts from its cold
         twin's estimate when that is higher: copying just worked, so it is at least as likely."""
-        prior = self.prior
+        base = prior(bucket) if prior is not None else self.prior
         if bucket.endswith("h"):
-            prior = max(prior, self.factor(bucket[:-1] + "c"))
+            base = max(base, self.factor(bucket[:-1] + "c", prior))
         h, m = self.hits.get(bucket, 0.0), self.mass.get(bucket, 0.0)
-        return (h + prior * self.strength) / (m + self.strength)
+        return (h + base * self.strength) / (m + self.strength)
 
     def prob(self, bucket: str, share: float) -> float:
         return min(0.98, self.factor(bucket) * share)
@@ -60,7 +62,8 @@ class Calibration:
 
 @dataclass
 class RequestCalibration:
-    """One request's counts, with the stream's fit (``stream``) as a prior of ``strength`` trials.
+    """One request's counts (``own``, undecayed), with the stream's fit as their prior, worth
+    ``own.strength`` (8) trials.
 
     The stream's counts may come from hundreds of trials of other requests: after
     summarisation turns, where copies were accepted ten at a time, the math turn that
@@ -70,16 +73,10 @@ class RequestCalibration:
     """
 
     stream: Calibration
-    strength: float = 8.0
-    hits: dict[str, float] = field(default_factory=dict)
-    mass: dict[str, float] = field(default_factory=dict)
+    own: Calibration = field(default_factory=lambda: Calibration(strength=8.0, decay=1.0))
 
     def factor(self, bucket: str) -> float:
-        prior = self.stream.factor(bucket)
-        if bucket.endswith("h"):
-            prior = max(prior, self.factor(bucket[:-1] + "c"))
-        h, m = self.hits.get(bucket, 0.0), self.mass.get(bucket, 0.0)
-        return (h + prior * self.strength) / (m + self.strength)
+        return self.own.factor(bucket, self.stream.factor)
 
     def prob(self, bucket: str, share: float) -> float:
         return min(0.98, self.factor(bucket) * share)
@@ -87,9 +84,7 @@ class RequestCalibration:
     def observe(self, trials: Iterable[tuple[str, float, bool]]) -> None:
         trials = list(trials)
         self.stream.observe(trials)
-        for bucket, share, hit in trials:
-            self.hits[bucket] = self.hits.get(bucket, 0.0) + float(hit)
-            self.mass[bucket] = self.mass.get(bucket, 0.0) + share
+        self.own.observe(trials)
 
 
 def bucket(n: int, depth: int) -> str:
