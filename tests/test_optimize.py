@@ -467,7 +467,8 @@ def test_the_search_is_skipped_where_no_skip_set_can_pay_on_the_device():
     """With verify costs as measured for qwen-0.5b fp32 on a 2-core AVX2 CPU (2 nodes: 1.86 plain
     steps, 8: 2.33), no layer-skipped draft pays even at 80 % acceptance, so the default decoder
     scores no proposals (they cost 6 % of a first request there) and says why. A device with cheap
-    trees gets the search, and so does the paper's loop whatever the cost."""
+    trees gets the search, and so do the paper's loop and ``search_gate=False`` (``swiftsd tune``)
+    whatever the cost."""
     from swiftsd.cli_generate import drafting_line
     from swiftsd.planner import layerskip_ceiling
 
@@ -480,7 +481,7 @@ def test_the_search_is_skipped_where_no_skip_set_can_pay_on_the_device():
     prompts = [torch.randint(97, (1, 12), generator=gen) for _ in range(3)]
     iterations = {}
     for name, costs, kw in (("dear", dear, {}), ("cheap", cheap_tree_costs(), {}),
-                            ("paper", dear, {"method": "swift-paper"})):
+                            ("paper", dear, {"method": "swift-paper"}), ("ungated", dear, {"search_gate": False})):
         dec = SwiftDecoder(model, optimizer=cfg, **kw)
         dec._costs = costs
         for p in prompts:
@@ -493,6 +494,7 @@ def test_the_search_is_skipped_where_no_skip_set_can_pay_on_the_device():
         else:
             assert "layerskip_ceiling" not in res.stats.optimizer
     assert iterations["dear"] == 0 and iterations["cheap"] > 0 and iterations["paper"] > 0
+    assert iterations["ungated"] > 0
 
 
 def test_sampling_runs_with_optimizer():

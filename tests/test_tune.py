@@ -24,6 +24,24 @@ def _tune(tmp_path, model_dir, *extra):
                  "--out", str(tmp_path / "sets.json"), "--device", "cpu", "--dtype", "float32", *extra])
 
 
+def test_tune_searches_even_where_the_cost_model_says_no_set_can_pay(tmp_path, model_dir, monkeypatch, capsys):
+    """`swiftsd tune` is a request to search: the decoder's search gate is off for it."""
+    import swiftsd.decoder as decoder_mod
+
+    built = []
+    real = decoder_mod.SwiftDecoder.__init__
+
+    def spy(self, *a, **kw):
+        real(self, *a, **kw)
+        built.append(self)
+    monkeypatch.setattr(decoder_mod.SwiftDecoder, "__init__", spy)
+    monkeypatch.setattr(decoder_mod, "layerskip_ceiling", lambda *a, **k: pytest.fail("tune consulted the gate"))
+    assert _tune(tmp_path, model_dir, "--max-new-tokens", "40", "--opt", "context_window=4") == 0
+    (dec,) = built
+    assert dec.config.search_gate is False and dec.optimizer.state.iterations > 0
+    assert "stored under" in capsys.readouterr().out
+
+
 def test_tune_bar_only_on_a_terminal(tmp_path, model_dir, capsys):
     assert _tune(tmp_path, model_dir) == 0
     cap = capsys.readouterr()

@@ -119,6 +119,9 @@ class SwiftConfig:
     max_nodes: int = 64  # verification tree size at most (root included)
     planner: bool = True  # choose drafters and tree size per step by the measured cost model
     copy_probe: bool = True  # with the planner: retry long copy matches it stopped trusting (planner.CopyProbe)
+    # with the planner: no optimiser search where the cost model says no skip set can pay even at a
+    # best-case acceptance (planner.layerskip_ceiling); False searches anyway (`swiftsd tune` does)
+    search_gate: bool = True
     tree_widths_greedy: tuple[int, ...] | None = None  # paper tree under greedy decoding (None: tree_widths)
     suffix_max_tokens: int = 262_144  # stream suffix index bound (oldest requests evicted first)
     cost_cache: bool = True  # keep the measured cost model on disk, per (model, device, dtype, threads)

@@ -220,9 +220,9 @@ class SwiftDecoder:
         run.stats.time_optimize += run.clock["t1"] - t0
 
     def _search_can_pay(self) -> bool:
-        """Could any skip set pay here, by the cost model at a best-case acceptance? (planner only:
-        the paper's loop always searches.)"""
-        if not self.config.planner:
+        """Could any skip set pay here, by the cost model at a best-case acceptance? (planner and
+        ``search_gate`` only: the paper's loop, and ``swiftsd tune``, always search.)"""
+        if not (self.config.planner and self.config.search_gate):
             return True
         costs, cfg = self.costs, self.config
         if self._ceiling is None or self._ceiling[0] is not costs:

@@ -95,7 +95,8 @@ def run(args: argparse.Namespace) -> int:
     model, tok = load_model(args)
     key = model_key(model)
     start = load_skip_set(args.out, key, task, missing_ok=True) if args.resume else None
-    dec = SwiftDecoder(model, tok, skip_set=start, optimizer=opt_cfg)
+    # asked to search: search even where the cost model says no set can pay here (search_gate)
+    dec = SwiftDecoder(model, tok, skip_set=start, optimizer=opt_cfg, search_gate=False)
     assert dec.optimizer is not None
     opt = dec.optimizer
 

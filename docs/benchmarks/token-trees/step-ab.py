@@ -41,9 +41,7 @@ def _row_by_row(model, tok) -> SwiftDecoder:
 
 def _no_search_gate(model, tok) -> SwiftDecoder:
     """The optimiser searches even where planner.layerskip_ceiling says no skip set can pay."""
-    dec = SwiftDecoder(model, tok)
-    dec._search_can_pay = lambda: True
-    return dec
+    return SwiftDecoder(model, tok, search_gate=False)
 
 
 def _stream_calibration(model, tok) -> SwiftDecoder:
