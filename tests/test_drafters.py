@@ -4,6 +4,7 @@ and the planner's choices under noisy timings."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -198,6 +199,24 @@ def test_layerskip_forecast_follows_acceptance_and_cost() -> None:
     # with the same acceptance, a draft that costs more forecasts a lower rate
     heavy = forecast_layerskip(costs, SkipSet(), 0.95, 4, 10, 1.0)
     assert heavy.rate < good.rate
+
+
+def test_layerskip_forecast_prices_the_free_drafts_nodes_it_credits() -> None:
+    """Where nodes are dear (smollm2 bf16 on an AVX2 CPU: 2 / 4 / 8 nodes cost 1.42 / 2.27 / 3.4
+    steps), a free plan of 7 nodes worth 4 tokens verified alone beats adding a layer-skip draft
+    to it: its nodes must be verified with the draft's. Credited at 1 + 2k nodes, the draft looked
+    like 2x plain there."""
+    rel = (1.0, 1.42, 2.27, 3.4, 6.6, 11.1, 21.2)
+    dear = replace(_costs(verify_rel=rel), attn=0.01, mlp=0.01)  # a cheap draft: c = 0.14
+    skip = SkipSet(attn=[1, 2, 3, 4], mlp=[1, 2, 3, 4])
+    free_n, free_rate = best_node_count([0.9, 0.8, 0.7, 0.6, 0.5, 0.5], dear, 0.0, 64)
+    gain = 1.0 + sum(sorted([0.9, 0.8, 0.7, 0.6, 0.5, 0.5], reverse=True)[: free_n - 1])
+    priced = forecast_layerskip(dear, skip, 0.6, 4, 10, gain, free_n)
+    credited_only = forecast_layerskip(dear, skip, 0.6, 4, 10, gain)
+    assert credited_only.rate > free_rate * 1.02  # the old forecast ran the draft
+    assert priced.rate < free_rate  # priced with the free nodes, it does not
+    # with no free plan the two agree
+    assert forecast_layerskip(dear, skip, 0.6, 4, 10, 1.0, 1) == forecast_layerskip(dear, skip, 0.6, 4, 10, 1.0)
 
 
 def test_wall_clock_can_only_veto() -> None:

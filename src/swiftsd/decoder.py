@@ -261,15 +261,15 @@ class SwiftDecoder:
         if not cfg.planner:
             return StepPlan(True, skip, depth, 0.0)
         costs = self.costs
-        free_rate, free_gain = 1.0, 1.0
-        if len(trie) > 1:
-            _, free_rate = best_node_count(trie.score[1:], costs, 0.0, cfg.max_nodes)
-            free_gain = 1.0 + sum(sorted(trie.score[1:])[-2 * depth :])
+        free_n, free_rate, free_gain = 1, 1.0, 1.0
+        if len(trie) > 1:  # what the free drafts alone would verify now, and give
+            free_n, free_rate = best_node_count(trie.score[1:], costs, 0.0, cfg.max_nodes)
+            free_gain = 1.0 + sum(sorted(trie.score[1:], reverse=True)[: free_n - 1])
         prior = 0.5
         opt = self.optimizer if run.skip_override is None else None
         if opt is not None and opt.best()[1] is not None:
             prior = opt.acceptance(opt.best()[1])
-        fc = forecast_layerskip(costs, skip, ls.acceptance(prior), cfg.frontier, depth, free_gain)
+        fc = forecast_layerskip(costs, skip, ls.acceptance(prior), cfg.frontier, depth, free_gain, free_n)
         run_model = fc.rate > max(1.0, free_rate) * 1.02 and not self._wall.veto(fc.rate)
         return StepPlan(run_model, skip, min(depth, fc.depth + 2), fc.cost_per_depth * max(1.0, free_rate))
 
