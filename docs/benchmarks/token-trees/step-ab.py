@@ -11,7 +11,8 @@ spread between passes shows. Step counts are exact; wall times carry the machine
 
 VARIANTS (comma-separated) may also name ``no-search-gate`` (the optimiser searches even where
 ``planner.layerskip_ceiling`` says no skip set can pay) and ``stream-calibration`` (copy
-acceptance from the stream's counts alone, without the per-request weighting).
+acceptance from the stream's counts alone, without the per-request weighting) and ``lookup-only``
+(the copy drafters without layer-skip).
 """
 
 from __future__ import annotations
@@ -60,6 +61,7 @@ BUILDERS = {
     "row-by-row-head": _row_by_row,
     "no-search-gate": _no_search_gate,
     "stream-calibration": _stream_calibration,
+    "lookup-only": lambda m, t: SwiftDecoder(m, t, drafters=("lookup", "suffix")),
 }
 
 
