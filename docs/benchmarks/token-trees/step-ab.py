@@ -88,11 +88,13 @@ def main(model_name: str, dtype: str, n: int, stem: str, categories: str | None 
                         out = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False,
                                              max_new_tokens=128, pad_token_id=tok.eos_token_id)
                         new, steps, per, tv = out.shape[1] - ids.shape[1], out.shape[1] - ids.shape[1] - 1, {}, None
+                        td = None
                     else:
                         s = decs[name].generate(ids, max_new_tokens=128).stats
                         new, steps, per, tv = s.new_tokens, s.steps, s.per_drafter, s.time_verify
+                        td = s.time_draft
                     rows.append(dict(pass_=rep, prompt=p.id, category=p.category, method=name, new=new, steps=steps,
-                                     wall=time.perf_counter() - t, time_verify=tv, per_drafter=per,
+                                     wall=time.perf_counter() - t, time_verify=tv, time_draft=td, per_drafter=per,
                                      load=load_average()))
                     print(json.dumps(rows[-1]), flush=True)
     with open(f"{stem}.jsonl", "w") as f:
@@ -105,9 +107,10 @@ def report(rows: list[dict], model_name: str, dtype: str) -> str:
     cats = list(dict.fromkeys(r["category"] for r in rows))
     out = [f"# Decoder A/B: {model_name} {dtype}, {platform.processor() or platform.machine()}, 1 thread\n",
            f"{PASSES} pass(es); speed-up = plain wall / method wall per pass, then the range over passes.\n",
-           "| category | method | steps (per pass) | lookup accepted / proposed | verify s (pass 1) | "
+           "| category | method | steps (per pass) | lookup accepted / proposed | layer-skip accepted / proposed | "
+           "draft s / verify s (pass 1) | "
            "speed-up vs plain (passes) |",
-           "|---|---|---|---|---|---|"]
+           "|---|---|---|---|---|---|---|"]
     for c in cats + ["overall"]:
         ref = [r for r in rows if r["method"] == "plain" and (c == "overall" or r["category"] == c)]
         for m in VARIANTS:
@@ -122,7 +125,10 @@ def report(rows: list[dict], model_name: str, dtype: str) -> str:
             acc = sum(r["per_drafter"].get("lookup", {}).get("accepted", 0) for r in first)
             prop = sum(r["per_drafter"].get("lookup", {}).get("proposed", 0) for r in first)
             tv = sum(r["time_verify"] or 0.0 for r in first)
-            out.append(f"| {c} | {m} | {' / '.join(map(str, steps))} | {acc} / {prop} | {tv:.1f} | "
+            td = sum(r.get("time_draft") or 0.0 for r in first)
+            ls = [sum(r["per_drafter"].get("layerskip", {}).get(k, 0) for r in first) for k in ("accepted", "proposed")]
+            out.append(f"| {c} | {m} | {' / '.join(map(str, steps))} | {acc} / {prop} | {ls[0]} / {ls[1]} | "
+                       f"{td:.1f} / {tv:.1f} | "
                        f"{min(sp):.2f}×–{max(sp):.2f}× |")
     return "\n".join(out) + "\n"
 
