@@ -65,7 +65,8 @@ class SwiftDecoder:
         self.adapter = get_adapter(model)
         self.config = SwiftConfig.from_kwargs(config)
         self.num_layers = self.adapter.num_layers
-        self.skip_set = parse_skip(skip_set, self.num_layers) if skip_set is not None else SkipSet.uniform(self.num_layers)
+        self.skip_set = (parse_skip(skip_set, self.num_layers) if skip_set is not None
+                         else SkipSet.uniform(self.num_layers))
         self._costs: CostModel | None = None
         self._ceiling: tuple[CostModel, float] | None = None  # layerskip_ceiling of that cost model
         self.drafters = make_drafters(self.config)

@@ -45,7 +45,7 @@ import torch
 
 from .errors import InvalidArgumentError
 from .stopping import StopCheck, parse_stop_strings, stop_string_criteria
-from .request import parse_eos
+from .eos import resolve_eos
 
 if TYPE_CHECKING:
     from transformers import GenerationConfig
@@ -328,7 +328,7 @@ def resolve_options(dec: "SwiftDecoder", prompt_len: int, generation_config: "Ge
         from transformers import MaxTimeCriteria
 
         criteria.append(MaxTimeCriteria(float(gc["max_time"])))
-    eos_ids = parse_eos(dec, eos)
+    eos_ids = resolve_eos(dec.model, eos)
     before = _length_processors(prompt_len, min_new, gc.get("min_length") or 0, gc.get("repetition_penalty"),
                                 gc.get("no_repeat_ngram_size"), sorted(eos_ids))
     proc = a["logits_processor"]

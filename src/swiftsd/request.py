@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Sequence
 
 from .config import SamplingParams
+from .eos import resolve_eos
 from .engine.skipset import SkipSet
 from .errors import ContextLengthError, InvalidArgumentError
 
@@ -39,12 +40,6 @@ def parse_skip(skip: SkipSet | dict | str, num_layers: int) -> SkipSet:
     if isinstance(skip, str):
         skip = SkipSet.from_json(skip)
     return SkipSet.from_dict(skip).validate(num_layers)
-
-
-def parse_eos(dec: "SwiftDecoder", eos_token_id: int | Sequence[int] | None) -> set[int]:
-    from .eos import resolve_eos
-
-    return resolve_eos(dec.model, eos_token_id)
 
 
 def parse_request(
@@ -78,7 +73,7 @@ def parse_request(
         )
     if logits_processor is not None and not callable(logits_processor):
         raise InvalidArgumentError("logits_processor must be callable(input_ids, scores) -> scores")
-    eos = frozenset(parse_eos(dec, eos_token_id))
+    eos = frozenset(resolve_eos(dec.model, eos_token_id))
     skip = parse_skip(skip_set, dec.num_layers) if skip_set is not None else None
     seed = seed if seed is not None else random.getrandbits(63)
     return RequestArgs(ids, max_new_tokens, params, eos, seed, skip, logits_processor, stop)
