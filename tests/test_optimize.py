@@ -532,6 +532,9 @@ def test_optimizer_config_validation():
         OptimizerConfig(max_opt_share=0.0)
     with pytest.raises(InvalidArgumentError, match="unknown optimizer option"):
         SwiftDecoder(tiny_model("llama"), optimizer={"skip_ration": 0.3})
+    for flag in ("search_gate", "planner", "copy_probe", "use_tree", "cost_cache"):  # "no" would read as True
+        with pytest.raises(InvalidArgumentError, match=f"{flag} must be True or False, got 'no'"):
+            SwiftDecoder(tiny_model("llama"), **{flag: "no"})
     with pytest.raises(InvalidArgumentError, match="optimizer must be an OptimizerConfig.*got str"):
         SwiftDecoder(tiny_model("llama"), optimizer="reference")
     assert SwiftDecoder(tiny_model("llama"), optimizer=None).config.optimizer == OptimizerConfig()

@@ -141,6 +141,9 @@ class SwiftConfig:
                 f"got widths={self.tree_widths} thresholds={self.tree_thresholds}"
             )
 
+        for f in fields(self):
+            if f.type == "bool" and not isinstance(getattr(self, f.name), bool):  # "no" would read as True
+                raise InvalidArgumentError(f"{f.name} must be True or False, got {getattr(self, f.name)!r}")
         unknown = [d for d in self.drafters if d not in DRAFTER_NAMES]
         if unknown or len(set(self.drafters)) != len(self.drafters):
             raise InvalidArgumentError(f"drafters must be distinct names among {list(DRAFTER_NAMES)}, "
