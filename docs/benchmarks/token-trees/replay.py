@@ -1,0 +1,248 @@
+"""Replay a bench run's copy drafting without the model: what the step logs would be, and what they cost.
+
+Greedy verification accepts the longest trie path that is a prefix of the tokens the
+run committed, and the token after it is the bonus. So, given a method's own committed
+tokens (a bench record's ``new_ids``) and the cost model it ran with, the copy drafters
+(lookup, suffix index), the planner's node count and the copy probe can be rerun step for
+step in milliseconds: the model's forward is replaced by the record. This holds for the
+copy-only loop (``lookup-only``, and ``swiftsd`` wherever ``planner.layerskip_ceiling``
+shut the search so that no layer-skip draft ran); it is checked, not assumed: each turn's
+replayed accepted lengths are compared with the recorded ones (and tests/test_replay.py
+checks it against the decoder itself).
+
+The cost is idealised: each step costs its verification (``V(n)`` plus the accepted path's
+LM-head rows, from the cost model), with no per-step overhead; a plain step costs 1. So
+the ratio it prints is the copy drafting's ceiling on this cost model, the overhead not
+counted. Its use: to try a change to the drafters' calibration or the planner on a whole
+bench stream in seconds (``VARIANTS``), before a bench measures the one worth measuring.
+Two variants are bounds, not policies: ``oracle`` verifies, with hindsight, exactly the path
+that will be accepted among the same drafts (when that pays), ``oracle-top`` the same along
+the best-scored chain only (hindsight on its length alone).
+
+    python docs/benchmarks/token-trees/replay.py RUN.jsonl COSTS.json MODEL [METHOD [VARIANTS]]
+
+RUN.jsonl: a bench's records; COSTS.json: a cost model as cached in ~/.cache/swiftsd/costs;
+MODEL: a directory with the model's tokenizer, or the short name of a model that swiftsd has
+dequantised into ~/.cache/swiftsd/models (its tokenizer rebuilds the prompts as the bench did).
+It ends with a markdown table: per category, the run's measured speed-up and each variant's.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections import defaultdict
+from typing import Any, Callable
+
+from swiftsd.bench.data import build_input, load_prompts
+from swiftsd.bench.runner import interleave_categories
+from swiftsd.config import SwiftConfig
+from swiftsd.drafters import make_drafters
+from swiftsd.drafters.base import DraftTrie, Request
+from swiftsd.drafters.ngram import RequestCalibration, has_long_match, learn
+from swiftsd.engine.cost import CostModel
+from swiftsd.engine.tree import build_tree
+from swiftsd.engine.verify import greedy_verify
+from swiftsd.planner import CopyProbe, best_node_count, relative_verify
+
+DATA = "/work/shared/data/spec_bench/question.jsonl"
+# For analyses: called with (trie, committed tokens, position, accepted per step so far) before each
+# step's node selection.
+ON_CANDIDATES: Callable[[DraftTrie, list[int], int, list[int]], None] | None = None
+
+
+def _oracle_select(trie: DraftTrie, out: list[int], g: int, costs: CostModel, max_depth: int,
+                   top: bool = False) -> DraftTrie:
+    """The bound no estimate can beat: verify exactly the path that will be accepted, when it pays.
+    ``top``: only along the best-scored child at each depth (hindsight on the length alone)."""
+    path, node = [], 0
+    kids: dict[int, list[int]] = {}
+    for i, par in enumerate(trie.parents[1:], start=1):
+        kids.setdefault(par, []).append(i)
+    while g + len(path) < len(out) - 1 and len(path) < max_depth:  # the last token comes as the bonus
+        nxt = trie.child(node, out[g + len(path)])
+        if top and kids.get(node):
+            best = max(kids[node], key=trie.score.__getitem__)
+            nxt = nxt if nxt == best else None
+        if nxt is None:
+            break
+        path.append(nxt)
+        node = nxt
+    k = len(path)
+    pays = k and (1 + k) / (relative_verify(costs, k + 1) + (costs.head(k + 1) - costs.head(1)) / costs.full_step) > 1
+    return trie.subset([0] + path) if pays else trie.subset([0])
+
+
+def _turn(drafters: dict, cfg: SwiftConfig, costs: CostModel, ids: list[int], out: list[int],
+          eos: frozenset[int], max_new: int, oracle: str = "") -> tuple[list[int], float, int]:
+    """One request, replayed: (accepted draft tokens per step, cost in plain steps, nodes verified
+    with their roots, as ``GenerationStats.tree_sizes`` sums them). ``max_new``: the request's
+    token budget, which caps the draft depth as in the decoder."""
+    req = Request(tokens=list(ids) + out[:1], prompt_len=len(ids), eos=eos)
+    probe, steps, cost, nodes = CopyProbe(), [], 0.0, 0
+    g = 1  # out[:g] committed (the prefill picked the first)
+    while g < len(out) and out[g - 1] not in eos:
+        trie = DraftTrie.rooted(req.tokens[-1])
+        req.max_depth = min(cfg.max_draft, max_new - g - 1)
+        if req.max_depth > 0:
+            for d in drafters.values():
+                d.propose(req, trie, 4 * cfg.max_nodes)
+        if ON_CANDIDATES is not None:
+            ON_CANDIDATES(trie, out, g, steps)
+        probing = False
+        if oracle:
+            trie = _oracle_select(trie, out, g, costs, req.max_depth, top=oracle == "top")
+        elif len(trie) > 1:
+            n, _ = best_node_count(trie.score[1:], costs, 0.0, min(cfg.max_nodes, len(trie)))
+            if n == 1 and cfg.copy_probe and has_long_match(trie) and probe.due():
+                n, probing = min(cfg.max_nodes, len(trie), probe.nodes), True
+            trie = trie.select(max(n, sum(trie.keep)))
+        layout = build_tree(tuple(trie.parents))
+
+        def target(node: int) -> int:
+            depth = trie.depth(node)
+            return out[g + depth] if g + depth < len(out) else -1
+
+        accepted, _ = greedy_verify(trie.tokens, target, layout)
+        new = out[g: g + len(accepted) + 1]
+        for d in drafters.values():
+            d.observe(req, trie, accepted)
+        if probing:
+            probe.result(len(accepted), relative_verify(costs, layout.size))
+        cost += relative_verify(costs, layout.size) + (costs.head(len(accepted) + 1) - costs.head(1)) / costs.full_step
+        nodes += layout.size
+        steps.append(len(accepted))
+        req.tokens.extend(new)
+        g += len(new)
+    for d in drafters.values():
+        d.end_request(req)
+    return steps, cost, nodes
+
+
+class _EffectCalibration(RequestCalibration):
+    """Variant: the stream's fit scaled by this request's copy effect (its hits over what the
+    stream's fit expected of its trials, over 4 pseudo-trials), before its own bucket counts."""
+
+    def effect(self) -> float:
+        hits = sum(self.own.hits.values())
+        expected = sum(self.stream.factor(b) * m for b, m in self.own.mass.items())
+        return (hits + 4.0) / (expected + 4.0)
+
+    def factor(self, bucket: str) -> float:
+        e = self.effect()
+        return self.own.factor(bucket, lambda b: min(0.98, self.stream.factor(b) * e))
+
+
+def _calibration_class(cls: type) -> Callable[[dict], None]:
+    def patch(drafters: dict) -> None:
+        for d in drafters.values():
+            def calib(req: Request, d: Any = d) -> RequestCalibration:
+                key = f"{d.name}:calib"
+                if not isinstance(req.scratch.get(key), cls):
+                    req.scratch[key] = cls(d.calib)
+                return req.scratch[key]
+            d._calibration = calib
+    return patch
+
+
+def _no_hot(drafters: dict) -> None:
+    for d in drafters.values():
+        d.observe = (lambda req, trie, accepted, d=d: learn(d._calibration(req), trie, accepted, d.name))
+
+
+def _stream_only(drafters: dict) -> None:
+    for d in drafters.values():
+        d._calibration = lambda req, d=d: d.calib
+
+
+VARIANTS: dict[str, Callable[[dict], None]] = {
+    "current": lambda drafters: None,
+    "stream-only": _stream_only,  # no per-request counts (before RequestCalibration)
+    "no-hot": _no_hot,  # one regime: never "hot"
+    "request-effect": _calibration_class(_EffectCalibration),
+    "oracle": lambda drafters: None,  # the same drafts, verified with hindsight (_oracle_select)
+    "oracle-top": lambda drafters: None,  # hindsight on the length of the best-scored chain alone
+}
+
+
+def replay(records: list[dict[str, Any]], costs: CostModel, tok: Any, variant: str, n_per_category: int,
+           max_new: int = 128, eos: frozenset[int] = frozenset()) -> list[dict[str, Any]]:
+    cfg = SwiftConfig(drafters=("lookup", "suffix"))
+    drafters = make_drafters(cfg)
+    VARIANTS[variant](drafters)
+    prompts = {p.id: p for p in interleave_categories(load_prompts(DATA, None, n_per_category))}
+    answers: dict[str, list[str]] = defaultdict(list)
+    rows = []
+    for rec in records:
+        p = prompts[rec["prompt_id"]]
+        ids = build_input(tok, p, rec["turn"], answers[p.id])
+        assert len(ids) == rec["prompt_tokens"], (p.id, rec["turn"], len(ids), rec["prompt_tokens"])
+        out = rec["new_ids"]
+        steps, cost, nodes = _turn(drafters, cfg, costs, ids, out, eos, max_new, oracle={"oracle": "all", "oracle-top": "top"}.get(variant, ""))
+        answers[p.id].append(tok.decode(out, skip_special_tokens=True))
+        rows.append({"prompt_id": p.id, "turn": rec["turn"], "category": rec["category"], "tokens": len(out),
+                     "steps": len(steps) + 1, "cost": 1.0 + cost, "nodes": nodes,
+                     "same_steps": steps == rec["accepted_lengths"], "recorded_steps": rec["target_forwards"],
+                     "recorded_nodes": rec.get("tree_nodes"), "wall_time": rec["wall_time"]})
+    return rows
+
+
+def main(argv: list[str]) -> int:
+    from transformers import AutoTokenizer
+
+    from pathlib import Path
+
+    run, cost_file, model = argv[:3]
+    method = argv[3] if len(argv) > 3 else "lookup-only"
+    variants = argv[4].split(",") if len(argv) > 4 else ["current"]
+    try:  # the run file of a run still going (--resume), or a finished run's metadata
+        args = json.load(open(run.replace(".jsonl", ".run.json")))["args"]
+        n_per, max_new = args["n_per_category"], args["max_new_tokens"]
+    except FileNotFoundError:
+        command = json.load(open(run.replace(".jsonl", ".machine.json")))["command"]
+        n_per = int(command.split("--n-per-category ")[1].split()[0])
+        max_new = int(command.split("--max-new-tokens ")[1].split()[0])
+    records = [r for r in map(json.loads, open(run)) if r["method"] == method]
+    costs = CostModel.from_dict(json.load(open(cost_file)))
+    path = Path(model) if Path(model).is_dir() else Path.home() / ".cache/swiftsd/models" / model
+    tok = AutoTokenizer.from_pretrained(str(path))
+    gen = path / "generation_config.json"  # the bench's stop tokens (swiftsd.eos.resolve_eos reads these too)
+    ids = json.load(open(gen)).get("eos_token_id") if gen.is_file() else tok.eos_token_id
+    eos = frozenset(int(t) for t in (ids if isinstance(ids, list) else [ids]) if t is not None)
+    plain = {(r["prompt_id"], r["turn"]): r for r in map(json.loads, open(run)) if r["method"] == "plain"}
+    table: dict[str, dict[str, float]] = {}
+    cats: list[str] = []
+    for v in variants:
+        rows = replay(records, costs, tok, v, n_per, max_new, eos)
+        by_cat: dict[str, list] = defaultdict(list)
+        for r in rows:
+            by_cat[r["category"]].append(r)
+        cats = list(by_cat) + ["overall"]
+        same = sum(r["same_steps"] for r in rows)
+        print(f"{v}: {same}/{len(rows)} turns replay the recorded steps exactly")
+        table[v] = {"exact": same}
+        for cat, rs in list(by_cat.items()) + [("overall", rows)]:
+            toks, cost = sum(r["tokens"] for r in rs), sum(r["cost"] for r in rs)
+            table[v][cat] = toks / cost
+            print(f"  {cat:14s} ideal {toks / cost:5.2f}x  steps {sum(r['steps'] for r in rs):5d} "
+                  f"(recorded {sum(r['recorded_steps'] for r in rs):5d})  nodes {sum(r['nodes'] for r in rs):6d} "
+                  f"(recorded {sum(r['recorded_nodes'] or 0 for r in rs):6d})  tokens {toks}")
+    measured = {}
+    for cat in cats:  # the run's own speed ratio on the same turns (tokens per second, totals)
+        mine = [r for r in records if cat in ("overall", r["category"]) and (r["prompt_id"], r["turn"]) in plain]
+        if mine:
+            base = [plain[(r["prompt_id"], r["turn"])] for r in mine]
+            measured[cat] = ((sum(r["new_tokens"] for r in mine) / sum(r["wall_time"] for r in mine))
+                             / (sum(r["new_tokens"] for r in base) / sum(r["wall_time"] for r in base)))
+    print(f"\n| {method}, replayed | " + " | ".join(cats) + " | turns replayed exactly |")
+    print("|---" * (len(cats) + 2) + "|")
+    if measured:
+        print("| measured (wall clock, this run) | " + " | ".join(f"{measured.get(c, 0):.2f}x" for c in cats)
+              + " | - |")
+    for v, row in table.items():
+        print(f"| {v} | " + " | ".join(f"{row[c]:.2f}x" for c in cats) + f" | {row['exact']}/{len(records)} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
