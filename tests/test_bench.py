@@ -469,6 +469,12 @@ def test_cli_end_to_end(tmp_path, capsys):
     assert all(len(r["repeat_wall_times"]) == 2 and r["wall_time"] == min(r["repeat_wall_times"]) for r in recs)
     machine = json.loads((out / "t.machine.json").read_text())
     assert machine["methods"]["swiftsd-static"]["skip_set"] == {"attn": [2], "mlp": [3]}
+    # the cost model each swiftsd method planned with, kept so that its steps can be replayed
+    from swiftsd.engine.cost import CostModel
+    kept = CostModel.from_dict(machine["methods"]["swiftsd"]["cost_model"])
+    layers = json.loads((model_dir / "config.json").read_text())["num_hidden_layers"]
+    assert kept.num_layers == layers and kept.full_step > 0 and kept.verify_sizes[0] == 1
+    assert "cost_model" not in machine["methods"]["pld"]
     assert machine["dtype"] == "fp32" and machine["cpu_cores"] >= 1 and not math.isnan(machine["max_new_tokens"])
     assert machine["repeats"] == 2 and machine["noise_margin"] == 0.15
     md = (out / "t.md").read_text()

@@ -21,7 +21,8 @@ the best-scored chain only (hindsight on its length alone).
 
     python docs/benchmarks/token-trees/replay.py RUN.jsonl COSTS.json MODEL [METHOD [VARIANTS]]
 
-RUN.jsonl: a bench's records; COSTS.json: a cost model as cached in ~/.cache/swiftsd/costs;
+RUN.jsonl: a bench's records; COSTS.json: a cost model as cached in ~/.cache/swiftsd/costs, or
+``run`` for the one METHOD planned with, which newer bench runs keep in RUN.machine.json;
 MODEL: a directory with the model's tokenizer, or the short name of a model that swiftsd has
 dequantised into ~/.cache/swiftsd/models (its tokenizer rebuilds the prompts as the bench did).
 It ends with a markdown table: per category, the run's measured speed-up and each variant's.
@@ -203,7 +204,14 @@ def main(argv: list[str]) -> int:
         n_per = int(command.split("--n-per-category ")[1].split()[0])
         max_new = int(command.split("--max-new-tokens ")[1].split()[0])
     records = [r for r in map(json.loads, open(run)) if r["method"] == method]
-    costs = CostModel.from_dict(json.load(open(cost_file)))
+    if cost_file == "run":
+        kept = json.load(open(run.replace(".jsonl", ".machine.json")))["methods"][method].get("cost_model")
+        if kept is None:
+            raise SystemExit(f"{run}: its machine.json keeps no cost model for {method} (an older run): "
+                             "give the cost model's file")
+        costs = CostModel.from_dict(kept)
+    else:
+        costs = CostModel.from_dict(json.load(open(cost_file)))
     path = Path(model) if Path(model).is_dir() else Path.home() / ".cache/swiftsd/models" / model
     tok = AutoTokenizer.from_pretrained(str(path))
     gen = path / "generation_config.json"  # the bench's stop tokens (swiftsd.eos.resolve_eos reads these too)
@@ -237,7 +245,7 @@ def main(argv: list[str]) -> int:
     print(f"\n| {method}, replayed | " + " | ".join(cats) + " | turns replayed exactly |")
     print("|---" * (len(cats) + 2) + "|")
     if measured:
-        print("| measured (wall clock, this run) | " + " | ".join(f"{measured.get(c, 0):.2f}x" for c in cats)
+        print("| measured in that run (tokens/s against plain) | " + " | ".join(f"{measured.get(c, 0):.2f}x" for c in cats)
               + " | - |")
     for v, row in table.items():
         print(f"| {v} | " + " | ".join(f"{row[c]:.2f}x" for c in cats) + f" | {row['exact']}/{len(records)} |")

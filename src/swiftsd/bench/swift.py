@@ -52,11 +52,15 @@ class Swift(Method):
         self._run(self._new(), input_ids, params, seed)
 
     def describe(self) -> dict[str, Any]:
+        """What the report says of this method; with the cost model it planned with, once measured, so
+        that a run's steps can be replayed later (docs/benchmarks/token-trees/replay.py)."""
         d = self.decoder
+        costs = d._costs if d is not None else None  # read, not measured: describing costs no time
         return {
             "options": {k: _jsonable(v) for k, v in self.options.items()},
             "skip_set": d.skip_set.to_dict() if d is not None and d.skip_set is not None else None,
             "optimizer": type(d.optimizer).__name__ if d is not None and d.optimizer is not None else None,
+            "cost_model": costs.to_dict() if costs is not None else None,
         }
 
     # -- state, for repeats: every repeat of a turn starts from the same learned state --------
