@@ -20,7 +20,6 @@ import torch
 from .config import SamplingParams, SwiftConfig
 from .drafters import DraftTrie, Request, make_drafters
 from .drafters.layerskip import LayerSkipDrafter, ModelStep, draft_head, matchness
-from .drafters.ngram import has_long_match
 from .engine.cache import SlotKVCache
 from .engine.cost import CostModel, cached_costs
 from .engine.models import DraftHead, get_adapter
@@ -30,7 +29,8 @@ from .engine.verify import PositionNoise, coupled_sample, greedy_verify, multi_c
     target_probs
 from .optimize import SkipOptimizer
 from .learned import decoder_state_dict, load_decoder_state
-from .planner import WallClockBound, best_node_count, forecast_layerskip, layerskip_ceiling, relative_verify
+from .planner import (WallClockBound, best_node_count, choose_node_count, forecast_layerskip, layerskip_ceiling,
+                      relative_verify)
 from .run import GenerationResult, GenerationStream, LogitsProcessor, RunState, StepPlan, TargetScores
 from .request import RequestArgs, parse_request, parse_skip
 from .stats import GenerationStats
@@ -298,9 +298,8 @@ class SwiftDecoder:
         if cfg.planner and len(trie) > 1:
             costs = self.costs
             spent = run.clock["model_draft"] / costs.full_step if run.clock["model_draft"] else 0.0
-            n, _ = best_node_count(trie.score[1:], costs, spent, max_nodes)
-            if n == 1 and not spent and cfg.copy_probe and has_long_match(trie) and run.probe.due():
-                n = min(max_nodes, run.probe.nodes)  # the planner would decode plainly: retry the copy
+            n, probing = choose_node_count(trie, costs, spent, max_nodes, run.probe if cfg.copy_probe else None)
+            if probing:
                 run.req.scratch["probe"] = True
             trie = trie.select(max(n, sum(trie.keep)))
         elif len(trie) > max_nodes:

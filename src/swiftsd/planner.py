@@ -16,9 +16,14 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
+from .drafters.ngram import has_long_match
 from .engine.cost import CostModel
 from .engine.skipset import SkipSet
+
+if TYPE_CHECKING:
+    from .drafters.base import DraftTrie
 
 
 @dataclass(frozen=True)
@@ -53,6 +58,19 @@ def best_node_count(scores: list[float], costs: CostModel, spent: float, max_nod
             best_n, best_rate = i, rate
     return best_n, best_rate
 
+
+
+def choose_node_count(trie: "DraftTrie", costs: CostModel, spent: float, max_nodes: int,
+                      probe: "CopyProbe | None") -> tuple[int, bool]:
+    """How many nodes of ``trie`` to verify (root included), and whether that is a copy probe.
+
+    :func:`best_node_count`, except that where it would decode plainly, no draft time was spent
+    and a long copy match goes unverified, ``probe`` (None: no probing) may retry the copy.
+    One function for the decoder and for ``docs/benchmarks/token-trees/replay.py``."""
+    n, _ = best_node_count(trie.score[1:], costs, spent, max_nodes)
+    if n == 1 and not spent and probe is not None and has_long_match(trie) and probe.due():
+        return min(max_nodes, probe.nodes), True
+    return n, False
 
 def forecast_layerskip(costs: CostModel, skip: SkipSet, alpha: float, frontier: int, max_depth: int,
                        free_gain: float, free_nodes: int = 1) -> LayerSkipForecast:

@@ -40,16 +40,20 @@ from swiftsd.bench.runner import interleave_categories
 from swiftsd.config import SwiftConfig
 from swiftsd.drafters import make_drafters
 from swiftsd.drafters.base import DraftTrie, Request
-from swiftsd.drafters.ngram import RequestCalibration, has_long_match, learn
+from swiftsd.drafters.ngram import RequestCalibration, learn
 from swiftsd.engine.cost import CostModel
 from swiftsd.engine.tree import build_tree
 from swiftsd.engine.verify import greedy_verify
-from swiftsd.planner import CopyProbe, best_node_count, relative_verify
+from swiftsd.planner import CopyProbe, choose_node_count, relative_verify
 
-DATA = "/work/shared/data/spec_bench/question.jsonl"
 # For analyses: called with (trie, committed tokens, position, accepted per step so far) before each
 # step's node selection.
 ON_CANDIDATES: Callable[[DraftTrie, list[int], int, list[int]], None] | None = None
+
+
+def _step_cost(costs: CostModel, nodes: int, accepted: int) -> float:
+    """One verification in plain steps: V(nodes) and the accepted path's further LM-head rows."""
+    return relative_verify(costs, nodes) + (costs.head(accepted + 1) - costs.head(1)) / costs.full_step
 
 
 def _oracle_select(trie: DraftTrie, out: list[int], g: int, costs: CostModel, max_depth: int,
@@ -70,7 +74,7 @@ def _oracle_select(trie: DraftTrie, out: list[int], g: int, costs: CostModel, ma
         path.append(nxt)
         node = nxt
     k = len(path)
-    pays = k and (1 + k) / (relative_verify(costs, k + 1) + (costs.head(k + 1) - costs.head(1)) / costs.full_step) > 1
+    pays = k and (1 + k) / _step_cost(costs, k + 1, k) > 1
     return trie.subset([0] + path) if pays else trie.subset([0])
 
 
@@ -94,9 +98,8 @@ def _turn(drafters: dict, cfg: SwiftConfig, costs: CostModel, ids: list[int], ou
         if oracle:
             trie = _oracle_select(trie, out, g, costs, req.max_depth, top=oracle == "top")
         elif len(trie) > 1:
-            n, _ = best_node_count(trie.score[1:], costs, 0.0, min(cfg.max_nodes, len(trie)))
-            if n == 1 and cfg.copy_probe and has_long_match(trie) and probe.due():
-                n, probing = min(cfg.max_nodes, len(trie), probe.nodes), True
+            n, probing = choose_node_count(trie, costs, 0.0, min(cfg.max_nodes, len(trie)),
+                                           probe if cfg.copy_probe else None)
             trie = trie.select(max(n, sum(trie.keep)))
         layout = build_tree(tuple(trie.parents))
 
@@ -110,7 +113,7 @@ def _turn(drafters: dict, cfg: SwiftConfig, costs: CostModel, ids: list[int], ou
             d.observe(req, trie, accepted)
         if probing:
             probe.result(len(accepted), relative_verify(costs, layout.size))
-        cost += relative_verify(costs, layout.size) + (costs.head(len(accepted) + 1) - costs.head(1)) / costs.full_step
+        cost += _step_cost(costs, layout.size, len(accepted))
         nodes += layout.size
         steps.append(len(accepted))
         req.tokens.extend(new)
@@ -166,12 +169,12 @@ VARIANTS: dict[str, Callable[[dict], None]] = {
 }
 
 
-def replay(records: list[dict[str, Any]], costs: CostModel, tok: Any, variant: str, n_per_category: int,
-           max_new: int = 128, eos: frozenset[int] = frozenset()) -> list[dict[str, Any]]:
+def replay(records: list[dict[str, Any]], costs: CostModel, tok: Any, variant: str, data: str | None,
+           n_per_category: int, max_new: int = 128, eos: frozenset[int] = frozenset()) -> list[dict[str, Any]]:
     cfg = SwiftConfig(drafters=("lookup", "suffix"))
     drafters = make_drafters(cfg)
     VARIANTS[variant](drafters)
-    prompts = {p.id: p for p in interleave_categories(load_prompts(DATA, None, n_per_category))}
+    prompts = {p.id: p for p in interleave_categories(load_prompts(data, None, n_per_category))}
     answers: dict[str, list[str]] = defaultdict(list)
     rows = []
     for rec in records:
@@ -179,7 +182,8 @@ def replay(records: list[dict[str, Any]], costs: CostModel, tok: Any, variant: s
         ids = build_input(tok, p, rec["turn"], answers[p.id])
         assert len(ids) == rec["prompt_tokens"], (p.id, rec["turn"], len(ids), rec["prompt_tokens"])
         out = rec["new_ids"]
-        steps, cost, nodes = _turn(drafters, cfg, costs, ids, out, eos, max_new, oracle={"oracle": "all", "oracle-top": "top"}.get(variant, ""))
+        oracle = {"oracle": "all", "oracle-top": "top"}.get(variant, "")
+        steps, cost, nodes = _turn(drafters, cfg, costs, ids, out, eos, max_new, oracle=oracle)
         answers[p.id].append(tok.decode(out, skip_special_tokens=True))
         rows.append({"prompt_id": p.id, "turn": rec["turn"], "category": rec["category"], "tokens": len(out),
                      "steps": len(steps) + 1, "cost": 1.0 + cost, "nodes": nodes,
@@ -193,16 +197,19 @@ def main(argv: list[str]) -> int:
 
     from pathlib import Path
 
+    if len(argv) < 3 or (len(argv) > 4 and any(v not in VARIANTS for v in argv[4].split(","))):
+        raise SystemExit(__doc__.split("\n\n")[-2] + f"\nVARIANTS: comma-separated, among {', '.join(VARIANTS)}")
     run, cost_file, model = argv[:3]
     method = argv[3] if len(argv) > 3 else "lookup-only"
     variants = argv[4].split(",") if len(argv) > 4 else ["current"]
     try:  # the run file of a run still going (--resume), or a finished run's metadata
         args = json.load(open(run.replace(".jsonl", ".run.json")))["args"]
-        n_per, max_new = args["n_per_category"], args["max_new_tokens"]
+        n_per, max_new, data = args["n_per_category"], args["max_new_tokens"], args["data"]
     except FileNotFoundError:
-        command = json.load(open(run.replace(".jsonl", ".machine.json")))["command"]
-        n_per = int(command.split("--n-per-category ")[1].split()[0])
-        max_new = int(command.split("--max-new-tokens ")[1].split()[0])
+        machine = json.load(open(run.replace(".jsonl", ".machine.json")))
+        n_per = int(machine["command"].split("--n-per-category ")[1].split()[0])
+        max_new = int(machine["command"].split("--max-new-tokens ")[1].split()[0])
+        data = None if machine["data"] == "built-in" else machine["data"]
     records = [r for r in map(json.loads, open(run)) if r["method"] == method]
     if cost_file == "run":
         kept = json.load(open(run.replace(".jsonl", ".machine.json")))["methods"][method].get("cost_model")
@@ -221,7 +228,7 @@ def main(argv: list[str]) -> int:
     table: dict[str, dict[str, float]] = {}
     cats: list[str] = []
     for v in variants:
-        rows = replay(records, costs, tok, v, n_per, max_new, eos)
+        rows = replay(records, costs, tok, v, data, n_per, max_new, eos)
         by_cat: dict[str, list] = defaultdict(list)
         for r in rows:
             by_cat[r["category"]].append(r)
