@@ -105,3 +105,17 @@ def test_concurrent_loads_build_a_cache_entry_once(tmp_path) -> None:
     assert [o for o, _ in outs] == ["x\n", "x\n"]
     assert len(list(tmp_path.glob("built-*"))) == 1  # one build; the other process waited for it
     assert any("waiting for another swiftsd process" in e for _, e in outs)
+
+
+def test_a_first_cost_measurement_is_announced_and_a_cached_one_is_not(capsys, bars_on, tmp_path) -> None:
+    """Measuring the cost model takes up to a minute on a first run: it names itself and where it keeps the result."""
+    from swiftsd.decoder import SwiftDecoder
+    from swiftsd.engine.cost import cached_costs
+    from tiny import tiny_model
+
+    adapter = SwiftDecoder(tiny_model("qwen2", seed=0), optimizer=False).adapter
+    first = cached_costs(adapter, draft_vocab=0, directory=tmp_path)
+    err = capsys.readouterr().err
+    assert "swiftsd: measuring this model's step costs once" in err and str(tmp_path) in err
+    assert cached_costs(adapter, draft_vocab=0, directory=tmp_path) == first  # read back, not measured
+    assert capsys.readouterr().err == ""

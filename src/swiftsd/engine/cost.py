@@ -337,13 +337,13 @@ def cached_costs(adapter: "DecoderAdapter", draft_vocab: int, directory: Any | N
     from pathlib import Path
 
     if directory is None:
-        return measure_costs(adapter, draft_vocab=draft_vocab)
+        return _measure_visibly(adapter, draft_vocab, "measuring this model's step costs")
     path = Path(directory) / f"{cost_key(adapter, draft_vocab)}.json"
     try:
         return CostModel.from_dict(json.loads(path.read_text(encoding="utf-8")))
     except (OSError, ValueError, TypeError, KeyError):
         pass
-    costs = measure_costs(adapter, draft_vocab=draft_vocab)
+    costs = _measure_visibly(adapter, draft_vocab, f"measuring this model's step costs once (kept in {path.parent})")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
@@ -355,3 +355,11 @@ def cached_costs(adapter: "DecoderAdapter", draft_vocab: int, directory: Any | N
     return costs
 
 
+
+
+def _measure_visibly(adapter: "DecoderAdapter", draft_vocab: int, what: str) -> CostModel:
+    """:func:`measure_costs` under a status line: on a first run it takes seconds to a minute, unannounced."""
+    from swiftsd.progress import Ticker
+
+    with Ticker(what):
+        return measure_costs(adapter, draft_vocab=draft_vocab)
