@@ -441,13 +441,15 @@ def test_multi_turn_feeds_answers_back(tiny):
 def test_report_files_written(tmp_path):
     recs = _synthetic()
     rows = summarize(recs, greedy=True)
-    meta = {"model": "tiny", "dtype": "fp32", "device": "cpu", "cpu": "test cpu", "methods": {}}
+    meta = {"model": "tiny", "dtype": "fp32", "device": "cpu", "cpu": "test cpu", "methods": {},
+            "native_matmul": {"bfloat16": False, "float16": None}}
     paths = write_report(tmp_path, "tiny-fp32-cpu", recs, rows, meta, True, {"early-exit": "not here"})
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
         f"tiny-fp32-cpu{s}" for s in (".md", ".jsonl", ".machine.json", ".speedup.png", ".accepted.png"))
     assert [json.loads(line) for line in paths["jsonl"].read_text().splitlines()] == recs
     md = paths["md"].read_text()
     assert "| swiftsd | **overall** |" in md and "n/a: not here" in md and "GREEDY MISMATCH" in md
+    assert "test cpu (None cores), no native bfloat16 matmul;" in md  # a slow-half CPU is named as such
     for k in ("speedup", "accepted"):
         assert paths[k].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -477,6 +479,8 @@ def test_cli_end_to_end(tmp_path, capsys):
     assert "cost_model" not in machine["methods"]["pld"]
     assert machine["dtype"] == "fp32" and machine["cpu_cores"] >= 1 and not math.isnan(machine["max_new_tokens"])
     assert machine["repeats"] == 2 and machine["noise_margin"] == 0.15
+    assert set(machine["native_matmul"]) == {"bfloat16", "float16"}
+    assert all(v in (True, False, None) for v in machine["native_matmul"].values())
     md = (out / "t.md").read_text()
     assert "ran 2 times, interleaved" in md and "the faster run is reported" in md and "## Result" in md
 

@@ -159,3 +159,36 @@ def test_incremental_text_flushes_an_incomplete_tail() -> None:
     pieces = list(incremental_text(tok, [[i] for i in ids]))
     assert "".join(pieces) == tok.decode(ids)
     assert pieces[0] == "a"
+
+
+def test_bf16_on_a_cpu_without_native_bf16_matmul_warns_once_in_one_line(capsys, monkeypatch, model_dir) -> None:
+    """Such a CPU runs bf16 prefill and tree verification at about one forward per token: the user hears it."""
+    from swiftsd.loading import hardware
+
+    monkeypatch.setattr(hardware, "native_half_matmul", lambda dtype: False)
+    rc, out, err = cli(capsys, "--model", model_dir, "--prompt", "hi", "--max-new-tokens", "3", "--dtype", "bfloat16")
+    assert rc == 0 and out
+    lines = [line for line in err.splitlines() if "native bfloat16" in line]
+    assert lines == [lines[0]] and lines[0].startswith("swiftsd: warning: this CPU has no native bfloat16 matrix")
+    assert "SlowDtypeWarning" not in err  # our one line, not Python's file:line dump
+    monkeypatch.setattr(hardware, "native_half_matmul", lambda dtype: True)
+    rc, out, err = cli(capsys, "--model", model_dir, "--prompt", "hi", "--max-new-tokens", "3", "--dtype", "bfloat16")
+    assert rc == 0 and "warning" not in err
+
+
+def test_slow_dtype_note_only_for_half_precision_on_a_cpu_that_lacks_it(monkeypatch) -> None:
+    from swiftsd.loading import hardware
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    for native, want in ((False, True), (True, False), (None, False)):
+        monkeypatch.setattr(hardware, "native_half_matmul", lambda dtype, native=native: native)
+        assert (hardware.slow_dtype_note(torch.bfloat16, cpu) is not None) is want
+        assert (hardware.slow_dtype_note(torch.float16, cpu) is not None) is want
+        assert hardware.slow_dtype_note(torch.float32, cpu) is None
+        assert hardware.slow_dtype_note(torch.bfloat16, cuda) is None
+    assert hardware.native_half_matmul(torch.float32) is None
+    with pytest.warns(swiftsd.SlowDtypeWarning, match="no native float16 matrix multiply"):
+        monkeypatch.setattr(hardware, "native_half_matmul", lambda dtype: False)
+        from swiftsd.loading import _finish
+        from tiny import tiny_model
+        _finish(tiny_model("llama", seed=0).to(torch.float16), None, cpu)

@@ -8,6 +8,7 @@ from .errors import (
     InvalidSkipSetError,
     MissingPackageError,
     ModelNotFoundError,
+    SlowDtypeWarning,
     StateFileError,
     SwiftSDError,
     UnsupportedModelError,
@@ -32,6 +33,6 @@ def load(name_or_path: str, dtype=None, device=None):
 __all__ = [
     "ContextLengthError", "GenerationResult", "GenerationStats", "GenerationStream", "InvalidArgumentError",
     "InvalidSkipSetError", "MissingPackageError", "ModelIdentity", "ModelNotFoundError", "OptimizerConfig",
-    "SamplingParams", "SkipSet", "StateFileError", "SwiftConfig", "SwiftDecoder", "SwiftSDError",
+    "SamplingParams", "SkipSet", "SlowDtypeWarning", "StateFileError", "SwiftConfig", "SwiftDecoder", "SwiftSDError",
     "UnsupportedModelError", "load", "model_identity",
 ]

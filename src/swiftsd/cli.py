@@ -9,8 +9,10 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import warnings
+from typing import Any
 
-from .errors import SwiftSDError
+from .errors import SlowDtypeWarning, SwiftSDError
 
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "generate": ("swiftsd.cli_generate", "generate text with SWIFT (optionally --compare with plain decoding)"),
@@ -80,6 +82,20 @@ def _version() -> str:
     return __version__
 
 
+def _warnings_as_lines(python_show: Any) -> Any:
+    """A ``warnings.showwarning`` that prints swiftsd's own warnings as one "swiftsd: warning:" line,
+    like its errors, and hands every other warning to ``python_show``."""
+
+    def show(message: Any, category: type, filename: str, lineno: int, file: Any = None,
+             line: str | None = None) -> None:
+        if issubclass(category, SlowDtypeWarning):
+            print(f"swiftsd: warning: {message}", file=sys.stderr)
+        else:
+            python_show(message, category, filename, lineno, file, line)
+
+    return show
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = build_parser(only=argv[0] if argv and argv[0] in SUBCOMMANDS else None)
@@ -88,7 +104,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return int(args._run(args) or 0)
+        with warnings.catch_warnings():
+            warnings.showwarning = _warnings_as_lines(warnings.showwarning)
+            return int(args._run(args) or 0)
     except SwiftSDError as exc:
         print(f"swiftsd: error: {exc}", file=sys.stderr)
         return 2

@@ -34,3 +34,7 @@ class MissingPackageError(ModelNotFoundError):
 class StateFileError(SwiftSDError):
     """A saved state file that cannot be used here: corrupt or truncated, learned on another model,
     or written by a newer swiftsd."""
+
+
+class SlowDtypeWarning(UserWarning):
+    """The requested dtype has no native matrix multiply on this device, so every forward is slow."""

@@ -147,6 +147,11 @@ def machine_info(dtype: str, device: str) -> dict[str, Any]:
         "torch": torch.__version__, "transformers": transformers.__version__, "swiftsd": __version__,
         "dtype": dtype, "device": device, "gpu": None,
     }
+    if device == "cpu":  # whether half-precision forwards over many tokens are fast here at all
+        from ..loading.hardware import native_half_matmul
+
+        info["native_matmul"] = {"bfloat16": native_half_matmul(torch.bfloat16),
+                                 "float16": native_half_matmul(torch.float16)}
     if device.startswith("cuda") and torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(torch.device(device))
         info["cuda"] = torch.version.cuda
@@ -237,6 +242,9 @@ def render_markdown(records: Sequence[Record], rows: Sequence[Row], meta: dict[s
     hw = meta.get("gpu") or f"{meta.get('cpu')} ({meta.get('cpu_cores')} cores)"
     if not meta.get("gpu") and meta.get("torch_threads"):
         hw += f", {meta['torch_threads']} torch thread(s)"
+    slow = [k for k, native in (meta.get("native_matmul") or {}).items() if native is False]
+    if slow:
+        hw += f", no native {' or '.join(slow)} matmul"
     mode = "greedy" if greedy else f"sampling, temperature {meta.get('temperature')}"
     overall = [r for r in rows if r.category == OVERALL]
     return (

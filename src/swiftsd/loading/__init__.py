@@ -36,15 +36,17 @@ import difflib
 import os
 import re
 import threading
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from ..errors import InvalidArgumentError, ModelNotFoundError
+from ..errors import InvalidArgumentError, ModelNotFoundError, SlowDtypeWarning
 from ..progress import hf_bars
 from .cache import CACHE_ENV, CACHE_FORMAT, MARKER, _install_entry, _read_marker, cache_dir  # noqa: F401
 from .gguf import _cached_gguf_file, _cached_packaged, _dequantise, _dequantise_gguf, _gguf_key  # noqa: F401
+from .hardware import slow_dtype_note
 from .packaged import PACKAGED_MODELS, PackagedModel, packaged_model_names  # noqa: F401
 
 __all__ = [
@@ -294,6 +296,9 @@ def _load_tokenizer(source: str, **kw):
 def _finish(model, tokenizer, device: torch.device):
     model = model.to(device)  # a no-op when already there
     model.eval()
+    note = slow_dtype_note(model.dtype, device)
+    if note is not None:
+        warnings.warn(note, SlowDtypeWarning, stacklevel=3)
     return model, tokenizer
 
 
