@@ -16,7 +16,8 @@ from swiftsd.bench.methods import SWIFT_METHODS, Swift, build_methods, steps_fro
 from swiftsd.bench.metrics import (
     committed_per_step, draft_cost, first_difference, mismatches, summarize, summarize_group,
 )
-from swiftsd.bench.report import drafter_table, headlines, markdown_table, mismatch_text, write_report
+from swiftsd.bench.report import (drafter_table, headlines, markdown_table, mismatch_text, render_markdown,
+                                  write_report)
 from swiftsd.bench.runner import (
     _announce_mismatches, interleave_categories, make_record, rotated, run_stream, warm_up,
 )
@@ -340,6 +341,30 @@ def _synthetic():
     ]
 
 
+def test_decode_speedup_takes_each_turns_prefill_out_of_both_sides():
+    """Plain 10 tokens in 2.0 s with 1.2 s of prefill, swiftsd in 1.6 s with 1.2 s: 1.25x in total, but
+    the decoding itself ran 0.8 s against 0.4 s, 2x. A run that lacks prefill times gets no figure."""
+    ids = list(range(10))
+    recs = [_rec("plain", "a", "x", ids, 2.0, 10, time_prefill=1.2),
+            _rec("swiftsd", "a", "x", ids, 1.6, 5, time_prefill=1.2),
+            _rec("plain", "b", "y", ids[:5], 1.0, 5, time_prefill=0.5),
+            _rec("swiftsd", "b", "y", ids[:5], 1.5, 5, time_prefill=0.5)]
+    rows = {(r.method, r.category): r for r in summarize(recs, greedy=True)}
+    assert rows[("swiftsd", "x")].speedup_total == pytest.approx(1.25)
+    assert rows[("swiftsd", "x")].speedup_decode == pytest.approx(2.0)
+    assert rows[("swiftsd", "y")].speedup_decode == pytest.approx(0.5)
+    assert rows[("swiftsd", "overall")].speedup_decode == pytest.approx((15 / 1.4) / (15 / 1.3))
+    assert rows[("plain", "overall")].prefill_share == pytest.approx(1.7 / 3.0)
+    md = render_markdown(recs, list(rows.values()), {"methods": {}}, True, {})
+    assert "## Speed-up of the decoding alone (prefill taken out)" in md
+    assert "| swiftsd | 2.00× | 0.50× | 0.93× |" in md and "| plain | prefill 60% | prefill 50% | prefill 57% |" in md
+    old = [{k: v for k, v in r.items() if k != "time_prefill"} if r["prompt_id"] == "b" else r for r in recs]
+    rows = {(r.method, r.category): r for r in summarize(old, greedy=True)}
+    assert rows[("swiftsd", "x")].speedup_decode == pytest.approx(2.0)
+    assert rows[("swiftsd", "y")].speedup_decode is None and rows[("swiftsd", "overall")].speedup_decode is None
+    assert "decoding alone" not in render_markdown(_synthetic(), summarize(_synthetic(), True), {"methods": {}}, True, {})
+
+
 def test_metrics_from_known_logs():
     recs = _synthetic()
     rows = {(r.method, r.category): r for r in summarize(recs, greedy=True)}
@@ -469,6 +494,7 @@ def test_cli_end_to_end(tmp_path, capsys):
     recs = [json.loads(line) for line in (out / "t.jsonl").read_text().splitlines()]
     assert len(recs) == 3 * 4  # plain + 3 methods, 3 turns: one record each, from the faster of 2 runs
     assert all(len(r["repeat_wall_times"]) == 2 and r["wall_time"] == min(r["repeat_wall_times"]) for r in recs)
+    assert all(0 < r["time_prefill"] < r["wall_time"] for r in recs)  # every method, ours and HF's, times it
     machine = json.loads((out / "t.machine.json").read_text())
     assert machine["methods"]["swiftsd-static"]["skip_set"] == {"attn": [2], "mlp": [3]}
     # the cost model each swiftsd method planned with, kept so that its steps can be replayed
@@ -483,6 +509,7 @@ def test_cli_end_to_end(tmp_path, capsys):
     assert all(v in (True, False, None) for v in machine["native_matmul"].values())
     md = (out / "t.md").read_text()
     assert "ran 2 times, interleaved" in md and "the faster run is reported" in md and "## Result" in md
+    assert "## Speed-up of the decoding alone (prefill taken out)" in md
 
 
 def test_cli_one_repeat_warns_and_claims_nothing(tmp_path, capsys):

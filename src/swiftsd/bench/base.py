@@ -53,6 +53,7 @@ class TurnOutput:
     time_draft: float | None = None  # None: not measurable for this method
     time_optimize: float = 0.0
     time_decode_forwards: float | None = None  # summed time of full-model forwards after the prefill
+    time_prefill: float | None = None  # the prompt's forward, up to the first new token
     extra: dict[str, Any] = field(default_factory=dict)
 
 

@@ -183,6 +183,7 @@ class HFGenerate(Method):
             accepted_lengths=accepted if assisted else [],
             time_draft=log.draft_time if log.draft_calls else None,
             time_decode_forwards=sum(t for _, _, t in log.full[1:]),
+            time_prefill=log.full[0][2] if log.full else None,
             extra={"trimmed_after_eos": len(raw) - len(new), "committed_per_step": list(streamer.steps),
                    **({"accounting_problems": problems} if problems else {})},
         )

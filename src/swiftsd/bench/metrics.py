@@ -5,7 +5,8 @@ A record is one method on one turn of one prompt: ``method``, ``prompt_id``,
 ``target_forwards`` (prefill included), ``draft_forwards``, ``draft_lengths``,
 ``accepted_lengths`` (per step, bonus excluded), ``time_draft`` (None when not
 measurable), ``time_optimize``, ``time_decode_forwards`` (full forwards after the
-prefill; measured for HF methods); with repeats, ``repeat_wall_times`` (every
+prefill; measured for HF methods), ``time_prefill`` (the prompt's forward; absent
+in runs written before it was kept); with repeats, ``repeat_wall_times`` (every
 run of the turn; ``wall_time`` is the fastest) and ``unstable``; ``invalid`` when
 the step log was impossible. Every number in a report is recomputed here from
 those fields, so anyone can re-derive the tables from the JSONL.
@@ -102,6 +103,30 @@ def speedup_band(paired: Sequence[tuple[Record, Record]]) -> tuple[float | None,
     return (tok_m / slow_m) / (tok_p / fast_p), (tok_m / fast_m) / (tok_p / slow_p)
 
 
+def decode_speedup(paired: Sequence[tuple[Record, Record]]) -> float | None:
+    """The speed-up with every turn's prefill taken out of both times: what the decoding itself gained.
+
+    Every method runs the same prompt forward, so prefill only dilutes the ratio; on a
+    CPU where a forward over a long prompt takes most of a turn it dilutes it a lot.
+    None unless every turn of both sides recorded its prefill time.
+    """
+    if not paired or any(r.get("time_prefill") is None for pair in paired for r in pair):
+        return None
+    tok_m, tok_p = sum(r["new_tokens"] for r, _ in paired), sum(p["new_tokens"] for _, p in paired)
+    dec_m = sum(r["wall_time"] - r["time_prefill"] for r, _ in paired)
+    dec_p = sum(p["wall_time"] - p["time_prefill"] for _, p in paired)
+    if min(dec_m, dec_p) <= 0 or tok_p == 0:
+        return None
+    return (tok_m / dec_m) / (tok_p / dec_p)
+
+
+def prefill_share(records: Sequence[Record]) -> float | None:
+    """The share of ``records``' wall time spent on prefill (None unless every record kept it)."""
+    if not records or any(r.get("time_prefill") is None for r in records):
+        return None
+    return _ratio(sum(r["time_prefill"] for r in records), sum(r["wall_time"] for r in records))
+
+
 @dataclass(frozen=True)
 class Row:
     """One line of the results table."""
@@ -126,6 +151,8 @@ class Row:
     unstable: int = 0  # turns (these and plain's paired ones) whose repeats differ by more than the margin
     invalid: int = 0  # turns whose step log was impossible: acceptance is not reported
     load_max: float | None = None  # highest 1-minute load average seen around these turns
+    speedup_decode: float | None = None  # decode_speedup: prefill taken out of both sides
+    prefill_share: float | None = None  # share of these turns' wall time that was prefill
 
     @property
     def verdict(self) -> str:
@@ -185,6 +212,7 @@ def summarize_group(method: str, category: str, records: Sequence[Record], plain
         repeats=min((int(r.get("repeats", 1)) for r in both), default=1),
         speedup_low=low, speedup_high=high, unstable=sum(bool(r.get("unstable")) for r in both),
         invalid=len(records) - len(valid), load_max=max(loads, default=None),
+        speedup_decode=decode_speedup(paired), prefill_share=prefill_share(records),
     )
 
 

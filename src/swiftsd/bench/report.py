@@ -80,6 +80,25 @@ def speedup_matrix(rows: Sequence[Row]) -> str:
     return "\n".join(lines)
 
 
+def decode_text(rows: Sequence[Row]) -> str:
+    """The decode-phase speed-ups, prefill taken out, with plain's prefill share ('' for runs that lack it)."""
+    if not any(r.speedup_decode is not None for r in rows if r.method != REFERENCE):
+        return ""
+    cats = list(dict.fromkeys(r.category for r in rows))
+    cell = {(r.method, r.category): r for r in rows}
+    lines = ["| method | " + " | ".join(cats) + " |", "|" + "---|" * (len(cats) + 1)]
+    for m in dict.fromkeys(r.method for r in rows):
+        if m == REFERENCE:
+            vals = [_f(cell[(m, c)].prefill_share, "prefill {:.0%}") if (m, c) in cell else "" for c in cats]
+        else:
+            vals = [_f(cell[(m, c)].speedup_decode, "{:.2f}×") if (m, c) in cell else "" for c in cats]
+        lines.append(f"| {m} | " + " | ".join(vals) + " |")
+    return ("## Speed-up of the decoding alone (prefill taken out)\n\n"
+            "Every method runs the same prompt forward, so its time only dilutes the speed-ups above; the "
+            "plain row gives its share of plain's time. Each cell: (tokens ÷ (time − prefill)) over plain's "
+            "same ratio, the same turns and runs as above.\n\n" + "\n".join(lines) + "\n\n")
+
+
 def headlines(rows: Sequence[Row], margin: float) -> list[tuple[bool, str]]:
     """(is_warning, line) per method overall: a speed-up is stated only when its repeats cannot undo it."""
     out: list[tuple[bool, str]] = []
@@ -259,6 +278,7 @@ def render_markdown(records: Sequence[Record], rows: Sequence[Row], meta: dict[s
         f"## Result\n\n{_headline_text(rows, meta)}\n\n"
         f"## Overall\n\n{markdown_table(overall, unavailable)}\n\n"
         f"## Speed-up by category (total)\n\n{speedup_matrix(rows)}\n\n"
+        f"{decode_text(rows)}"
         f"## Every method × category\n\n{markdown_table(rows)}\n\n"
         f"{_drafter_text(records)}"
         "Columns: speed-up (total) = method tok/s ÷ plain tok/s over the same turns (the ratio of total times "

@@ -76,7 +76,8 @@ def make_record(method: str, prompt: BenchPrompt, turn: int, prompt_tokens: int,
         "target_forwards": out.target_forwards, "draft_forwards": out.draft_forwards,
         "draft_lengths": out.draft_lengths, "accepted_lengths": out.accepted_lengths,
         "time_draft": out.time_draft, "time_optimize": out.time_optimize,
-        "time_decode_forwards": out.time_decode_forwards, "seed": seed, "new_ids": out.new_ids, **extra,
+        "time_decode_forwards": out.time_decode_forwards, "time_prefill": out.time_prefill, "seed": seed,
+        "new_ids": out.new_ids, **extra,
     }
     if problems:
         rec["invalid"] = problems

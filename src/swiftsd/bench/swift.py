@@ -110,6 +110,7 @@ class Swift(Method):
             new_ids=res.new_tokens, wall_time=wall, target_forwards=st.steps + 1,
             draft_forwards=st.draft_tokens, draft_lengths=list(st.draft_lengths),
             accepted_lengths=list(st.accepted_lengths), time_draft=st.time_draft, time_optimize=st.time_optimize,
+            time_prefill=st.time_prefill,
             extra=extra,
         )
 
