@@ -59,7 +59,6 @@ def best_node_count(scores: list[float], costs: CostModel, spent: float, max_nod
     return best_n, best_rate
 
 
-
 def choose_node_count(trie: "DraftTrie", costs: CostModel, spent: float, max_nodes: int,
                       probe: "CopyProbe | None") -> tuple[int, bool]:
     """How many nodes of ``trie`` to verify (root included), and whether that is a copy probe.
@@ -71,6 +70,7 @@ def choose_node_count(trie: "DraftTrie", costs: CostModel, spent: float, max_nod
     if n == 1 and not spent and probe is not None and has_long_match(trie) and probe.due():
         return min(max_nodes, probe.nodes), True
     return n, False
+
 
 def forecast_layerskip(costs: CostModel, skip: SkipSet, alpha: float, frontier: int, max_depth: int,
                        free_gain: float, free_nodes: int = 1) -> LayerSkipForecast:

@@ -355,11 +355,9 @@ def cached_costs(adapter: "DecoderAdapter", draft_vocab: int, directory: Any | N
     return costs
 
 
-
-
 def _measure_visibly(adapter: "DecoderAdapter", draft_vocab: int, what: str) -> CostModel:
     """:func:`measure_costs` under a status line: on a first run it takes seconds to a minute, unannounced."""
-    from swiftsd.progress import Ticker
+    from ..progress import Ticker
 
     with Ticker(what):
         return measure_costs(adapter, draft_vocab=draft_vocab)

@@ -3,9 +3,9 @@
 On an x86 CPU without AVX512-BF16 / AMX (or AVX512-FP16), PyTorch multiplies bfloat16
 (float16) matrices in a generic loop: a forward over n tokens costs about n one-token
 forwards. Prefill and tree verification, the very forwards speculative decoding
-relies on, slow down most, and plain decoding is slower than in float32 too
-(measured on a 2-core AVX2 EPYC: qwen2.5-coder-0.5b plain decoding 2.1 tok/s in
-bf16 against 3.9 in fp32). A user who asked for bf16 should hear that once.
+relies on, slow down most: on a 2-core AVX2 EPYC, plain decoding of qwen2.5-coder-0.5b,
+prompts included, ran at 2.1 tok/s in bf16 against 3.9 in fp32 (two Spec-Bench runs,
+`docs/benchmarks/token-trees/`). A user who asked for bf16 should hear that once.
 """
 
 from __future__ import annotations
