@@ -37,7 +37,7 @@ def test_tune_searches_even_where_the_cost_model_says_no_set_can_pay(tmp_path, m
     monkeypatch.setattr(decoder_mod.SwiftDecoder, "__init__", spy)
     monkeypatch.setattr(decoder_mod, "layerskip_ceiling", lambda *a, **k: pytest.fail("tune consulted the gate"))
     # max_opt_share=1: no wall-clock budget, so the search's iterations do not depend on the machine's
-    # speed (at the 5 % default a loaded CI machine scored nothing in 2 requests: 3 ms of 66 ms)
+    # speed (at the 5 % default, one clean-clone CI run scored nothing in 2 requests: 3 ms of 66 ms)
     assert _tune(tmp_path, model_dir, "--max-new-tokens", "40", "--opt", "context_window=4",
                  "--opt", "max_opt_share=1") == 0
     (dec,) = built
