@@ -192,3 +192,16 @@ def test_slow_dtype_note_only_for_half_precision_on_a_cpu_that_lacks_it(monkeypa
         from swiftsd.loading import _finish
         from tiny import tiny_model
         _finish(tiny_model("llama", seed=0).to(torch.float16), None, cpu)
+
+
+def test_a_first_cost_measurement_is_not_drawn_inside_the_token_bar(capsys, model_dir, monkeypatch, tmp_path) -> None:
+    """On a fresh machine the cost model is measured before the token bar opens: two lines one after the
+    other, never the status line nested under the bar (tqdm's cursor-up codes and blank lines)."""
+    monkeypatch.setenv("SWIFTSD_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("SWIFTSD_PROGRESS", "1")
+    rc, _, err = cli(capsys, "--model", model_dir, "--prompt", PROMPT, "--max-new-tokens", "12")
+    assert rc == 0 and list((tmp_path / "cache" / "costs").glob("*.json"))  # measured in this run
+    measuring = err.index("measuring this model's step costs")
+    token_bar = err.index("tok/s") if "tok/s" in err else err.index("tok]")
+    assert measuring < token_bar
+    assert "\x1b[A" not in err[measuring:]  # no bar was drawn one row below another

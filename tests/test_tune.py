@@ -58,11 +58,17 @@ class _Terminal(io.StringIO):
 
 
 def test_tune_bar_on_a_terminal_leaves_no_blank_lines(tmp_path, model_dir, monkeypatch):
+    # an empty cost cache, as on a fresh machine: the first run measures the step costs, and that
+    # status line must come and go before the bar opens, not nested under it (a clean-clone CI
+    # run once drew it inside the bar, leaving blank lines)
+    monkeypatch.setenv("SWIFTSD_CACHE_DIR", str(tmp_path / "cache"))
     term = _Terminal()
     monkeypatch.setattr(sys, "stderr", term)
     assert _tune(tmp_path, model_dir) == 0
     err = term.getvalue()
-    ours = err[err.index("tune "):]  # after transformers' own loading bars
+    assert "measuring this model's step costs" in err  # the cold cache was measured, in this run
+    assert list((tmp_path / "cache" / "costs").glob("*.json"))
+    ours = err[err.index("tune "):]  # after transformers' own loading bars and the cost line
     assert "0/2 [" in ours and "prompt" in ours  # a bar of one tick per request
     assert "\n" not in ours  # the bar redraws in place and clears itself: no stray (blank) lines
     term2 = _Terminal()

@@ -100,6 +100,8 @@ def run(args: argparse.Namespace) -> int:
     assert dec.optimizer is not None
     opt = dec.optimizer
 
+    if dec.needs_costs():
+        _ = dec.costs  # a first run measures them here, under its own line, before the bar opens
     runs = []
     t0 = time.perf_counter()
     bar = _progress(prompts, f"tune {key}/{task}", args.no_progress)
