@@ -36,12 +36,12 @@ def test_tune_searches_even_where_the_cost_model_says_no_set_can_pay(tmp_path, m
         built.append(self)
     monkeypatch.setattr(decoder_mod.SwiftDecoder, "__init__", spy)
     monkeypatch.setattr(decoder_mod, "layerskip_ceiling", lambda *a, **k: pytest.fail("tune consulted the gate"))
-    # max_opt_share=1: no wall-clock budget, so the search's iterations do not depend on the machine's
-    # speed (at the 5 % default, one clean-clone CI run scored nothing in 2 requests: 3 ms of 66 ms)
-    assert _tune(tmp_path, model_dir, "--max-new-tokens", "40", "--opt", "context_window=4",
-                 "--opt", "max_opt_share=1") == 0
+    # tune's own default, max_opt_share=1 (no wall-clock budget), so the search's iterations do not depend
+    # on the machine's speed (at the 5 % server default, one clean-clone CI run scored nothing in 2 requests)
+    assert _tune(tmp_path, model_dir, "--max-new-tokens", "40", "--opt", "context_window=4") == 0
     (dec,) = built
-    assert dec.config.search_gate is False and dec.optimizer.state.iterations > 0
+    assert dec.config.search_gate is False and dec.config.optimizer.max_opt_share == 1.0
+    assert dec.optimizer.state.iterations > 0
     assert "stored under" in capsys.readouterr().out
 
 
@@ -75,3 +75,17 @@ def test_tune_bar_on_a_terminal_leaves_no_blank_lines(tmp_path, model_dir, monke
     monkeypatch.setattr(sys, "stderr", term2)
     assert _tune(tmp_path, model_dir, "--no-progress") == 0
     assert "0/2 [" not in term2.getvalue()
+
+
+def test_tune_keeps_a_wall_clock_cap_it_is_given(tmp_path, model_dir, monkeypatch):
+    import swiftsd.decoder as decoder_mod
+
+    built = []
+    real = decoder_mod.SwiftDecoder.__init__
+
+    def spy(self, *a, **kw):
+        real(self, *a, **kw)
+        built.append(self)
+    monkeypatch.setattr(decoder_mod.SwiftDecoder, "__init__", spy)
+    assert _tune(tmp_path, model_dir, "--opt", "max_opt_share=0.2") == 0
+    assert built[0].config.optimizer.max_opt_share == 0.2

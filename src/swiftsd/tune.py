@@ -38,7 +38,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--reference", action="store_true",
                    help="the paper's optimiser: fixed skip ratio, matchness objective, no fallback, no drift")
     p.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE",
-                   help="set an optimizer option, e.g. --opt skip_ratio=0.3 --opt max_opt_iter=300 (repeatable)")
+                   help="set an optimizer option, e.g. --opt skip_ratio=0.3 --opt max_opt_iter=300 (repeatable); "
+                        "tune searches with no wall-clock cap (max_opt_share=1) unless told otherwise")
     p.add_argument("--resume", action="store_true", help="start from the set already stored in --out for this task")
     p.add_argument("--trace", default=None, metavar="FILE",
                    help="write the per-step optimiser trace as JSON (default: no trace)")
@@ -88,6 +89,9 @@ def run(args: argparse.Namespace) -> int:
         raise InvalidArgumentError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
     over = parse_opt_overrides(args.opt)
     over.setdefault("seed", args.seed)
+    # a tune run exists to search: no wall-clock cap on the search's share of decoding (a server's
+    # default is 5 %, which on a fast machine or a short stream can leave a tune run with nothing scored)
+    over.setdefault("max_opt_share", 1.0)
     opt_cfg = OptimizerConfig.reference(**over) if args.reference else OptimizerConfig(**over)
     prompts = evenly_spaced(load_prompts(args.data, [args.category] if args.category else None), args.n)
     task = args.task or args.category or "default"
