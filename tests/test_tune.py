@@ -24,17 +24,25 @@ def _tune(tmp_path, model_dir, *extra):
                  "--out", str(tmp_path / "sets.json"), "--device", "cpu", "--dtype", "float32", *extra])
 
 
-def test_tune_searches_even_where_the_cost_model_says_no_set_can_pay(tmp_path, model_dir, monkeypatch, capsys):
-    """`swiftsd tune` is a request to search: the decoder's search gate is off for it."""
+@pytest.fixture
+def built(monkeypatch) -> list:
+    """Every SwiftDecoder the command builds, in order."""
     import swiftsd.decoder as decoder_mod
 
-    built = []
+    decoders: list = []
     real = decoder_mod.SwiftDecoder.__init__
 
     def spy(self, *a, **kw):
         real(self, *a, **kw)
-        built.append(self)
+        decoders.append(self)
     monkeypatch.setattr(decoder_mod.SwiftDecoder, "__init__", spy)
+    return decoders
+
+
+def test_tune_searches_even_where_the_cost_model_says_no_set_can_pay(tmp_path, model_dir, monkeypatch, capsys, built):
+    """`swiftsd tune` is a request to search: the decoder's search gate is off for it."""
+    import swiftsd.decoder as decoder_mod
+
     monkeypatch.setattr(decoder_mod, "layerskip_ceiling", lambda *a, **k: pytest.fail("tune consulted the gate"))
     # tune's own default, max_opt_share=1 (no wall-clock budget), so the search's iterations do not depend
     # on the machine's speed (at the 5 % server default, one clean-clone CI run scored nothing in 2 requests)
@@ -77,15 +85,6 @@ def test_tune_bar_on_a_terminal_leaves_no_blank_lines(tmp_path, model_dir, monke
     assert "0/2 [" not in term2.getvalue()
 
 
-def test_tune_keeps_a_wall_clock_cap_it_is_given(tmp_path, model_dir, monkeypatch):
-    import swiftsd.decoder as decoder_mod
-
-    built = []
-    real = decoder_mod.SwiftDecoder.__init__
-
-    def spy(self, *a, **kw):
-        real(self, *a, **kw)
-        built.append(self)
-    monkeypatch.setattr(decoder_mod.SwiftDecoder, "__init__", spy)
+def test_tune_keeps_a_wall_clock_cap_it_is_given(tmp_path, model_dir, built):
     assert _tune(tmp_path, model_dir, "--opt", "max_opt_share=0.2") == 0
     assert built[0].config.optimizer.max_opt_share == 0.2
