@@ -125,6 +125,14 @@ def run(args: argparse.Namespace) -> int:
                                             "dtype": str(model.dtype).replace("torch.", ""),
                                             "label": "reference" if args.reference else opt_cfg.objective,
                                             "optimizer_config": _jsonable(opt_cfg)})
+    _report(args, opt, runs, wall, f"stored under {key!r} / {task!r} in {args.out}" if saved else
+            f"nothing stored: no generation was longer than the context window ({opt_cfg.context_window} tokens); "
+            f"raise --max-new-tokens")
+    return 0
+
+
+def _report(args: argparse.Namespace, opt: Any, runs: list, wall: float, stored: str) -> None:
+    """The result on stdout: the optimiser's state, the best set, the stream's totals, where it went."""
     tokens = sum(s.new_tokens for s in runs)
     t_opt = sum(s.time_optimize for s in runs)
     t_gen = sum(s.wall_time for s in runs)
@@ -132,14 +140,9 @@ def run(args: argparse.Namespace) -> int:
     print(f"best set: {opt.best()[0].to_json()}")
     print(f"{len(runs)} prompts, {tokens} tokens in {wall:.1f}s ({tokens / t_gen if t_gen else 0:.1f} tok/s while "
           f"generating), {100 * t_opt / t_gen if t_gen else 0:.1f}% of generation time optimising")
-    if saved:
-        print(f"stored under {key!r} / {task!r} in {args.out}")
-    else:
-        print(f"nothing stored: no generation was longer than the context window "
-              f"({opt_cfg.context_window} tokens); raise --max-new-tokens")
+    print(stored)
     if args.trace:
         print(f"trace written to {args.trace} (draw it with: swiftsd plot-trace {args.trace})")
-    return 0
 
 
 def _progress(prompts: list, desc: str, off: bool) -> Any:
