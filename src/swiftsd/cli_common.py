@@ -79,3 +79,13 @@ def read_text_arg(value: str | None, what: str) -> str:
     if value is None or not value.strip():
         raise InvalidArgumentError(f"{what} is empty: give some text")
     return value
+
+
+def costs_before_bars(decoder: Any) -> None:
+    """Read, or on a first run measure, the decoder's cost model now, if decoding will use it.
+
+    Left to the first step, a first measurement's status line would be drawn nested under the
+    command's own progress bar, leaving blank lines; done here it comes and goes before the bar.
+    """
+    if decoder.drafters and (decoder.config.planner or decoder.optimizer is not None):
+        _ = decoder.costs

@@ -133,8 +133,7 @@ def run(args: argparse.Namespace) -> int:
 
     # 3. Generate (after an untimed warm-up of both methods when comparing).
     _say(doing_line(args, model, len(ids), decoder.optimizer is not None and not _costs_cached(decoder)))
-    if decoder.needs_costs():
-        _ = decoder.costs  # a first run measures them now, under its own line, not inside the token bar
+    cli_common.costs_before_bars(decoder)
     if args.compare:
         decoder.generate(ids, **dict(gen_kwargs, max_new_tokens=min(WARMUP_TOKENS, args.max_new_tokens)))
         plain_generate(model, ids, min(WARMUP_TOKENS, args.max_new_tokens), params, _eos(model), args.seed)

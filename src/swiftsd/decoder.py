@@ -136,11 +136,6 @@ class SwiftDecoder:
 
         return CustomGenerate(self)
 
-    def needs_costs(self) -> bool:
-        """Will decoding consult the cost model? (A CLI measures it before opening its own bar, so the
-        seconds of a first measurement show as their own status line, not one nested in that bar.)"""
-        return bool(self.drafters) and (self.config.planner or self.optimizer is not None)
-
     @property
     def costs(self) -> CostModel:
         """The device's measured cost model: read from the on-disk cache, else measured (seconds) once."""

@@ -16,7 +16,7 @@ import time
 from dataclasses import fields
 from typing import Any
 
-from .cli_common import add_model_arguments, load_model
+from .cli_common import add_model_arguments, costs_before_bars, load_model
 from .config import OptimizerConfig
 from .errors import InvalidArgumentError
 
@@ -104,8 +104,7 @@ def run(args: argparse.Namespace) -> int:
     assert dec.optimizer is not None
     opt = dec.optimizer
 
-    if dec.needs_costs():
-        _ = dec.costs  # a first run measures them here, under its own line, before the bar opens
+    costs_before_bars(dec)
     runs = []
     t0 = time.perf_counter()
     bar = _progress(prompts, f"tune {key}/{task}", args.no_progress)
