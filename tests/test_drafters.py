@@ -12,7 +12,8 @@ import torch
 from swiftsd import SkipSet, SwiftDecoder
 from swiftsd.drafters import DraftTrie, LookupDrafter, Request, SuffixDrafter
 from swiftsd.engine.cost import CostModel
-from swiftsd.planner import CopyProbe, WallClockBound, best_node_count, forecast_layerskip
+from swiftsd.planner import CopyProbe, SearchBudget, WallClockBound, best_node_count, forecast_layerskip, plan_layerskip
+from swiftsd.request import parse_request
 from tiny import tiny_model
 
 
@@ -219,20 +220,109 @@ def test_layerskip_forecast_prices_the_free_drafts_nodes_it_credits() -> None:
     assert forecast_layerskip(dear, skip, 0.6, 4, 10, 1.0, 1) == forecast_layerskip(dear, skip, 0.6, 4, 10, 1.0)
 
 
-def test_wall_clock_can_only_veto() -> None:
+CHEAP_NODES = (1.0, 1.02, 1.05, 1.1, 1.2, 1.4, 2.0)  # native bf16 products: 8 nodes cost 1.1 steps
+
+
+def test_wall_clock_can_only_lower_a_forecast() -> None:
     """Noisy timings that flatter the draft (plain steps slow, drafted ones fast) never make a losing
-    draft look good: the bound only says no, and only when the draft looks worse than predicted."""
+    draft look good: the bound only lowers, and only when drafted steps measure dearer than priced."""
     flattering = WallClockBound()
     for _ in range(40):
-        flattering.record(True, 1, 0.01, 3)  # 1 token per drafted step, timed fast under noise
-        flattering.record(False, 1, 0.5, 1)  # plain steps timed slow by a load burst
-    assert not flattering.veto(0.3)  # a draft the counts call losing stays losing: no veto can promote it
-    assert not flattering.veto(2.0)
+        flattering.record(True, 0.01, 3.0)  # priced at 3 plain steps, timed fast under noise
+        flattering.record(False, 0.5, 1.0)  # a plain step timed slow by a load burst
+    assert flattering.correction() == 1.0
+    assert flattering.bound(0.3) == 0.3 and flattering.bound(2.0) == 2.0  # no forecast is raised
     honest = WallClockBound()
     for _ in range(40):
-        honest.record(True, 2, 0.2, 5)  # 10 tok/s drafted
-        honest.record(False, 1, 0.05, 1)  # 20 tok/s plain
-    assert honest.veto(2.0)
+        honest.record(True, 0.6, 2.0)  # 0.3 s per priced step
+        honest.record(False, 0.05, 1.0)  # 0.05 s per priced step: the draft is 6x dearer than priced
+    assert honest.correction() == pytest.approx(6.0)
+    assert honest.bound(2.0) == pytest.approx(2.0 / 6.0)
+    few = WallClockBound(min_steps=8)
+    for _ in range(7):
+        few.record(True, 0.6, 2.0), few.record(False, 0.05, 1.0)
+    assert few.correction() == 1.0  # too few steps to say anything
+    again = WallClockBound()
+    again.load_state_dict(honest.state_dict())
+    assert again.state_dict() == honest.state_dict() and again.correction() == honest.correction()
+    again.load_state_dict({"drafted": [[3, 0.1]], "plain": [0.05]})  # the older layout: afresh
+    assert again.state_dict() == {"drafted": [], "free": []}
+
+
+def test_planner_prices_only_the_depth_it_lets_the_draft_run() -> None:
+    """The draft runs at most the depth the forecast priced (it ran two more, unpriced, on qwen-0.5b
+    bf16: 2.6 forwards a step where 2.05 were priced), and stops earlier on mass times acceptance."""
+    costs = replace(_costs(verify_rel=CHEAP_NODES), attn=0.005, mlp=0.005)  # c = 0.2
+    skip = SkipSet(attn=[1, 2, 3, 4], mlp=[1, 2, 3, 4])
+    trie = DraftTrie.rooted(5)
+    plan = plan_layerskip(costs, trie, skip, 0.9, 4, 20, 64, WallClockBound())
+    fc = forecast_layerskip(costs, skip, 0.9, 4, 20, 1.0, 1)
+    assert plan.run_model and plan.max_depth == fc.depth < 20 and plan.priced == pytest.approx(fc.time)
+    assert plan.min_mass == pytest.approx(fc.cost_per_depth / 0.9)
+    biased = WallClockBound()
+    for _ in range(10):
+        biased.record(True, 3.0 * fc.time, fc.time), biased.record(False, 1.0, 1.0)
+    assert not plan_layerskip(costs, trie, skip, 0.9, 4, 20, 64, biased).run_model
+
+
+def test_measured_draft_bias_stops_the_draft_and_the_search() -> None:
+    """Counts say the draft pays, but its steps measure 3x dearer than priced against the other
+    steps: the planner stops drafting with the layer-skip model, and the optimiser stops searching."""
+    model = tiny_model("llama", seed=0)
+    dec = SwiftDecoder(model, skip_set=SkipSet(attn=[1, 2, 3, 4], mlp=[1, 2, 3, 4]), drafters=("layerskip",),
+                       cost_cache=False)
+    dec._costs = replace(_costs(verify_rel=CHEAP_NODES), attn=0.005, mlp=0.005)
+    ls = dec.drafters["layerskip"]
+    ls.use_skip(dec.skip_set)
+    ls.hits, ls.trials = 95.0, 100.0
+    ids = torch.arange(12)[None]
+    assert dec._search_can_pay()
+    run = dec._start(parse_request(dec, ids, 20, 0.0, 1.0, 0, None, None, None, None, None, 0, None, None))
+    assert dec._plan(run, DraftTrie.rooted(3)).run_model
+    for _ in range(20):
+        dec._wall.record(True, 3.0, 1.0)
+        dec._wall.record(False, 1.0, 1.0)
+    assert not dec._search_can_pay()
+    res = dec.generate(ids, max_new_tokens=120)  # unbiased, the search scores 5 sets in 120 tokens
+    assert res.stats.per_drafter.get("layerskip", {"proposed": 0})["proposed"] == 0
+    assert dec.optimizer is not None and dec.optimizer.status()["iterations"] == 0
+
+
+def test_search_budget_spends_what_the_draft_earns() -> None:
+    b = SearchBudget(allowance=4.0, cap=10.0)
+    assert b.open()
+    b.spend(5.0)  # the search scored proposals worth 5 plain steps
+    assert not b.open()
+    b.earn(8, 2.0, 2.0)  # 8 tokens in 2 priced steps, where the free plan needed 4 steps: +2
+    assert b.open() and b.balance == pytest.approx(1.0)
+    b.earn(2, 2.0, 3.0)  # a losing draft step (the free plan: 1 step; the draft: 3) drains it
+    assert not b.open() and b.balance == pytest.approx(-1.0)
+    for _ in range(100):
+        b.earn(10, 1.0, 1.0)
+    assert b.balance == 10.0  # capped: a long winning run does not buy an endless search
+    again = SearchBudget(allowance=4.0, cap=10.0)
+    again.load_state_dict(b.state_dict())
+    assert again.balance == b.balance
+
+
+def test_a_spent_search_budget_stops_the_search() -> None:
+    """The search runs while the draft has earned back its cost; spent, it stops, and says why."""
+    from swiftsd.cli_generate import drafting_line
+    iterations, balance = {}, {}
+    for spent in (False, True):
+        model = tiny_model("llama", seed=0)
+        dec = SwiftDecoder(model, skip_set=SkipSet(attn=[1, 2, 3, 4], mlp=[1, 2, 3, 4]), drafters=("layerskip",),
+                           cost_cache=False)
+        dec._costs = replace(_costs(verify_rel=CHEAP_NODES), attn=0.005, mlp=0.005)
+        if spent:
+            dec._budget.balance = 0.0
+        res = dec.generate(torch.arange(12)[None], max_new_tokens=120)
+        iterations[spent], balance[spent] = dec.optimizer.status()["iterations"], dec._budget.balance
+    assert iterations[False] > 0 and balance[False] != SearchBudget().allowance  # it searched, and paid for it
+    assert iterations[True] == 0 and res.stats.optimizer["search_budget"] <= 0.0
+    from swiftsd.stats import GenerationStats
+    undrafted = GenerationStats(optimizer={"search_budget": -1.0})
+    assert "stopped searching" in drafting_line(undrafted, optimizing=True)
 
 
 def test_planner_stays_out_of_a_losing_layerskip_draft_under_noisy_timings() -> None:
@@ -247,8 +337,8 @@ def test_planner_stays_out_of_a_losing_layerskip_draft_under_noisy_timings() -> 
     ls.use_skip(dec.skip_set)
     ls.hits, ls.trials = 26.0, 100.0  # what verification counted
     for _ in range(40):  # timings that flatter the draft
-        dec._wall.record(True, 3, 0.001, 5)
-        dec._wall.record(False, 1, 1.0, 1)
+        dec._wall.record(True, 0.001, 5.0)
+        dec._wall.record(False, 1.0, 1.0)
     ids = torch.arange(12)[None]
     res = dec.generate(ids, max_new_tokens=30)
     assert res.stats.per_drafter.get("layerskip", {"proposed": 0})["proposed"] == 0

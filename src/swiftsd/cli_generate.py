@@ -170,7 +170,8 @@ def _report(args: argparse.Namespace, decoder: SwiftDecoder, result: Any, text: 
         print(f"[swiftsd] {stats_line(result.stats)}", file=sys.stderr)
         drafting = drafting_line(result.stats, decoder.optimizer is not None, "layerskip" in decoder.drafters)
         print(f"[swiftsd] {drafting}", file=sys.stderr)
-        searched = result.stats.optimizer is not None and "layerskip_ceiling" not in result.stats.optimizer
+        searched = result.stats.optimizer is not None and not {"layerskip_ceiling", "search_budget"} & set(
+            result.stats.optimizer)
         if searched:  # the optimiser ran for this request: show its state
             print(f"[swiftsd] {decoder.optimizer.summary()}", file=sys.stderr)
         if comparison is not None:
@@ -257,6 +258,10 @@ def drafting_line(stats: Any, optimizing: bool, layerskip: bool = True) -> str:
         return (f"drafting off: by this device's measured costs a layer-skipped draft cannot pay even at 80% "
                 f"acceptance (at best {ceiling:.2f}x plain: verifying a tree costs too much here), so the "
                 f"optimiser does not search{others} (the output is the same either way)")
+    if optimizing and "search_budget" in (getattr(stats, "optimizer", None) or {}):
+        return (f"drafting off: the layer-skipped draft has not earned back the time its search took (it gained "
+                f"too little over the other drafters), so the optimiser stopped searching{others} (the output "
+                "is the same either way)")
     if optimizing:
         return (f"drafting off: on this device no skip set found so far makes a layer-skipped draft pay, so no "
                 f"step used one{others} (the output is the same either way). The optimiser keeps searching over "

@@ -29,9 +29,9 @@ from .engine.verify import PositionNoise, coupled_sample, greedy_verify, multi_c
     target_probs
 from .optimize import SkipOptimizer
 from .learned import decoder_state_dict, load_decoder_state
-from .planner import (WallClockBound, best_node_count, choose_node_count, forecast_layerskip, layerskip_ceiling,
+from .planner import (SearchBudget, StepPlan, WallClockBound, choose_node_count, layerskip_ceiling, plan_layerskip,
                       relative_verify)
-from .run import GenerationResult, GenerationStream, LogitsProcessor, RunState, StepPlan, TargetScores
+from .run import GenerationResult, GenerationStream, LogitsProcessor, RunState, TargetScores
 from .request import RequestArgs, parse_request, parse_skip
 from .stats import GenerationStats
 
@@ -74,7 +74,7 @@ class SwiftDecoder:
         if self.config.optimizer.enabled and "layerskip" in self.drafters:
             self.optimizer = SkipOptimizer(self.num_layers, self.config.optimizer, start=self.skip_set,
                                            costs=lambda: self.costs, max_draft=self.config.max_draft)
-        self._wall = WallClockBound()
+        self._wall, self._budget = WallClockBound(), SearchBudget()
         self.token_counts = torch.zeros(self.adapter.vocab_size, dtype=torch.long)  # the draft vocabulary's order
 
     # -- public API ------------------------------------------------------------
@@ -155,7 +155,7 @@ class SwiftDecoder:
         for d in self.drafters.values():
             d.reset()
         self.token_counts.zero_()
-        self._wall = WallClockBound()
+        self._wall, self._budget = WallClockBound(), SearchBudget()
 
     def state_dict(self) -> dict[str, Any]:
         """Everything the decoder learned from its stream, as plain JSON-able data (see learned.py)."""
@@ -217,6 +217,7 @@ class SwiftDecoder:
         if opt is not None and opt.wants_proposal(n - P) and self._search_can_pay():
             cand = opt.propose()
             opt.observe(cand, self.matchness(cand, run.tokens, P, run.cache, opt.config.context_window, run.head))
+            self._budget.spend((time.perf_counter() - t0) / self.costs.full_step)
         run.clock["t0"], run.clock["t1"] = t0, time.perf_counter()
         run.stats.time_optimize += run.clock["t1"] - t0
 
@@ -229,7 +230,7 @@ class SwiftDecoder:
         if self._ceiling is None or self._ceiling[0] is not costs:
             ratio = max(cfg.optimizer.ratio_range[1], cfg.optimizer.skip_ratio)
             self._ceiling = (costs, layerskip_ceiling(costs, ratio, cfg.frontier, cfg.max_draft).rate)
-        return self._ceiling[1] > 1.0
+        return self._budget.open() and self._wall.bound(self._ceiling[1]) > 1.0
 
     def _current_skip(self, run: RunState) -> SkipSet | None:
         if run.skip_override is not None:
@@ -251,7 +252,7 @@ class SwiftDecoder:
         return trie
 
     def _plan(self, run: RunState, trie: DraftTrie) -> StepPlan:
-        """Run the layer-skip draft only when its forecast beats what the free drafts offer."""
+        """Run the layer-skip draft only when its forecast beats what the free drafts offer (planner.py)."""
         cfg = self.config
         ls: LayerSkipDrafter | None = self.drafters.get("layerskip")  # type: ignore[assignment]
         skip = self._current_skip(run) if ls is not None else None
@@ -261,18 +262,12 @@ class SwiftDecoder:
         ls.use_skip(skip)
         if not cfg.planner:
             return StepPlan(True, skip, depth, 0.0)
-        costs = self.costs
-        free_n, free_rate, free_gain = 1, 1.0, 1.0
-        if len(trie) > 1:  # what the free drafts alone would verify now, and give
-            free_n, free_rate = best_node_count(trie.score[1:], costs, 0.0, cfg.max_nodes)
-            free_gain = 1.0 + sum(sorted(trie.score[1:], reverse=True)[: free_n - 1])
         prior = 0.5
         opt = self.optimizer if run.skip_override is None else None
         if opt is not None and opt.best()[1] is not None:
             prior = opt.acceptance(opt.best()[1])
-        fc = forecast_layerskip(costs, skip, ls.acceptance(prior), cfg.frontier, depth, free_gain, free_n)
-        run_model = fc.rate > max(1.0, free_rate) * 1.02 and not self._wall.veto(fc.rate)
-        return StepPlan(run_model, skip, min(depth, fc.depth + 2), fc.cost_per_depth * max(1.0, free_rate))
+        return plan_layerskip(self.costs, trie, skip, ls.acceptance(prior), cfg.frontier, depth, cfg.max_nodes,
+                              self._wall)
 
     def _draft_model(self, run: RunState, plan: StepPlan, trie: DraftTrie) -> None:
         cfg = self.config
@@ -356,7 +351,10 @@ class SwiftDecoder:
             run.probe.result(len(accepted) - model_accepted, relative_verify(self.costs, layout.size))
         stats.draft_forwards.append(forwards)
         stats.layerskip_accepted.append(model_accepted)
-        self._wall.record(plan.run_model, len(accepted) + 1, step_time, layout.size)
+        if plan.run_model and plan.priced:  # the search's account: what this draft step earned
+            self._budget.earn(len(accepted) + 1, plan.free_rate, plan.priced * self._wall.correction())
+        self._wall.record(plan.run_model, step_time, plan.priced if plan.run_model else
+                          relative_verify(self.costs, layout.size) if self.config.planner else 0.0)
         opt = self.optimizer if run.skip_override is None else None
         if opt is not None:  # the optimiser learns about the layer-skip draft alone
             opt.record_step(stats, accepted=model_accepted, drafted=forwards, step_time=step_time)
@@ -376,6 +374,8 @@ class SwiftDecoder:
         stats.optimizer = opt.status() if opt is not None else None
         if stats.optimizer is not None and self._ceiling is not None and self._ceiling[1] <= 1.0:
             stats.optimizer["layerskip_ceiling"] = round(self._ceiling[1], 3)  # the search was skipped
+        elif stats.optimizer is not None and self._ceiling is not None and not self._budget.open():
+            stats.optimizer["search_budget"] = round(self._budget.balance, 2)  # spent: no search
         seq = torch.tensor([run.tokens], dtype=torch.long, device=self.adapter.device)
         return GenerationResult(sequences=seq, stats=stats)
 

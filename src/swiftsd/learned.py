@@ -14,7 +14,7 @@ import torch
 
 from .engine.cost import CostModel
 from .errors import InvalidArgumentError
-from .planner import WallClockBound
+from .planner import SearchBudget, WallClockBound
 
 if TYPE_CHECKING:
     from .decoder import SwiftDecoder
@@ -24,8 +24,9 @@ STATE_FORMAT = 1
 
 def decoder_state_dict(self: "SwiftDecoder") -> dict[str, Any]:
     """Everything the decoder learned from its stream, as plain JSON-able data: the optimiser's
-    search, every drafter's state (the suffix index among them), the cost model, token counts
-    and the wall-clock sanity bound's recent step times (it can veto the layer-skip draft)."""
+    search, every drafter's state (the suffix index among them), the cost model, token counts,
+    the wall-clock sanity bound's recent step times (it can only lower the layer-skip draft's
+    forecast) and the search's budget."""
     counts = self.token_counts
     nz = counts.nonzero().flatten()
     return {
@@ -36,7 +37,8 @@ def decoder_state_dict(self: "SwiftDecoder") -> dict[str, Any]:
         "optimizer": self.optimizer.state_dict() if self.optimizer is not None else None,
         "costs": self._costs.to_dict() if self._costs is not None else None,
         "token_counts": {"ids": nz.tolist(), "counts": counts[nz].tolist()},
-        "wall_clock": {"drafted": [[t, s] for t, s in self._wall.drafted], "plain": list(self._wall.plain)},
+        "wall_clock": self._wall.state_dict(),
+        "search_budget": self._budget.state_dict(),
     }
 
 def load_decoder_state(self: "SwiftDecoder", state: dict[str, Any]) -> None:
@@ -67,9 +69,10 @@ def load_decoder_state(self: "SwiftDecoder", state: dict[str, Any]) -> None:
         counts = torch.zeros_like(self.token_counts)
         if ids:
             counts[torch.tensor(ids, dtype=torch.long)] = torch.tensor(n, dtype=torch.long)
-        wall, seen = WallClockBound(), state.get("wall_clock", {"drafted": [], "plain": []})  # absent: older
-        wall.drafted.extend((int(t), float(s)) for t, s in seen["drafted"])
-        wall.plain.extend(float(s) for s in seen["plain"])
+        wall = WallClockBound()
+        wall.load_state_dict(state.get("wall_clock", {}))  # absent, or the older layout: afresh
+        budget = SearchBudget()
+        budget.load_state_dict(state.get("search_budget", budget.state_dict()))  # absent: older, afresh
         for name, d in self.drafters.items():
             d.load_state_dict(drafters[name])
         if self.optimizer is not None and state.get("optimizer") is not None:
@@ -80,4 +83,4 @@ def load_decoder_state(self: "SwiftDecoder", state: dict[str, Any]) -> None:
         why = str(exc) if isinstance(exc, InvalidArgumentError) else f"{type(exc).__name__}: {exc}"
         raise InvalidArgumentError(f"decoder state is malformed ({why}); use the dict state_dict() "
                                    "returned, or start afresh") from None
-    self._costs, self.token_counts, self._wall = costs, counts, wall
+    self._costs, self.token_counts, self._wall, self._budget = costs, counts, wall, budget

@@ -17,7 +17,7 @@ from .engine.models import DraftHead
 from .engine.skipset import SkipSet
 from .engine.tree import TreeLayout
 from .engine.verify import PositionNoise, coupled_sample, target_probs
-from .planner import CopyProbe
+from .planner import CopyProbe, StepPlan  # noqa: F401  (StepPlan: re-exported)
 from .stats import GenerationStats
 
 if TYPE_CHECKING:
@@ -84,14 +84,6 @@ class RunState:
     @property
     def remaining(self) -> int:
         return self.max_new - (len(self.req.tokens) - self.req.prompt_len)
-
-
-@dataclass
-class StepPlan:
-    run_model: bool  # run the layer-skip draft this step
-    skip: SkipSet | None
-    max_depth: int
-    min_mass: float
 
 
 class TargetScores:
