@@ -46,6 +46,39 @@ def test_full_prefill_equals_stock_forward(model) -> None:
     torch.testing.assert_close(got, _stock_logits(model, ids), atol=ATOL, rtol=1e-5)
 
 
+@pytest.mark.parametrize("n", [PROMPT, 20])  # longer and shorter than the tiny Gemma sliding window (24)
+def test_causal_prefill_without_explicit_mask_equals_stock_forward(model, n: int) -> None:
+    """block_mask=None (the decoder's prefill) lets SDPA apply causality; it must compute the same logits."""
+    ad = get_adapter(model)
+    ids = _ids(n, seed=5)
+    cache = SlotKVCache(ad.num_layers, n + 8)
+    got = ad.forward(ids, torch.arange(n), cache, 0, 0, None, None)
+    torch.testing.assert_close(got, _stock_logits(model, ids), atol=ATOL, rtol=1e-5)
+    cache.rollback(n - 1)  # a later block after a mask-free prefill still sees exactly the prefix
+    last = ad.forward(ids[n - 1:], torch.tensor([n - 1]), cache, n - 1, n - 1, None, None)
+    torch.testing.assert_close(last, _stock_logits(model, ids)[n - 1:], atol=ATOL, rtol=1e-5)
+
+
+def test_mask_is_left_to_sdpa_only_where_it_is_exact(model) -> None:
+    """No mask only for SDPA over a block that is the whole cache and fits the sliding window;
+    eager attention adds no causal mask of its own, so it must always get one."""
+    ad = get_adapter(model)
+    window = ad.sliding_window
+    short = ad.build_masks(torch.arange(8), 0, 0, None)
+    long = ad.build_masks(torch.arange(PROMPT), 0, 0, None)
+    later = ad.build_masks(torch.arange(8, 12), 8, 8, None)
+    sdpa = model.config._attn_implementation == "sdpa"
+    assert all(m is None for m in short.values()) == sdpa
+    assert all(m is None for m in long.values()) == (sdpa and (window is None or PROMPT <= window))
+    assert all(m is not None and m.shape == (1, 1, 4, 12) for m in later.values())
+    one = ad.build_masks(torch.tensor([8]), 8, 8, torch.ones(1, 1, dtype=torch.bool))
+    grouped = model.config.num_key_value_heads < model.config.num_attention_heads
+    assert ad.mask_single_query == (sdpa and grouped)
+    for m in one.values():  # a plain step: nothing to hide, so a mask only where it selects the faster kernel
+        assert (m is None) != ad.mask_single_query
+        assert m is None or (m.shape == (1, 1, 1, 9) and not m.any())
+
+
 def test_incremental_two_chunks_equals_stock_forward(model) -> None:
     ad = get_adapter(model)
     ids = _ids(PROMPT, seed=3)

@@ -40,10 +40,6 @@ if TYPE_CHECKING:
 
     from .hf import CustomGenerate
 
-def _causal(n: int, device: torch.device) -> torch.Tensor:
-    return torch.ones(n, n, dtype=torch.bool, device=device).tril_()
-
-
 class SwiftDecoder:
     """SWIFT self-speculative decoding for a stock Hugging Face causal LM.
 
@@ -199,7 +195,7 @@ class SwiftDecoder:
     def _prefill(self, run: RunState) -> list[int]:
         ad, dev, P = self.adapter, self.adapter.device, len(run.tokens)
         logits = ad.forward(torch.tensor(run.tokens, device=dev), torch.arange(P, device=dev), run.cache, 0, 0,
-                            _causal(P, dev), None, logits_rows=slice(P - 1, P))
+                            None, None, logits_rows=slice(P - 1, P))
         run.cache.rollback(P)
         if run.processor is not None:
             logits = run.processor(torch.tensor([run.tokens], device=dev), logits)

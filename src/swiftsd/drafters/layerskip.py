@@ -252,9 +252,8 @@ def matchness(adapter: DecoderAdapter, skip: SkipSet, tokens: list[int], prompt_
     w = len(gen_toks) - 1
     if w < 1:
         return 0.0
-    causal = torch.ones(w, w, dtype=torch.bool, device=dev).tril_()
     logits = adapter.forward(torch.tensor(gen_toks[:-1], device=dev), torch.arange(prompt_len, prompt_len + w, device=dev),
-                             cache, cache.length, prompt_len, causal, skip, head=head)
+                             cache, cache.length, prompt_len, None, skip, head=head)
     pred = logits.argmax(-1)
     if head is not None:
         pred = head.token_ids[pred]

@@ -81,8 +81,7 @@ def _paired_step_times(adapter: "DecoderAdapter", skip: SkipSet, n: int, context
     vocab = adapter.model.get_input_embeddings().weight.shape[0]
     ids = torch.randint(0, vocab, (context + 1,), generator=torch.Generator().manual_seed(seed)).to(dev)
     cache = SlotKVCache(adapter.num_layers, context + 2)
-    causal = torch.ones(context, context, dtype=torch.bool, device=dev).tril()
-    adapter.forward(ids[:context], torch.arange(context, device=dev), cache, 0, 0, causal, None,
+    adapter.forward(ids[:context], torch.arange(context, device=dev), cache, 0, 0, None, None,
                     logits_rows=slice(context - 1, context))
     cache.rollback(context)
     tok, pos = ids[context:], torch.tensor([context], device=dev)

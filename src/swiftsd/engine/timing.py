@@ -44,8 +44,7 @@ def measure_verify_costs(adapter: "DecoderAdapter", sizes: Sequence[int], contex
     vocab = adapter.model.get_input_embeddings().weight.shape[0]
     ids = torch.randint(0, vocab, (context + max(sizes),), generator=torch.Generator().manual_seed(seed)).to(dev)
     cache = SlotKVCache(adapter.num_layers, context + max(sizes) + 1)
-    causal = torch.ones(context, context, dtype=torch.bool, device=dev).tril()
-    adapter.forward(ids[:context], torch.arange(context, device=dev), cache, 0, 0, causal, None,
+    adapter.forward(ids[:context], torch.arange(context, device=dev), cache, 0, 0, None, None,
                     logits_rows=slice(context - 1, context))
     cache.rollback(context)
     blocks = {n: (ids[context : context + n], torch.arange(context, context + n, device=dev),
