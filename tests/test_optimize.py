@@ -314,6 +314,48 @@ def test_measure_costs_on_a_tiny_model():
     assert CostModel.from_dict(json.loads(json.dumps(costs.to_dict()))) == costs
 
 
+def test_measure_costs_times_verification_at_a_long_context_too():
+    model = tiny_model("qwen2", seed=0)  # 1024 positions: room for the long context
+    dec = SwiftDecoder(model, optimizer=False)
+    costs = measure_costs(dec.adapter, context=16, n=2, verify_sizes=(4, 8))
+    assert costs.long_context >= 4 * 16 and len(costs.long_times) == len(costs.verify_times)
+    assert list(costs.long_times) == sorted(costs.long_times)
+    short = measure_costs(dec.adapter, context=300, n=1, verify_sizes=(4, 8))  # 4 x 300 > 1024 - 10
+    assert short.long_context == 0 and short.long_times == () and short.at_context(900) is short
+
+
+def _two_context_costs() -> CostModel:
+    return CostModel(full_step=0.1, attn=0.001, mlp=0.004, lm_head=0.02, fixed=0.01, draft_extra=0.0,
+                     verify_sizes=(1, 2, 8), verify_times=(0.1, 0.104, 0.113), num_layers=10, context=64,
+                     long_context=1024, long_times=(0.12, 0.15, 0.18))
+
+
+def test_cost_model_at_a_context_interpolates_the_two_timed_ones():
+    costs = _two_context_costs()
+    assert costs.at_context(10) is costs and costs.at_context(64) is costs
+    far = costs.at_context(1024)
+    assert far.verify_times == pytest.approx((0.12, 0.15, 0.18)) and far.full_step == pytest.approx(0.12)
+    assert far.attn == pytest.approx(0.001 + 0.02 / 10)  # the plain step's growth is attention's
+    mid = costs.at_context(544)  # halfway
+    assert mid.verify_times == pytest.approx((0.11, 0.127, 0.1465))
+    assert mid.verify(8) / mid.full_step > costs.verify(8) / costs.full_step  # trees dearer, relatively
+    assert costs.at_context(2000).verify(8) > far.verify(8)  # beyond it: the same slope
+    assert costs.at_context(550) is costs.at_context(560)  # memoised per 32-token bucket
+    assert CostModel.from_dict(json.loads(json.dumps(costs.to_dict()))) == costs
+
+
+def test_the_planner_verifies_fewer_copy_nodes_on_a_long_context():
+    """Same copy scores, two contexts: where n nodes cost more plain steps, fewer of them pay."""
+    from swiftsd.planner import best_node_count
+    costs = CostModel(full_step=0.1, attn=0.001, mlp=0.004, lm_head=0.02, fixed=0.01, draft_extra=0.0,
+                      verify_sizes=(1, 2, 4, 8, 16), verify_times=(0.1, 0.101, 0.102, 0.104, 0.11), num_layers=10,
+                      context=64, long_context=1024, long_times=(0.1, 0.14, 0.16, 0.2, 0.28))
+    scores = [0.5, 0.3, 0.2, 0.1, 0.08, 0.05, 0.05, 0.04, 0.03, 0.02, 0.02, 0.01]
+    n_short, _ = best_node_count(scores, costs.at_context(64), 0.0, 16)
+    n_long, _ = best_node_count(scores, costs.at_context(1024), 0.0, 16)
+    assert n_long < n_short, (n_short, n_long)
+
+
 def test_monotone_fit_pools_a_lucky_large_size_with_the_smaller_ones():
     """The flaw it fixes: 16 nodes timed at 1.22 steps, 2 at 1.45; a running minimum from above
     priced 2-16 at 1.22. Pooled, they share their mean, and a later larger size keeps its own."""

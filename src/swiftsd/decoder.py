@@ -262,8 +262,8 @@ class SwiftDecoder:
         opt = self.optimizer if run.skip_override is None else None
         if opt is not None and opt.best()[1] is not None:
             prior = opt.acceptance(opt.best()[1])
-        return plan_layerskip(self.costs, trie, skip, ls.acceptance(prior), cfg.frontier, depth, cfg.max_nodes,
-                              self._wall)
+        return plan_layerskip(self.costs.at_context(len(run.tokens)), trie, skip, ls.acceptance(prior), cfg.frontier,
+                              depth, cfg.max_nodes, self._wall)
 
     def _draft_model(self, run: RunState, plan: StepPlan, trie: DraftTrie) -> None:
         cfg = self.config
@@ -287,7 +287,7 @@ class SwiftDecoder:
         cfg = self.config
         max_nodes = min(cfg.max_nodes, len(trie))
         if cfg.planner and len(trie) > 1:
-            costs = self.costs
+            costs = self.costs.at_context(len(run.tokens))
             spent = run.clock["model_draft"] / costs.full_step if run.clock["model_draft"] else 0.0
             n, probing = choose_node_count(trie, costs, spent, max_nodes, run.probe if cfg.copy_probe else None)
             if probing:
@@ -339,18 +339,18 @@ class SwiftDecoder:
 
     def _record(self, run: RunState, trie: DraftTrie, layout: TreeLayout, plan: StepPlan, accepted: list[int],
                 step_time: float) -> None:
-        stats = run.stats
+        stats, costs = run.stats, self.costs.at_context(len(run.tokens))
         stats.record_tree(trie.sources, layout.size, layout.max_depth, accepted)
         forwards = run.req.scratch.pop("layerskip_forwards", 0) if plan.run_model else 0
         model_accepted = sum(1 for a in accepted if "layerskip" in trie.sources[a])
         if run.req.scratch.pop("probe", False):
-            run.probe.result(len(accepted) - model_accepted, relative_verify(self.costs, layout.size))
+            run.probe.result(len(accepted) - model_accepted, relative_verify(costs, layout.size))
         stats.draft_forwards.append(forwards)
         stats.layerskip_accepted.append(model_accepted)
         if plan.run_model and plan.priced:  # the search's account: what this draft step earned
             self._budget.earn(len(accepted) + 1, plan.free_rate, plan.priced * self._wall.correction())
         self._wall.record(plan.run_model, step_time, plan.priced if plan.run_model else
-                          relative_verify(self.costs, layout.size) if self.config.planner else 0.0)
+                          relative_verify(costs, layout.size) if self.config.planner else 0.0)
         opt = self.optimizer if run.skip_override is None else None
         if opt is not None:  # the optimiser learns about the layer-skip draft alone
             opt.record_step(stats, accepted=model_accepted, drafted=forwards, step_time=step_time)

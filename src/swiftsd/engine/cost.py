@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import statistics
 import time
-from dataclasses import asdict, dataclass
+import functools
+from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import torch
@@ -18,7 +19,7 @@ import torch
 from ..errors import InvalidArgumentError
 from .cache import SlotKVCache
 from .skipset import SkipSet
-from .timing import head_costs, measure_verify_costs, monotone_fit, sync_device
+from .timing import head_costs, long_context_times, measure_verify_costs, monotone_fit, sync_device
 
 if TYPE_CHECKING:
     from .models import DecoderAdapter
@@ -172,6 +173,20 @@ class CostModel:
     head_rows: tuple[int, ...] = (1,)  # LM-head row counts timed (1 first)
     head_times: tuple[float, ...] = ()  # the LM head over that many rows, with the product below
     head_transposed: bool = False  # models.head_product(transposed=True) was the faster product here
+    long_context: int = 0  # a second context the verify sizes were timed at (0: none)
+    long_times: tuple[float, ...] = ()  # verify_times' sizes at long_context, in verify_times' units
+
+    def at_context(self, context: int) -> "CostModel":
+        """This model at ``context`` committed tokens: verify times (and the plain step, and the
+        attention sublayer with it) linear in the context between the two timed ones.
+
+        Why: a tree's attention grows with the context where a plain step's single query hardly
+        does (transformers folds its GQA heads into rows), so n nodes cost relatively more on a long
+        prompt (qwen-0.5b bf16 here: 8 nodes 1.13 plain steps at 64 tokens, about 1.5 at 1024).
+        """
+        if not self.long_times or context <= self.context or self.long_context <= self.context:
+            return self
+        return _at_context(self, context // 32 * 32)
 
     def draft_step(self, skip: SkipSet) -> float:
         t = self.full_step - len(skip.attn) * self.attn - len(skip.mlp) * self.mlp + self.draft_extra
@@ -224,7 +239,18 @@ class CostModel:
         return cls(**d)
 
 
-_SEQUENCES = ("verify_sizes", "verify_times", "head_rows", "head_times")
+_SEQUENCES = ("verify_sizes", "verify_times", "head_rows", "head_times", "long_times")
+
+
+@functools.lru_cache(maxsize=512)
+def _at_context(costs: CostModel, context: int) -> CostModel:
+    f = (context - costs.context) / (costs.long_context - costs.context)
+    vt = [a + f * (b - a) for a, b in zip(costs.verify_times, costs.long_times)]
+    vt = monotone_fit([vt[0], *(max(t, vt[0]) for t in vt[1:])])
+    full = max(vt[0], 1e-9)
+    attn = costs.attn + max(0.0, full - costs.full_step) / max(1, costs.num_layers)  # the growth is attention
+    return replace(costs, full_step=full, attn=attn, verify_times=tuple(vt), context=context,
+                   long_context=0, long_times=())
 
 
 def _interpolate(xs: Sequence[float], ys: Sequence[float], x: float) -> float:
@@ -289,15 +315,18 @@ def measure_costs(adapter: "DecoderAdapter", context: int = 64, n: int = 3,
     # monotone in n (see monotone_fit).
     ns = sorted(x for x in measured if x > 1)
     vt = monotone_fit([max(measured[x] / measured[1], 1.0) * full for x in ns])
+    long_context, long_times = long_context_times(adapter, verify_sizes, context, full / measured[1])
     return CostModel(
         full_step=full, attn=attn, mlp=mlp, lm_head=head_full, fixed=max(0.0, empty_s - head_full),
         draft_extra=extra + head_draft - head_full, verify_sizes=(1, *ns), verify_times=(full, *vt),
         num_layers=L, device=str(dev), dtype=str(adapter.dtype).replace("torch.", ""), context=context,
         head_rows=head_rows, head_times=head_times, head_transposed=transposed,
+        long_context=long_context, long_times=long_times,
     )
 
 
-COST_FORMAT = 4
+
+COST_FORMAT = 5  # 5: single-token steps masked (pack_gqa), verify sizes timed at a long context too
 
 
 def cost_key(adapter: "DecoderAdapter", draft_vocab: int) -> str:

@@ -17,7 +17,8 @@ from .cache import SlotKVCache
 if TYPE_CHECKING:
     from .models import DecoderAdapter
 
-__all__ = ["faster_head", "head_costs", "measure_head", "measure_verify_costs", "monotone_fit", "sync_device"]
+__all__ = ["faster_head", "head_costs", "long_context_times", "measure_head", "measure_verify_costs", "monotone_fit",
+           "sync_device"]
 
 
 def sync_device(device: torch.device) -> None:
@@ -63,6 +64,21 @@ def measure_verify_costs(adapter: "DecoderAdapter", sizes: Sequence[int], contex
             if r > 0:  # round 0 warms up
                 times[n].append(time.perf_counter() - t0)
     return {n: statistics.median(t) for n, t in times.items()}
+
+
+LONG_CONTEXT = 1024
+
+
+def long_context_times(adapter: "DecoderAdapter", sizes: Sequence[int], context: int, scale: float
+                       ) -> tuple[int, tuple[float, ...]]:
+    """Verify times (1 and ``sizes``) at a long context, times ``scale`` (the short timings' units);
+    none where the model's positions do not reach well past ``context`` (see ``CostModel.at_context``)."""
+    limit = (adapter.max_positions or 2 * LONG_CONTEXT) - max(sizes, default=1) - 2
+    long = min(LONG_CONTEXT, limit)
+    if long < 4 * context:
+        return 0, ()
+    m = measure_verify_costs(adapter, sizes, context=long, rounds=3)
+    return long, tuple(monotone_fit([m[x] * scale for x in sorted(m)]))
 
 
 def measure_head(adapter: "DecoderAdapter", rows: Sequence[int] = (1, 2, 4, 8, 16), rounds: int = 3,
