@@ -14,10 +14,10 @@ from swiftsd.bench.data import BenchPrompt, build_input, evenly_spaced, load_pro
 from swiftsd.bench.hf import _cache_length, runs_truncated
 from swiftsd.bench.methods import SWIFT_METHODS, Swift, build_methods, steps_from_log
 from swiftsd.bench.metrics import (
-    committed_per_step, draft_cost, first_difference, mismatches, summarize, summarize_group,
+    committed_per_step, draft_cost, first_difference, mismatches, same_text_records, summarize, summarize_group,
 )
 from swiftsd.bench.report import (drafter_table, headlines, markdown_table, mismatch_text, render_markdown,
-                                  write_report)
+                                  same_text_text, write_report)
 from swiftsd.bench.runner import (
     _announce_mismatches, interleave_categories, make_record, rotated, run_stream, warm_up,
 )
@@ -405,6 +405,27 @@ def test_planted_mismatch_is_found_and_announced():
     assert len(said) == 1 and "prompt b" in said[0] and "token 4" in said[0]
     assert "**MISMATCH**" in markdown_table(summarize(recs, greedy=True))
     assert first_difference([1, 2], [1, 2, 3]) == 2 and first_difference([1, 2], [1, 2]) is None
+
+
+def test_same_text_view_keeps_only_turns_every_method_decoded_as_plain():
+    """Turn b's swiftsd output differs from plain's, so the like-for-like table covers turn a alone:
+    swiftsd 10 tokens in 1.0 s against plain's 2.0 s (2x), pld in 4.0 s (0.5x); category y is left out.
+    A turn one method did not run, or ran from another prompt, is not the same text either."""
+    recs = _synthetic() + [_rec("pld", "a", "x", list(range(10)), 4.0, 10), _rec("pld", "b", "y", list(range(5)), 1.0, 5)]
+    assert {(r["method"], r["prompt_id"]) for r in same_text_records(recs)} == {("plain", "a"), ("swiftsd", "a"),
+                                                                               ("pld", "a")}
+    text = same_text_text(recs, greedy=True)
+    assert "Only the 1 of 2 turns" in text and "| method | x | overall |" in text
+    assert "| swiftsd | 2.00× (1 run) | 2.00× (1 run) |" in text and "| pld | 0.50× (1 run) | 0.50× (1 run) |" in text
+    assert "## Speed-up on the same text" in render_markdown(recs, summarize(recs, True), {"methods": {}}, True, {})
+    same = [r for r in recs if r["prompt_id"] == "a"]
+    assert same_text_text(same, greedy=True) == ""  # every turn identical: the tables above already say it
+    assert same_text_text(recs, greedy=False) == ""  # sampling: no token-for-token reference
+    other_prompt = [dict(r, prompt_tokens=7 if r["method"] == "pld" else 5) for r in recs]
+    assert same_text_records(other_prompt) == []
+    assert "No turn was decoded identically" in same_text_text(other_prompt, greedy=True)
+    missing = [r for r in recs if not (r["method"] == "pld" and r["prompt_id"] == "a")]
+    assert {r["prompt_id"] for r in same_text_records(missing)} == set()
 
 
 def test_steps_from_hf_log():

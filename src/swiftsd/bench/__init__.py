@@ -28,7 +28,7 @@ from .data import load_prompts
 from .methods import DEFAULT_METHODS, METHOD_NAMES, RunParams, Swift, build_methods
 from .metrics import OVERALL, mismatches, summarize
 from .report import (
-    drafter_table, headlines, machine_info, markdown_table, mismatch_text, speedup_matrix, write_report,
+    drafter_table, headlines, machine_info, markdown_table, mismatch_text, same_text_text, speedup_matrix, write_report,
 )
 from .runner import NOISE_MARGIN, interleave_categories, run_stream, warm_up
 
@@ -148,6 +148,10 @@ def recompute(path: str | Path) -> int:
         print(line)
     print()
     print(markdown_table(rows, meta.get("unavailable") or {}))
+    same = same_text_text(records, greedy)
+    if same:
+        print()
+        print(same.rstrip())
     return 0
 
 

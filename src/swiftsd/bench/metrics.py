@@ -54,6 +54,24 @@ def mismatches(records: Iterable[Record], reference: str = REFERENCE) -> list[di
     return out
 
 
+def same_text_records(records: Sequence[Record], reference: str = REFERENCE) -> list[Record]:
+    """The records of the turns that every method decoded exactly as the reference did.
+
+    In bf16 every verifying method (PLD too) leaves plain decoding's text at near-ties, so a
+    category can compare a copy-friendly continuation with one that is not. On these turns all
+    methods wrote the same tokens from the same prompt: their speeds compare like for like.
+    """
+    ref = {key(r): r for r in records if r["method"] == reference}
+    methods = {r["method"] for r in records}
+    by_turn: dict[tuple[str, int], list[Record]] = {}
+    for r in records:
+        by_turn.setdefault(key(r), []).append(r)
+    keep = {k for k, rs in by_turn.items() if k in ref and {r["method"] for r in rs} == methods
+            and all(r["new_ids"] == ref[k]["new_ids"] and r.get("prompt_tokens") == ref[k].get("prompt_tokens")
+                   for r in rs)}
+    return [r for r in records if key(r) in keep]
+
+
 def _ratio(num: float, den: float) -> float | None:
     return num / den if den > 0 else None
 

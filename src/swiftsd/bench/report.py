@@ -10,7 +10,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Sequence
 
-from .metrics import OVERALL, REFERENCE, Record, Row, committed_per_step, mismatches, per_drafter
+from .metrics import (OVERALL, REFERENCE, Record, Row, committed_per_step, mismatches, per_drafter, same_text_records,
+                      summarize)
 
 
 def _f(x: float | None, fmt: str = "{:.2f}") -> str:
@@ -131,6 +132,24 @@ def drafter_table(records: Sequence[Record]) -> str:
             rate = _f(c["accepted"] / c["proposed"], "{:.0%}") if c["proposed"] else "n/a"
             lines.append(f"| {m} | {name} | {c['proposed']} | {c['accepted']} | {rate} |")
     return "\n".join(lines)
+
+
+def same_text_text(records: Sequence[Record], greedy: bool) -> str:
+    """The speed-ups over the turns every method decoded identically to plain ('' when all or none did)."""
+    if not greedy or not mismatches(records):
+        return ""
+    same = same_text_records(records)
+    turns = {(r["prompt_id"], r["turn"]) for r in records}
+    kept = {(r["prompt_id"], r["turn"]) for r in same}
+    order = [*dict.fromkeys(r["category"] for r in records), OVERALL]
+    if not kept:
+        return "## Speed-up on the same text\n\nNo turn was decoded identically to plain by every method.\n\n"
+    return ("## Speed-up on the same text\n\n"
+            f"Only the {len(kept)} of {len(turns)} turns that every method decoded token for token as plain "
+            "did: the same prompt and the same output, so these speeds compare like for like. Elsewhere a "
+            "bf16 near-tie sent a method down another continuation (see the mismatches above), which may "
+            "copy more or less of its context. A category with no such turn is left out.\n\n"
+            + speedup_matrix(sorted(summarize(same, greedy), key=lambda r: order.index(r.category))) + "\n\n")
 
 
 def mismatch_text(records: Sequence[Record], greedy: bool) -> str:
@@ -279,6 +298,7 @@ def render_markdown(records: Sequence[Record], rows: Sequence[Row], meta: dict[s
         f"## Overall\n\n{markdown_table(overall, unavailable)}\n\n"
         f"## Speed-up by category (total)\n\n{speedup_matrix(rows)}\n\n"
         f"{decode_text(rows)}"
+        f"{same_text_text(records, greedy)}"
         f"## Every method × category\n\n{markdown_table(rows)}\n\n"
         f"{_drafter_text(records)}"
         "Columns: speed-up (total) = method tok/s ÷ plain tok/s over the same turns (the ratio of total times "
