@@ -22,7 +22,8 @@ the best-scored chain only (hindsight on its length alone).
     python docs/benchmarks/token-trees/replay.py RUN.jsonl COSTS.json MODEL [METHOD [VARIANTS]]
 
 RUN.jsonl: a bench's records; COSTS.json: a cost model as cached in ~/.cache/swiftsd/costs, or
-``run`` for the one METHOD planned with, which newer bench runs keep in RUN.machine.json;
+``run`` for the one METHOD planned with, which newer bench runs keep in RUN.machine.json, or
+``run:OTHER`` for OTHER's (``pld run:swiftsd`` replays our drafting on PLD's own texts);
 MODEL: a directory with the model's tokenizer, or the short name of a model that swiftsd has
 dequantised into ~/.cache/swiftsd/models (its tokenizer rebuilds the prompts as the bench did).
 It ends with a markdown table: per category, the run's measured speed-up and each variant's.
@@ -211,11 +212,12 @@ def main(argv: list[str]) -> int:
         max_new = int(machine["command"].split("--max-new-tokens ")[1].split()[0])
         data = None if machine["data"] == "built-in" else machine["data"]
     records = [r for r in map(json.loads, open(run)) if r["method"] == method]
-    if cost_file == "run":
-        kept = json.load(open(run.replace(".jsonl", ".machine.json")))["methods"][method].get("cost_model")
+    if cost_file == "run" or cost_file.startswith("run:"):
+        planner = cost_file[4:] or method  # run:swiftsd prices another method's texts (pld's) with swiftsd's model
+        kept = json.load(open(run.replace(".jsonl", ".machine.json")))["methods"].get(planner, {}).get("cost_model")
         if kept is None:
-            raise SystemExit(f"{run}: its machine.json keeps no cost model for {method} (an older run): "
-                             "give the cost model's file")
+            raise SystemExit(f"{run}: its machine.json keeps no cost model for {planner} (an older run, or a "
+                             "method that plans nothing): give the cost model's file")
         costs = CostModel.from_dict(kept)
     else:
         costs = CostModel.from_dict(json.load(open(cost_file)))
