@@ -108,6 +108,37 @@ def test_a_likely_chain_is_scored_in_one_product_and_scores_the_same() -> None:
     assert _chain_scores([0.9], _costs())[0].rows_from(0) == [0]  # no head timings: one row at a time
 
 
+def test_rows_are_taken_best_first_over_the_whole_tree_siblings_included() -> None:
+    """Two likely branches: the walk may take either, so both are scored in the first product."""
+    from swiftsd.run import TargetScores
+
+    flat = _costs(head_rows=(1, 2, 4, 8), head_times=(0.010, 0.010, 0.010, 0.012), head_transposed=True)
+    trie = DraftTrie.rooted(0)
+    a = trie.add(0, 1, 0.5, "lookup")
+    b = trie.add(0, 2, 0.4, "lookup")
+    a2 = trie.add(a, 3, 0.9, "lookup")
+    b2 = trie.add(b, 4, 0.9, "lookup")
+    rare = trie.add(0, 5, 0.001, "lookup")
+    layout = build_tree(tuple(trie.parents))
+    gen = torch.Generator().manual_seed(2)
+    hidden = torch.randn(len(trie), 16, generator=gen)
+    ad = _CountingAdapter(torch.randn(64, 16, generator=gen))
+    scores = TargetScores(ad, _Run(), trie, layout, hidden, flat)
+    rows = scores.rows_from(0)
+    assert rows == [0, a, a2, b, b2]  # by reach: 0.5, 0.45, 0.4, 0.36; the 0.001 sibling costs more than it saves
+    assert rare not in rows
+    for node in (0, b, b2):  # the walk takes the second branch: still one product
+        torch.testing.assert_close(scores.logits(node), torch.nn.functional.linear(hidden[node], ad.w),
+                                   atol=1e-5, rtol=1e-5)
+    assert ad.calls == [(5, True)]
+    torch.testing.assert_close(scores.logits(rare), torch.nn.functional.linear(hidden[rare], ad.w),
+                               atol=1e-5, rtol=1e-5)
+    assert ad.calls == [(5, True), (1, True)]  # an unscored node gets its own product, one row
+
+    steep = _costs(head_rows=(1, 2, 4, 8), head_times=(0.010, 0.024, 0.034, 0.038))
+    assert TargetScores(ad, _Run(), trie, layout, hidden, steep).rows_from(0) == [0]  # 2 rows cost 2.4 at reach 0.5
+
+
 @pytest.mark.parametrize("arch", ARCHS)
 def test_greedy_output_is_unchanged_with_chains_scored_by_the_transposed_product(arch: str) -> None:
     """Repeating prompts, so lookup chains are accepted and scored several rows per product."""
