@@ -26,6 +26,11 @@ CHEAP = cheap_tree_costs()
 DEAR = replace(CHEAP, verify_sizes=(1, 2, 4, 8, 16, 32, 64),
                verify_times=tuple(0.01 * r for r in (1.0, 1.4, 2.3, 4.2, 8.0, 15.0, 29.5)))
 
+# trees nearly free at a 16-token context and dear at 64: the planner's node count depends on the
+# context, as the decoder prices each step (``CostModel.at_context``), and the replay must follow
+CONTEXTUAL = replace(CHEAP, context=16, long_context=64,
+                     long_times=tuple(0.01 * r for r in (1.0, 4.2, 15.0, 29.5)))
+
 
 def _distrust(drafters: dict) -> None:
     """A stream that learned copies fail (5 %): the planner verifies none, and only the copy probe does."""
@@ -34,8 +39,8 @@ def _distrust(drafters: dict) -> None:
             d.calib.hits[b], d.calib.mass[b] = 5.0, 100.0
 
 
-@pytest.mark.parametrize("costs,distrust", [(CHEAP, False), (DEAR, False), (DEAR, True)],
-                         ids=["cheap-trees", "dear-trees", "dear-trees-probe"])
+@pytest.mark.parametrize("costs,distrust", [(CHEAP, False), (DEAR, False), (DEAR, True), (CONTEXTUAL, False)],
+                         ids=["cheap-trees", "dear-trees", "dear-trees-probe", "context-priced-trees"])
 def test_replay_reproduces_the_decoders_steps(costs, distrust, monkeypatch) -> None:
     probes = []
     result = planner.CopyProbe.result

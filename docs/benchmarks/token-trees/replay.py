@@ -96,10 +96,11 @@ def _turn(drafters: dict, cfg: SwiftConfig, costs: CostModel, ids: list[int], ou
         if ON_CANDIDATES is not None:
             ON_CANDIDATES(trie, out, g, steps)
         probing = False
+        here = costs.at_context(len(req.tokens))  # as the decoder prices each step, at its own context
         if oracle:
-            trie = _oracle_select(trie, out, g, costs, req.max_depth, top=oracle == "top")
+            trie = _oracle_select(trie, out, g, here, req.max_depth, top=oracle == "top")
         elif len(trie) > 1:
-            n, probing = choose_node_count(trie, costs, 0.0, min(cfg.max_nodes, len(trie)),
+            n, probing = choose_node_count(trie, here, 0.0, min(cfg.max_nodes, len(trie)),
                                            probe if cfg.copy_probe else None)
             trie = trie.select(max(n, sum(trie.keep)))
         layout = build_tree(tuple(trie.parents))
@@ -113,8 +114,8 @@ def _turn(drafters: dict, cfg: SwiftConfig, costs: CostModel, ids: list[int], ou
         for d in drafters.values():
             d.observe(req, trie, accepted)
         if probing:
-            probe.result(len(accepted), relative_verify(costs, layout.size))
-        cost += _step_cost(costs, layout.size, len(accepted))
+            probe.result(len(accepted), relative_verify(here, layout.size))
+        cost += _step_cost(here, layout.size, len(accepted))
         nodes += layout.size
         steps.append(len(accepted))
         req.tokens.extend(new)
