@@ -67,3 +67,21 @@ def test_replay_reproduces_the_decoders_steps(costs, distrust, monkeypatch) -> N
         accepted += sum(steps)
     assert accepted > 0  # not vacuous: copies were verified and accepted
     assert bool(probes) == distrust  # and, where the planner trusted no copy, the probe verified some
+
+
+def test_hf_pld_variant_proposes_what_transformers_prompt_lookup_proposes() -> None:
+    """The ``hf-pld`` replay variant stands for transformers' prompt lookup: same chain, every time."""
+    from transformers.generation.candidate_generator import PromptLookupCandidateGenerator
+
+    gen = torch.Generator().manual_seed(3)
+    checked = found = 0
+    for trial in range(60):
+        vocab = 4 + trial % 12  # small vocabularies repeat n-grams often; larger ones rarely
+        tokens = torch.randint(0, vocab, (int(torch.randint(3, 60, (1,), generator=gen)),), generator=gen).tolist()
+        hf = PromptLookupCandidateGenerator(num_output_tokens=10, max_matching_ngram_size=2,
+                                            max_length=len(tokens) + 200)
+        cand, _ = hf.get_candidates(torch.tensor([tokens]))
+        want = cand[0, len(tokens):].tolist()
+        assert replay._hf_pld_chain(tokens, room=200) == want, tokens
+        checked, found = checked + 1, found + bool(want)
+    assert checked == 60 and 10 < found < 60  # both cases met: chains found and none found

@@ -15,6 +15,9 @@ LM-head rows, from the cost model), with no per-step overhead; a plain step cost
 the ratio it prints is the copy drafting's ceiling on this cost model, the overhead not
 counted. Its use: to try a change to the drafters' calibration or the planner on a whole
 bench stream in seconds (``VARIANTS``), before a bench measures the one worth measuring.
+``hf-pld`` is not ours: it replays transformers' prompt lookup (a 10-token chain from the earliest
+match of the last 2, else 1, tokens, verified every step, every row through the LM head) on the
+same texts and cost model, so the two policies compare without the forward's speed in between.
 Two variants are bounds, not policies: ``oracle`` verifies, with hindsight, exactly the path
 that will be accepted among the same drafts (when that pays), ``oracle-top`` the same along
 the best-scored chain only (hindsight on its length alone).
@@ -77,6 +80,41 @@ def _oracle_select(trie: DraftTrie, out: list[int], g: int, costs: CostModel, ma
     k = len(path)
     pays = k and (1 + k) / _step_cost(costs, k + 1, k) > 1
     return trie.subset([0] + path) if pays else trie.subset([0])
+
+
+def _hf_pld_chain(tokens: list[int], room: int, ngram: int = 2, length: int = 10) -> list[int]:
+    """What transformers' ``PromptLookupCandidateGenerator`` proposes (``prompt_lookup_num_tokens=10``,
+    its default ``max_matching_ngram_size=2``): the continuation of the *earliest* earlier occurrence
+    of the last ``ngram`` tokens, then of the last ``ngram - 1``, up to ``length`` tokens."""
+    for n in range(ngram, 0, -1):
+        tail = tokens[-n:]
+        for i in range(len(tokens) - n + 1):
+            if tokens[i:i + n] == tail and i + n < len(tokens):
+                return tokens[i + n: i + n + min(length, room)]
+    return []
+
+
+def _hf_pld_turn(ids: list[int], out: list[int], costs: CostModel, eos: frozenset[int], max_new: int
+                 ) -> tuple[list[int], float, int, list[int]]:
+    """PLD's own loop on ``out``: a chain verified every step, every row through the LM head.
+
+    As in transformers' assisted decoding, the prefill forward already verifies a chain looked up
+    in the prompt (priced as the prefill, by the caller); the lists include that first step."""
+    tokens, steps, drafted, cost, nodes, g = list(ids), [], [], 0.0, 0, 0
+    while g < len(out) and (g == 0 or out[g - 1] not in eos):
+        chain = _hf_pld_chain(tokens, max_new - g - 1)
+        k = 0
+        while k < len(chain) and g + k < len(out) - 1 and chain[k] == out[g + k]:
+            k += 1
+        if g:  # after the prefill
+            here, n = costs.at_context(len(tokens)), 1 + len(chain)
+            cost += relative_verify(here, n) + (here.head(n) - here.head(1)) / here.full_step
+            nodes += n
+        steps.append(k)
+        drafted.append(len(chain))
+        tokens.extend(out[g: g + k + 1])
+        g += k + 1
+    return steps, cost, nodes, drafted
 
 
 def _turn(drafters: dict, cfg: SwiftConfig, costs: CostModel, ids: list[int], out: list[int],
@@ -168,6 +206,7 @@ VARIANTS: dict[str, Callable[[dict], None]] = {
     "request-effect": _calibration_class(_EffectCalibration),
     "oracle": lambda drafters: None,  # the same drafts, verified with hindsight (_oracle_select)
     "oracle-top": lambda drafters: None,  # hindsight on the length of the best-scored chain alone
+    "hf-pld": lambda drafters: None,  # HF prompt lookup's own policy, priced by the same cost model
 }
 
 
@@ -185,11 +224,16 @@ def replay(records: list[dict[str, Any]], costs: CostModel, tok: Any, variant: s
         assert len(ids) == rec["prompt_tokens"], (p.id, rec["turn"], len(ids), rec["prompt_tokens"])
         out = rec["new_ids"]
         oracle = {"oracle": "all", "oracle-top": "top"}.get(variant, "")
-        steps, cost, nodes = _turn(drafters, cfg, costs, ids, out, eos, max_new, oracle=oracle)
+        if variant == "hf-pld":  # its steps include the prefill's
+            steps, cost, nodes, _ = _hf_pld_turn(ids, out, costs, eos, max_new)
+            same, n_steps = steps == rec["accepted_lengths"], len(steps)
+        else:
+            steps, cost, nodes = _turn(drafters, cfg, costs, ids, out, eos, max_new, oracle=oracle)
+            same, n_steps = steps == rec["accepted_lengths"], len(steps) + 1
         answers[p.id].append(tok.decode(out, skip_special_tokens=True))
         rows.append({"prompt_id": p.id, "turn": rec["turn"], "category": rec["category"], "tokens": len(out),
-                     "steps": len(steps) + 1, "cost": 1.0 + cost, "nodes": nodes,
-                     "same_steps": steps == rec["accepted_lengths"], "recorded_steps": rec["target_forwards"],
+                     "steps": n_steps, "cost": 1.0 + cost, "nodes": nodes,
+                     "same_steps": same, "recorded_steps": rec["target_forwards"],
                      "recorded_nodes": rec.get("tree_nodes"), "wall_time": rec["wall_time"]})
     return rows
 
