@@ -1,10 +1,11 @@
-"""Our forward against transformers' own at a long context: the prefill, and one verification of Q tokens.
+"""Our forward against transformers' own at a long context: the prefill, one token, and one verification of Q tokens.
 
     python docs/benchmarks/token-trees/step-vs-hf.py MODEL PROMPT_ID   (one thread; pin a quiet core)
 
 Both run the same weights from the same process, interleaved in rounds, medians printed: the swiftsd
 adapter (mask-free prefill, an 11-node causal block on a SlotKVCache) and ``model(...)`` with a
-DynamicCache (the path HF prompt lookup takes). Results: step-vs-hf.md.
+DynamicCache (the path HF prompt lookup and plain ``generate`` take: an all-ones 2-D attention mask,
+which transformers may drop for a single query). Results: step-vs-hf.md.
 """
 import sys
 import time
@@ -41,6 +42,11 @@ with torch.inference_mode():
     dc = DynamicCache(config=model.config)
     model(input_ids=ids[None], past_key_values=dc, use_cache=True, logits_to_keep=1)
     def hf_chain():
-        (dc.crop(-Q) if dc.get_seq_length() > P else None); model(input_ids=new[None], past_key_values=dc, use_cache=True, attention_mask=torch.ones(1, P + Q, dtype=torch.long))
+        (dc.crop(-(dc.get_seq_length() - P)) if dc.get_seq_length() > P else None); model(input_ids=new[None], past_key_values=dc, use_cache=True, attention_mask=torch.ones(1, P + Q, dtype=torch.long))
+    def ours_one():
+        sc.rollback(P); ad.forward(new[:1], torch.arange(P, P + 1), sc, P, P, blk[:1, :1], None)
+    def hf_one():
+        (dc.crop(-(dc.get_seq_length() - P)) if dc.get_seq_length() > P else None); model(input_ids=new[None, :1], past_key_values=dc, use_cache=True, attention_mask=torch.ones(1, P + 1, dtype=torch.long))
     for r in range(3):
         print("verify %d at P=%d ours %.1f ms  hf %.1f ms" % (Q, P, t(ours_tree, 7), t(hf_chain, 7)), flush=True)
+        print("one token at P=%d ours %.1f ms  hf %.1f ms" % (P, t(ours_one, 7), t(hf_one, 7)), flush=True)
