@@ -70,18 +70,23 @@ def test_replay_reproduces_the_decoders_steps(costs, distrust, monkeypatch) -> N
 
 
 def test_hf_pld_variant_proposes_what_transformers_prompt_lookup_proposes() -> None:
-    """The ``hf-pld`` replay variant stands for transformers' prompt lookup: same chain, every time."""
+    """The ``hf-pld`` replay variant stands for transformers' prompt lookup: the same chain every time,
+    cut at a stop token and at the request's max_length as transformers cuts it."""
     from transformers.generation.candidate_generator import PromptLookupCandidateGenerator
 
     gen = torch.Generator().manual_seed(3)
-    checked = found = 0
-    for trial in range(60):
+    found = cut_by_eos = 0
+    for trial in range(80):
         vocab = 4 + trial % 12  # small vocabularies repeat n-grams often; larger ones rarely
         tokens = torch.randint(0, vocab, (int(torch.randint(3, 60, (1,), generator=gen)),), generator=gen).tolist()
-        hf = PromptLookupCandidateGenerator(num_output_tokens=10, max_matching_ngram_size=2,
-                                            max_length=len(tokens) + 200)
+        eos = frozenset({vocab - 1}) if trial % 2 else frozenset()
+        max_length = len(tokens) + (1, 4, 200)[trial % 3]
+        hf = PromptLookupCandidateGenerator(eos_token_id=torch.tensor(sorted(eos)) if eos else None,
+                                            num_output_tokens=10, max_matching_ngram_size=2, max_length=max_length)
         cand, _ = hf.get_candidates(torch.tensor([tokens]))
         want = cand[0, len(tokens):].tolist()
-        assert replay._hf_pld_chain(tokens, room=200) == want, tokens
-        checked, found = checked + 1, found + bool(want)
-    assert checked == 60 and 10 < found < 60  # both cases met: chains found and none found
+        got = replay._hf_pld_chain(tokens, max_length, eos)
+        assert got == want, (tokens, eos, max_length)
+        found += bool(want)
+        cut_by_eos += bool(eos) and got != replay._hf_pld_chain(tokens, max_length)
+    assert 10 < found < 80 and cut_by_eos > 0  # chains found and not found, and some cut at a stop token

@@ -82,15 +82,23 @@ def _oracle_select(trie: DraftTrie, out: list[int], g: int, costs: CostModel, ma
     return trie.subset([0] + path) if pays else trie.subset([0])
 
 
-def _hf_pld_chain(tokens: list[int], room: int, ngram: int = 2, length: int = 10) -> list[int]:
+def _hf_pld_chain(tokens: list[int], max_length: int, eos: frozenset[int] = frozenset(), ngram: int = 2,
+                  length: int = 10) -> list[int]:
     """What transformers' ``PromptLookupCandidateGenerator`` proposes (``prompt_lookup_num_tokens=10``,
     its default ``max_matching_ngram_size=2``): the continuation of the *earliest* earlier occurrence
-    of the last ``ngram`` tokens, then of the last ``ngram - 1``, up to ``length`` tokens."""
-    for n in range(ngram, 0, -1):
+    of the last ``ngram`` tokens, then of the last ``ngram - 1``, up to ``length`` tokens, ending
+    before index ``max_length`` (the request's prompt + max_new_tokens) and cut at its first stop token."""
+    if max_length == len(tokens) + 1:
+        return []
+    for n in range(min(ngram, len(tokens) - 1), 0, -1):
         tail = tokens[-n:]
         for i in range(len(tokens) - n + 1):
-            if tokens[i:i + n] == tail and i + n < len(tokens):
-                return tokens[i + n: i + n + min(length, room)]
+            start = i + n
+            end = min(start + length, len(tokens), max_length)
+            if tokens[i:start] == tail and start < end:
+                chain = tokens[start:end]
+                stop = next((k for k, t in enumerate(chain) if t in eos), len(chain))
+                return chain[:stop]  # a match cut to nothing still ends the search, as in transformers
     return []
 
 
@@ -102,7 +110,7 @@ def _hf_pld_turn(ids: list[int], out: list[int], costs: CostModel, eos: frozense
     in the prompt (priced as the prefill, by the caller); the lists include that first step."""
     tokens, steps, drafted, cost, nodes, g = list(ids), [], [], 0.0, 0, 0
     while g < len(out) and (g == 0 or out[g - 1] not in eos):
-        chain = _hf_pld_chain(tokens, max_new - g - 1)
+        chain = _hf_pld_chain(tokens, len(ids) + max_new, eos)
         k = 0
         while k < len(chain) and g + k < len(out) - 1 and chain[k] == out[g + k]:
             k += 1
@@ -224,12 +232,13 @@ def replay(records: list[dict[str, Any]], costs: CostModel, tok: Any, variant: s
         assert len(ids) == rec["prompt_tokens"], (p.id, rec["turn"], len(ids), rec["prompt_tokens"])
         out = rec["new_ids"]
         oracle = {"oracle": "all", "oracle-top": "top"}.get(variant, "")
-        if variant == "hf-pld":  # its steps include the prefill's
-            steps, cost, nodes, _ = _hf_pld_turn(ids, out, costs, eos, max_new)
-            same, n_steps = steps == rec["accepted_lengths"], len(steps)
+        if variant == "hf-pld":  # its steps include the prefill's; exact means the drafted lengths too
+            steps, cost, nodes, drafted = _hf_pld_turn(ids, out, costs, eos, max_new)
+            n_steps, same = len(steps), drafted == rec["draft_lengths"]
         else:
             steps, cost, nodes = _turn(drafters, cfg, costs, ids, out, eos, max_new, oracle=oracle)
-            same, n_steps = steps == rec["accepted_lengths"], len(steps) + 1
+            n_steps, same = len(steps) + 1, True
+        same = same and steps == rec["accepted_lengths"]
         answers[p.id].append(tok.decode(out, skip_special_tokens=True))
         rows.append({"prompt_id": p.id, "turn": rec["turn"], "category": rec["category"], "tokens": len(out),
                      "steps": n_steps, "cost": 1.0 + cost, "nodes": nodes,
