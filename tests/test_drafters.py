@@ -11,6 +11,7 @@ import torch
 
 from swiftsd import SkipSet, SwiftDecoder
 from swiftsd.drafters import DraftTrie, LookupDrafter, Request, SuffixDrafter
+from swiftsd.drafters.ngram import add_continuations
 from swiftsd.engine.cost import CostModel
 from swiftsd.planner import CopyProbe, SearchBudget, WallClockBound, best_node_count, forecast_layerskip, plan_layerskip
 from swiftsd.request import parse_request
@@ -65,6 +66,25 @@ def test_lookup_proposes_every_earlier_match_longest_first() -> None:
     # only continuations of the last token's matches: 8 is followed by 1 and by 3, nothing else
     assert {t.tokens[c] for c in range(1, len(t)) if t.parents[c] == 0} == {1, 3}
     assert all(t.score[i] > 0 for i in range(1, len(t)))
+
+
+def test_lookup_shares_favour_the_longest_then_the_most_recent_match() -> None:
+    """Each match weighs 0.8 ** its rank (longest first, then most recent): a 2-token match
+    outweighs either 1-token one, and a recent occurrence an old one. Counted alike, all
+    three continuations had a share of 1/3."""
+    # the text ends in "5 7": "5 7" was followed by 1; "7" alone later by 3, then by 4
+    toks = [5, 7, 1, 9, 7, 3, 9, 7, 4, 2, 5, 7]
+    d = LookupDrafter(min_n=1, max_n=2, max_depth=1)
+    t = DraftTrie.rooted(toks[-1])
+    d.propose(Request(tokens=toks, prompt_len=len(toks)), t, budget=8)
+    first = {t.tokens[c]: c for c in range(1, len(t)) if t.parents[c] == 0}
+    assert set(first) == {1, 3, 4}
+    total = 1 + 0.8 + 0.64
+    shares = {tok: t.tags["lookup"][node][1] for tok, node in first.items()}
+    assert shares == pytest.approx({1: 1 / total, 4: 0.8 / total, 3: 0.64 / total})
+    assert t.prob[first[1]] > t.prob[first[4]] > t.prob[first[3]]  # one prior: ordered as the shares
+    with pytest.raises(ValueError, match="rank_decay"):
+        add_continuations(DraftTrie.rooted(0), [(1, [1])], 4, 1, d.calib, "lookup", rank_decay=0.0)
 
 
 def test_lookup_respects_its_budget_and_learns() -> None:
