@@ -207,8 +207,14 @@ def _stream_only(drafters: dict) -> None:
         d._calibration = lambda req, d=d: d.calib
 
 
+def _equal_weights(drafters: dict) -> None:
+    for d in drafters.values():
+        d.rank_decay = 1.0
+
+
 VARIANTS: dict[str, Callable[[dict], None]] = {
     "current": lambda drafters: None,
+    "equal-weights": _equal_weights,  # every match weighs 1 in the counted trie (before 5e709a3)
     "stream-only": _stream_only,  # no per-request counts (before RequestCalibration)
     "no-hot": _no_hot,  # one regime: never "hot"
     "request-effect": _calibration_class(_EffectCalibration),

@@ -244,6 +244,7 @@ class CopyDrafter:
     name = ""
     free = True
     max_n = max_depth = max_matches = 0
+    rank_decay = RANK_DECAY  # a match's weight in the counted trie: rank_decay ** its rank
     calib: Calibration
 
     def _matches(self, req: "Request", depth: int) -> list[tuple[int, list[int]]]:
@@ -257,7 +258,8 @@ class CopyDrafter:
         if matches:
             regime = "h" if req.scratch.get(f"{self.name}:hot") else "c"
             calib = self._calibration(req)
-            trie.tags[self.name] = add_continuations(trie, matches, budget, depth, calib, self.name, regime)
+            trie.tags[self.name] = add_continuations(trie, matches, budget, depth, calib, self.name, regime,
+                                                       self.rank_decay)
 
     def _calibration(self, req: "Request") -> RequestCalibration:
         """This request's calibration over the stream's (a new one after ``reset``)."""
