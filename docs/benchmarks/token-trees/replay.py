@@ -44,7 +44,7 @@ from swiftsd.bench.runner import interleave_categories
 from swiftsd.config import SwiftConfig
 from swiftsd.drafters import make_drafters
 from swiftsd.drafters.base import DraftTrie, Request
-from swiftsd.drafters.ngram import RequestCalibration, learn
+from swiftsd.drafters.ngram import RequestCalibration, has_long_match, learn
 from swiftsd.engine.cost import CostModel
 from swiftsd.engine.tree import build_tree
 from swiftsd.engine.verify import greedy_verify
@@ -80,6 +80,20 @@ def _oracle_select(trie: DraftTrie, out: list[int], g: int, costs: CostModel, ma
     k = len(path)
     pays = k and (1 + k) / _step_cost(costs, k + 1, k) > 1
     return trie.subset([0] + path) if pays else trie.subset([0])
+
+
+def _marginal_count(trie: DraftTrie, costs: CostModel, max_nodes: int, lam: float) -> int:
+    """Variant: the node count maximising gain - lam * cost (lam: the stream's rate so far), which
+    maximises the stream's tokens per time if the estimates are right, where the planner maximises
+    each step's own gain / cost."""
+    ordered = sorted(trie.score[1:], reverse=True)[: max(0, max_nodes - 1)]
+    best_n, best, gain = 1, 1.0 - lam, 1.0
+    for i, s in enumerate(ordered, start=2):
+        gain += s
+        obj = gain - lam * (relative_verify(costs, i) + (costs.head(gain) - costs.head(1)) / costs.full_step)
+        if obj > best:
+            best_n, best = i, obj
+    return best_n
 
 
 def _hf_pld_chain(tokens: list[int], max_length: int, eos: frozenset[int] = frozenset(), ngram: int = 2,
@@ -126,10 +140,12 @@ def _hf_pld_turn(ids: list[int], out: list[int], costs: CostModel, eos: frozense
 
 
 def _turn(drafters: dict, cfg: SwiftConfig, costs: CostModel, ids: list[int], out: list[int],
-          eos: frozenset[int], max_new: int, oracle: str = "") -> tuple[list[int], float, int]:
+          eos: frozenset[int], max_new: int, oracle: str = "", rate: list[float] | None = None
+          ) -> tuple[list[int], float, int]:
     """One request, replayed: (accepted draft tokens per step, cost in plain steps, nodes verified
     with their roots, as ``GenerationStats.tree_sizes`` sums them). ``max_new``: the request's
-    token budget, which caps the draft depth as in the decoder."""
+    token budget, which caps the draft depth as in the decoder. ``rate``: [tokens, cost] of the
+    stream so far, updated here, for the ``marginal-rate`` variant (None: the planner's count)."""
     req = Request(tokens=list(ids) + out[:1], prompt_len=len(ids), eos=eos)
     probe, steps, cost, nodes = CopyProbe(), [], 0.0, 0
     g = 1  # out[:g] committed (the prefill picked the first)
@@ -145,6 +161,11 @@ def _turn(drafters: dict, cfg: SwiftConfig, costs: CostModel, ids: list[int], ou
         here = costs.at_context(len(req.tokens))  # as the decoder prices each step, at its own context
         if oracle:
             trie = _oracle_select(trie, out, g, here, req.max_depth, top=oracle == "top")
+        elif len(trie) > 1 and rate is not None:  # as choose_node_count, with the marginal count
+            n = _marginal_count(trie, here, min(cfg.max_nodes, len(trie)), (rate[0] + 2) / (rate[1] + 2))
+            if n == 1 and cfg.copy_probe and has_long_match(trie) and probe.due():
+                n, probing = min(cfg.max_nodes, len(trie), probe.nodes), True
+            trie = trie.select(max(n, sum(trie.keep)))
         elif len(trie) > 1:
             n, probing = choose_node_count(trie, here, 0.0, min(cfg.max_nodes, len(trie)),
                                            probe if cfg.copy_probe else None)
@@ -161,7 +182,10 @@ def _turn(drafters: dict, cfg: SwiftConfig, costs: CostModel, ids: list[int], ou
             d.observe(req, trie, accepted)
         if probing:
             probe.result(len(accepted), relative_verify(here, layout.size))
-        cost += _step_cost(here, layout.size, len(accepted))
+        step = _step_cost(here, layout.size, len(accepted))
+        cost += step
+        if rate is not None:  # tokens, cost: the stream's rate so far
+            rate[0], rate[1] = rate[0] + len(new), rate[1] + step
         nodes += layout.size
         steps.append(len(accepted))
         req.tokens.extend(new)
@@ -218,6 +242,7 @@ VARIANTS: dict[str, Callable[[dict], None]] = {
     "stream-only": _stream_only,  # no per-request counts (before RequestCalibration)
     "no-hot": _no_hot,  # one regime: never "hot"
     "request-effect": _calibration_class(_EffectCalibration),
+    "marginal-rate": lambda drafters: None,  # _turn's node count maximising gain - (stream's rate) x cost
     "oracle": lambda drafters: None,  # the same drafts, verified with hindsight (_oracle_select)
     "oracle-top": lambda drafters: None,  # hindsight on the length of the best-scored chain alone
     "hf-pld": lambda drafters: None,  # HF prompt lookup's own policy, priced by the same cost model
@@ -232,6 +257,7 @@ def replay(records: list[dict[str, Any]], costs: CostModel, tok: Any, variant: s
     prompts = {p.id: p for p in interleave_categories(load_prompts(data, None, n_per_category))}
     answers: dict[str, list[str]] = defaultdict(list)
     rows = []
+    rate = [0.0, 0.0] if variant == "marginal-rate" else None
     for rec in records:
         p = prompts[rec["prompt_id"]]
         ids = build_input(tok, p, rec["turn"], answers[p.id])
@@ -242,7 +268,7 @@ def replay(records: list[dict[str, Any]], costs: CostModel, tok: Any, variant: s
             steps, cost, nodes, drafted = _hf_pld_turn(ids, out, costs, eos, max_new)
             n_steps, same = len(steps), drafted == rec["draft_lengths"]
         else:
-            steps, cost, nodes = _turn(drafters, cfg, costs, ids, out, eos, max_new, oracle=oracle)
+            steps, cost, nodes = _turn(drafters, cfg, costs, ids, out, eos, max_new, oracle=oracle, rate=rate)
             n_steps, same = len(steps) + 1, True
         same = same and steps == rec["accepted_lengths"]
         answers[p.id].append(tok.decode(out, skip_special_tokens=True))
