@@ -109,6 +109,8 @@ class RecycleDrafter:
 
 
 def main(argv: list[str]) -> int:
+    if len(argv) < 2:
+        raise SystemExit(__doc__.strip().split("\n\n")[-1])
     run, model = argv[:2]
     method = argv[2] if len(argv) > 2 else "swiftsd"
     rows = teacher_forced_topk(run, model, method)
