@@ -256,3 +256,61 @@ def test_measure_draft_cost_reports_c() -> None:
     assert measure_draft_cost(dec.adapter, '{"mlp": [2]}', n=1, context=4)["skip_set"] == {"attn": [], "mlp": [2]}
     with pytest.raises(InvalidSkipSetError, match="99"):
         measure_draft_cost(dec, {"attn": [99]})
+
+
+# -- packed grouped-query attention (engine/attention.py) ------------------------------------
+def _phi3_gqa():
+    """Phi-3 with grouped KV heads: the fused qkv projection on the packed path."""
+    from transformers import AutoModelForCausalLM, Phi3Config
+
+    from tiny import COMMON
+
+    torch.manual_seed(4)
+    cfg = Phi3Config(**{**COMMON, "num_key_value_heads": 2})
+    return AutoModelForCausalLM.from_config(cfg, dtype=torch.float32).eval()
+
+
+def _tree_logits(ad, seed: int) -> torch.Tensor:
+    prefix = _ids(30, seed=seed)
+    layout = build_tree(chain_with_siblings((3, 2, 2, 1)))
+    tokens = _ids(layout.size, seed=seed + 1)
+    cache = SlotKVCache(ad.num_layers, 30 + layout.size + 4)
+    ad.forward(prefix, torch.arange(30), cache, 0, 0, None, None)
+    cache.rollback(30)
+    return ad.forward(tokens, 30 + layout.depth, cache, 30, 30, layout.mask, None)
+
+
+@pytest.mark.parametrize("arch", ["llama", "mistral", "qwen2", "qwen3", "gemma3_text", "phi3-gqa"])
+def test_packed_attention_is_taken_for_grouped_sdpa_and_equals_repeat_kv(arch: str) -> None:
+    """Every grouped-query SDPA family takes the packed path, and a tree forward on it equals the
+    same forward through the stock modules' own attention (repeat_kv), sliding windows included."""
+    model = _phi3_gqa() if arch == "phi3-gqa" else tiny_model(arch, seed=2)
+    ad = get_adapter(model)
+    assert ad.packed_gqa
+    packed = _tree_logits(ad, seed=11)
+    ad.packed_gqa = False  # the adapter's own switch; the model is not touched
+    stock = _tree_logits(ad, seed=11)
+    torch.testing.assert_close(packed, stock, atol=ATOL, rtol=1e-5)
+
+
+@pytest.mark.parametrize("arch,impl", [("phi3", "sdpa"), ("llama", "eager"), ("gemma2", "eager")])
+def test_packed_attention_is_not_taken_without_grouped_sdpa(arch: str, impl: str) -> None:
+    """No key/value groups (tiny Phi-3), eager attention, or Gemma 2's soft-capping: the stock path."""
+    assert not get_adapter(tiny_model(arch, seed=1, attn_implementation=impl)).packed_gqa
+
+
+def test_packed_attention_is_refused_when_it_disagrees_with_the_module(monkeypatch) -> None:
+    """If the packed path stops computing what the module computes (a transformers release that
+    changes an attention module), the adapter's run-time check keeps the stock path."""
+    from swiftsd.engine import attention
+
+    model = tiny_model("llama", seed=1)
+    assert get_adapter(model).packed_gqa
+    original = attention._project
+
+    def skewed(attn, x):
+        q, k, v = original(attn, x)
+        return q * 1.5, k, v
+
+    monkeypatch.setattr(attention, "_project", skewed)
+    assert not get_adapter(model).packed_gqa

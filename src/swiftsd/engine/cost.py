@@ -325,7 +325,8 @@ def measure_costs(adapter: "DecoderAdapter", context: int = 64, n: int = 3,
     )
 
 
-COST_FORMAT = 5  # 5: single-token steps masked (pack_gqa), verify sizes timed at a long context too
+COST_FORMAT = 6  # 5: single-token steps masked (pack_gqa), verify sizes timed at a long context too;
+# 6: several masked tokens attend on packed query rows (engine/attention.py)
 
 
 def cost_key(adapter: "DecoderAdapter", draft_vocab: int) -> str:
@@ -347,7 +348,7 @@ def cost_key(adapter: "DecoderAdapter", draft_vocab: int) -> str:
         pass
     parts = {"format": COST_FORMAT, "config": model.config.to_json_string(use_diff=False),
              "weights": fingerprint, "device": str(adapter.device), "dtype": str(adapter.dtype),
-             "threads": torch.get_num_threads(), "cpu": cpu, "torch": torch.__version__, "draft_vocab": draft_vocab,
+             "packed_gqa": adapter.packed_gqa, "threads": torch.get_num_threads(), "cpu": cpu, "torch": torch.__version__, "draft_vocab": draft_vocab,
              "gpu": torch.cuda.get_device_name(adapter.device) if adapter.device.type == "cuda" else None}
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:24]
 

@@ -16,6 +16,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from .attention import agrees, pack_mask, packed_attention, packs
 from .cache import SlotKVCache
 from ..errors import UnsupportedModelError
 from .skipset import SkipSet
@@ -107,6 +108,10 @@ class DecoderAdapter:
         # (qwen-0.5b bf16, 969-token context: a plain step 120-133 ms without a mask, 86-90 ms with one).
         self.mask_single_query: bool = impl == "sdpa" and _sdpa_packs_single_query() and any(
             getattr(layer.self_attn, "num_key_value_groups", 1) > 1 for layer in self.layers)
+        # ...and several masked tokens skip transformers' repeat_kv copy of the cache (attention.py)
+        self.packed_gqa: bool = self.mask_single_query and all(packs(layer.self_attn) for layer in self.layers) \
+            and agrees(self.layers[0].self_attn, lambda h, pos: self.rope(h, pos)(0), self.cache_kwarg,
+                       lambda: SlotKVCache(self.num_layers, 8))
         if impl and "flash" in impl:
             raise UnsupportedModelError(
                 f"attention implementation {impl!r} cannot take a tree attention mask; "
@@ -127,8 +132,15 @@ class DecoderAdapter:
         return lambda i: pe
 
     def attn_block(self, layer: nn.Module, h: torch.Tensor, **kw) -> torch.Tensor:
-        a, _ = layer.self_attn(hidden_states=layer.input_layernorm(h), **kw)
-        return h + a
+        return h + self.attend(layer.self_attn, layer.input_layernorm(h), **kw)
+
+    def attend(self, attn: nn.Module, x: torch.Tensor, packed_mask: torch.Tensor | None = None, **kw
+               ) -> torch.Tensor:
+        """The attention module's output for normed hidden states x; with ``packed_mask``
+        (several masked tokens, see attention.py) its product runs on packed query rows."""
+        if packed_mask is not None:
+            return packed_attention(attn, x, kw["position_embeddings"], packed_mask, kw[self.cache_kwarg])
+        return attn(hidden_states=x, **kw)[0]
 
     def mlp_block(self, layer: nn.Module, h: torch.Tensor) -> torch.Tensor:
         return h + layer.mlp(layer.post_attention_layernorm(h))
@@ -219,6 +231,10 @@ class DecoderAdapter:
         h = self.base.embed_tokens(input_ids[None])
         masks = self.build_masks(positions, visible_prefix, slot_start, block_mask, past_visible, past_positions)
         pe = self.rope(h, position_ids)
+        packed = {}
+        if self.packed_gqa and q > 1:
+            groups = self.layers[0].self_attn.num_key_value_groups
+            packed = {k: pack_mask(m, groups) for k, m in masks.items() if m is not None}
         skip_attn = set(skip.attn) if skip else set()
         skip_mlp = set(skip.mlp) if skip else set()
         for i, layer in enumerate(self.layers):
@@ -228,6 +244,7 @@ class DecoderAdapter:
                     h,
                     position_embeddings=pe(i),
                     attention_mask=masks[self.layer_types[i]],
+                    packed_mask=packed.get(self.layer_types[i]),
                     position_ids=position_ids,
                     **{self.cache_kwarg: cache},
                 )
@@ -271,8 +288,7 @@ class GemmaAdapter(DecoderAdapter):
         return super().rope(h, position_ids)
 
     def attn_block(self, layer, h, **kw):
-        a, _ = layer.self_attn(hidden_states=layer.input_layernorm(h), **kw)
-        return h + layer.post_attention_layernorm(a)
+        return h + layer.post_attention_layernorm(self.attend(layer.self_attn, layer.input_layernorm(h), **kw))
 
     def mlp_block(self, layer, h):
         return h + layer.post_feedforward_layernorm(layer.mlp(layer.pre_feedforward_layernorm(h)))
