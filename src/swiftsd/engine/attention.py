@@ -4,9 +4,11 @@ transformers' SDPA path folds the query heads that share a key/value head into
 rows (``pack_gqa``) only for a single token. For more than one token under a
 mask (a verification tree, a draft tree's depth, the optimiser's matchness
 window) it repeats every key/value head for its query heads (``repeat_kv``):
-a copy of the whole cache, in every layer, on every step. On a 2-core CPU at a
-1000-token context that copy and the wider attention made 8 tree nodes cost
-1.42 one-token steps on smollm2-135m bf16, against 1.10 at 64 tokens.
+a copy of the whole cache, in every layer, on every step. On a 2-core CPU
+(smollm2-135m bf16, the 5e709a3 bench run's cost model) 8 tree nodes cost 1.42
+one-token steps at a 1024-token context, against 1.10 at 64 tokens; packed, a
+body forward of 8 nodes at 1000 tokens takes 0.89 of the repeat_kv path's time
+(docs/benchmarks/token-trees/packed-attention-*.md).
 
 Here the stock attention module still does everything but the attention
 product: its own projections, q/k norms (Qwen3, Gemma 3), RoPE function and
