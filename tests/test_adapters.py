@@ -314,3 +314,17 @@ def test_packed_attention_is_refused_when_it_disagrees_with_the_module(monkeypat
 
     monkeypatch.setattr(attention, "_project", skewed)
     assert not get_adapter(model).packed_gqa
+
+
+def test_packed_attention_check_that_raises_keeps_the_stock_path(monkeypatch) -> None:
+    """A module the packed path does not fit (it raises inside the check) loads on the stock path."""
+    from swiftsd.engine import attention
+
+    def broken(attn, x):
+        raise RuntimeError("shape mismatch")
+
+    monkeypatch.setattr(attention, "_project", broken)
+    model = tiny_model("qwen2", seed=1)
+    ad = get_adapter(model)
+    assert not ad.packed_gqa
+    assert _tree_logits(ad, seed=3).shape[-1] == model.config.vocab_size

@@ -20,6 +20,7 @@ module's own forward on this model.
 
 from __future__ import annotations
 
+import functools
 import sys
 from typing import Callable
 
@@ -30,7 +31,12 @@ from torch.nn import functional as F
 
 def _rope_function(attn: nn.Module) -> Callable | None:
     """The family's own ``apply_rotary_pos_emb``, from the module's modeling file."""
-    return getattr(sys.modules.get(type(attn).__module__), "apply_rotary_pos_emb", None)
+    return _rope_of_class(type(attn))
+
+
+@functools.lru_cache(maxsize=None)
+def _rope_of_class(cls: type) -> Callable | None:  # looked up once per class, not per layer and step
+    return getattr(sys.modules.get(cls.__module__), "apply_rotary_pos_emb", None)
 
 
 def packs(attn: nn.Module) -> bool:
@@ -94,6 +100,13 @@ def agrees(attn: nn.Module, rope: Callable[[torch.Tensor, torch.Tensor], tuple[t
     release that changes an attention module's arithmetic turns the fast path off rather
     than changing the output. ``rope(h, position_ids)`` gives the position embeddings.
     """
+    try:
+        return _agrees(attn, rope, cache_kwarg, make_cache)
+    except (RuntimeError, TypeError, ValueError, AttributeError, KeyError, IndexError):
+        return False  # a module this path does not fit: the stock path, never a crash at load time
+
+
+def _agrees(attn: nn.Module, rope: Callable, cache_kwarg: str, make_cache: Callable[[], object]) -> bool:
     w = next(attn.parameters())
     gen = torch.Generator(device="cpu").manual_seed(0)
     hidden = attn.o_proj.out_features

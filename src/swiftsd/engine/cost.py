@@ -348,7 +348,8 @@ def cost_key(adapter: "DecoderAdapter", draft_vocab: int) -> str:
         pass
     parts = {"format": COST_FORMAT, "config": model.config.to_json_string(use_diff=False),
              "weights": fingerprint, "device": str(adapter.device), "dtype": str(adapter.dtype),
-             "packed_gqa": adapter.packed_gqa, "threads": torch.get_num_threads(), "cpu": cpu, "torch": torch.__version__, "draft_vocab": draft_vocab,
+             "packed_gqa": adapter.packed_gqa, "threads": torch.get_num_threads(), "cpu": cpu,
+             "torch": torch.__version__, "draft_vocab": draft_vocab,
              "gpu": torch.cuda.get_device_name(adapter.device) if adapter.device.type == "cuda" else None}
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:24]
 
