@@ -42,7 +42,7 @@ def test_full_prefill_equals_stock_forward(model) -> None:
     ad = get_adapter(model)
     ids = _ids(PROMPT)
     cache = SlotKVCache(ad.num_layers, PROMPT + 8)
-    got = ad.forward(ids, torch.arange(PROMPT), cache, 0, 0, _causal(PROMPT), None)
+    got = ad.forward(ids, torch.arange(PROMPT), cache=cache, block_mask=_causal(PROMPT))
     torch.testing.assert_close(got, _stock_logits(model, ids), atol=ATOL, rtol=1e-5)
 
 
@@ -52,10 +52,10 @@ def test_causal_prefill_without_explicit_mask_equals_stock_forward(model, n: int
     ad = get_adapter(model)
     ids = _ids(n, seed=5)
     cache = SlotKVCache(ad.num_layers, n + 8)
-    got = ad.forward(ids, torch.arange(n), cache, 0, 0, None, None)
+    got = ad.forward(ids, torch.arange(n), cache=cache)
     torch.testing.assert_close(got, _stock_logits(model, ids), atol=ATOL, rtol=1e-5)
     cache.rollback(n - 1)  # a later block after a mask-free prefill still sees exactly the prefix
-    last = ad.forward(ids[n - 1:], torch.tensor([n - 1]), cache, n - 1, n - 1, None, None)
+    last = ad.forward(ids[n - 1:], torch.tensor([n - 1]), cache=cache, slot_start=n - 1, visible_prefix=n - 1)
     torch.testing.assert_close(last, _stock_logits(model, ids)[n - 1:], atol=ATOL, rtol=1e-5)
 
 
@@ -85,10 +85,10 @@ def test_incremental_two_chunks_equals_stock_forward(model) -> None:
     want = _stock_logits(model, ids)
     split = 27  # second chunk crosses the sliding window boundary
     cache = SlotKVCache(ad.num_layers, PROMPT + 8)
-    first = ad.forward(ids[:split], torch.arange(split), cache, 0, 0, _causal(split), None)
+    first = ad.forward(ids[:split], torch.arange(split), cache=cache, block_mask=_causal(split))
     cache.rollback(split)
     q = PROMPT - split
-    second = ad.forward(ids[split:], torch.arange(split, PROMPT), cache, split, split, _causal(q), None)
+    second = ad.forward(ids[split:], torch.arange(split, PROMPT), cache=cache, slot_start=split, visible_prefix=split, block_mask=_causal(q))
     torch.testing.assert_close(first, want[:split], atol=ATOL, rtol=1e-5)
     torch.testing.assert_close(second, want[split:], atol=ATOL, rtol=1e-5)
 
@@ -97,7 +97,7 @@ def test_logits_rows_selects_positions(model) -> None:
     ad = get_adapter(model)
     ids = _ids(12, seed=5)
     cache = SlotKVCache(ad.num_layers, 16)
-    got = ad.forward(ids, torch.arange(12), cache, 0, 0, _causal(12), None, logits_rows=slice(11, 12))
+    got = ad.forward(ids, torch.arange(12), cache=cache, block_mask=_causal(12), logits_rows=slice(11, 12))
     assert got.shape == (1, model.config.vocab_size)
     torch.testing.assert_close(got, _stock_logits(model, ids)[11:12], atol=ATOL, rtol=1e-5)
 
@@ -112,10 +112,10 @@ def test_tree_forward_equals_stock_forward_of_each_path(arch: str) -> None:
     tree_tokens = _ids(layout.size, seed=8)
     P = prefix.numel()
     cache = SlotKVCache(ad.num_layers, P + layout.size + 4)
-    ad.forward(prefix[:-1], torch.arange(P - 1), cache, 0, 0, _causal(P - 1), None)
+    ad.forward(prefix[:-1], torch.arange(P - 1), cache=cache, block_mask=_causal(P - 1))
     cache.rollback(P - 1)
     tree_tokens[0] = prefix[-1]  # the root is the last committed token
-    got = ad.forward(tree_tokens, (P - 1) + layout.depth, cache, P - 1, P - 1, layout.mask, None)
+    got = ad.forward(tree_tokens, (P - 1) + layout.depth, cache=cache, slot_start=P - 1, visible_prefix=P - 1, block_mask=layout.mask)
     for node in range(layout.size):
         path, j = [], node
         while j >= 0:
@@ -136,7 +136,7 @@ def test_tree_drafting_depth_by_depth_equals_stock_forward(arch: str) -> None:
     prefix = _ids(40, seed=9)
     P = prefix.numel()
     cache = SlotKVCache(ad.num_layers, P + 16)
-    ad.forward(prefix[:-1], torch.arange(P - 1), cache, 0, 0, _causal(P - 1), None)
+    ad.forward(prefix[:-1], torch.arange(P - 1), cache=cache, block_mask=_causal(P - 1))
     cache.rollback(P - 1)
     root = P - 1
     # depth 0: the root alone; depth 1: two children of the root; depth 2: one child of each
@@ -159,9 +159,7 @@ def test_tree_drafting_depth_by_depth_equals_stock_forward(arch: str) -> None:
             for node, slot in slots.items():
                 dd = next(k for k, ns in enumerate(depth_nodes) if node in ns)
                 past_pos[slot - root] = root + dd
-        got = ad.forward(torch.tensor([tokens[n] for n in nodes]), torch.full((len(nodes),), root + d), cache,
-                         next_slot, root, torch.eye(len(nodes), dtype=torch.bool), None,
-                         past_visible=past_vis, past_positions=past_pos)
+        got = ad.forward(torch.tensor([tokens[n] for n in nodes]), torch.full((len(nodes),), root + d), cache=cache, slot_start=next_slot, visible_prefix=root, block_mask=torch.eye(len(nodes), dtype=torch.bool), past_visible=past_vis, past_positions=past_pos)
         for j, node in enumerate(nodes):
             slots[node] = next_slot + j
             path, a = [], node
@@ -182,7 +180,7 @@ def test_skipped_sublayer_changes_logits(arch: str) -> None:
     for name, skip in {"full": None, "empty": SkipSet(), "attn": SkipSet(attn=[2]),
                        "mlp": SkipSet(mlp=[3]), "both": SkipSet(attn=[1, 4], mlp=[2])}.items():
         cache = SlotKVCache(ad.num_layers, 16)
-        out[name] = ad.forward(ids, torch.arange(10), cache, 0, 0, _causal(10), skip)
+        out[name] = ad.forward(ids, torch.arange(10), cache=cache, block_mask=_causal(10), skip=skip)
     assert torch.equal(out["full"], out["empty"])  # an empty skip set is the full model
     for name in ("attn", "mlp", "both"):
         assert (out[name] - out["full"]).abs().max() > 1e-3, f"skipping {name} did not change the logits"
@@ -195,11 +193,11 @@ def test_skipping_is_per_call_and_leaves_model_untouched() -> None:
     ad = get_adapter(model)
     ids = _ids(8)
     cache = SlotKVCache(ad.num_layers, 16)
-    ad.forward(ids, torch.arange(8), cache, 0, 0, _causal(8), SkipSet(attn=[1, 2, 3], mlp=[1, 2, 3, 4]))
+    ad.forward(ids, torch.arange(8), cache=cache, block_mask=_causal(8), skip=SkipSet(attn=[1, 2, 3], mlp=[1, 2, 3, 4]))
     after = model.state_dict()
     assert all(torch.equal(state[k], after[k]) for k in state)
     torch.testing.assert_close(
-        ad.forward(ids, torch.arange(8), SlotKVCache(ad.num_layers, 16), 0, 0, _causal(8), None),
+        ad.forward(ids, torch.arange(8), cache=SlotKVCache(ad.num_layers, 16), block_mask=_causal(8)),
         _stock_logits(model, ids), atol=ATOL, rtol=1e-5)
 
 
@@ -275,9 +273,9 @@ def _tree_logits(ad, seed: int) -> torch.Tensor:
     layout = build_tree(chain_with_siblings((3, 2, 2, 1)))
     tokens = _ids(layout.size, seed=seed + 1)
     cache = SlotKVCache(ad.num_layers, 30 + layout.size + 4)
-    ad.forward(prefix, torch.arange(30), cache, 0, 0, None, None)
+    ad.forward(prefix, torch.arange(30), cache=cache)
     cache.rollback(30)
-    return ad.forward(tokens, 30 + layout.depth, cache, 30, 30, layout.mask, None)
+    return ad.forward(tokens, 30 + layout.depth, cache=cache, slot_start=30, visible_prefix=30, block_mask=layout.mask)
 
 
 @pytest.mark.parametrize("arch", ["llama", "mistral", "qwen2", "qwen3", "gemma3_text", "phi3-gqa"])

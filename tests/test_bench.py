@@ -11,7 +11,7 @@ import torch
 
 from swiftsd.bench.base import AccountingError, Method, RunParams, TurnOutput
 from swiftsd.bench.data import BenchPrompt, build_input, evenly_spaced, load_prompts, read_jsonl, select
-from swiftsd.bench.hf import _cache_length, runs_truncated
+from swiftsd.bench.peers import _cache_length, runs_truncated
 from swiftsd.bench.methods import SWIFT_METHODS, Swift, build_methods, steps_from_log
 from swiftsd.bench.metrics import (
     committed_per_step, draft_cost, first_difference, mismatches, same_text_records, summarize, summarize_group,
@@ -21,7 +21,7 @@ from swiftsd.bench.report import (drafter_table, headlines, markdown_table, mism
 from swiftsd.bench.runner import (
     _announce_mismatches, interleave_categories, make_record, rotated, run_stream, warm_up,
 )
-from swiftsd.cli import main
+from swiftsd.cli.main import main
 from swiftsd.config import SamplingParams
 from swiftsd.errors import InvalidArgumentError
 from tiny_server_model import build_model, build_tokenizer, save_tiny_server_model
@@ -167,7 +167,7 @@ def test_swift_state_copy_shares_weights_and_nothing_else(tiny):
 
 def _decoder_takes(model, tok, **options):
     """Skip (clearly) when this SwiftDecoder does not take ``options`` yet; any other refusal fails."""
-    from swiftsd.decoder import SwiftDecoder
+    from swiftsd.core.decoder import SwiftDecoder
 
     try:
         SwiftDecoder(model, tok, **options)
@@ -622,7 +622,7 @@ def _two_category_data(tmp_path):
 
 
 def test_cli_interrupted_run_reports_the_prompts_that_finished(tmp_path, capsys, monkeypatch):
-    import swiftsd.bench as bench_cli
+    import swiftsd.cli.bench as bench_cli
 
     real = bench_cli.run_stream
 

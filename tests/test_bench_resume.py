@@ -7,13 +7,13 @@ import json
 
 import pytest
 
-import swiftsd.bench as bench_cli
+import swiftsd.cli.bench as bench_cli
 from swiftsd.bench import resume
 from swiftsd.bench.base import RunParams
 from swiftsd.bench.data import BenchPrompt
 from swiftsd.bench.runner import run_stream, turn_seed
 from swiftsd.bench.swift import Swift
-from swiftsd.cli import main
+from swiftsd.cli.main import main
 from swiftsd.errors import InvalidArgumentError
 from tiny_server_model import save_tiny_server_model
 

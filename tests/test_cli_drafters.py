@@ -8,9 +8,9 @@ import json
 import pytest
 
 import swiftsd
-import swiftsd.cli_generate as cli_generate
-from swiftsd.cli import main
-from swiftsd.cli_generate import plain_generate, stats_line
+import swiftsd.cli.generate as cli_generate
+from swiftsd.cli.main import main
+from swiftsd.cli.generate import plain_generate, stats_line
 from swiftsd.config import SamplingParams
 from swiftsd.stats import GenerationStats
 from tiny_cli import save_tiny_model_dir

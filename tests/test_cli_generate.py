@@ -9,8 +9,8 @@ import torch
 
 import swiftsd
 from swiftsd import SkipSet, SwiftDecoder
-from swiftsd.cli import main
-from swiftsd.cli_generate import incremental_text, plain_generate
+from swiftsd.cli.main import main
+from swiftsd.cli.generate import incremental_text, plain_generate
 from swiftsd.config import SamplingParams
 from tiny_cli import byte_tokenizer, save_tiny_model_dir
 
@@ -108,7 +108,7 @@ def test_sampling_is_seeded_and_compare_says_not_comparable(capsys, model_dir) -
 
 
 def test_skip_set_store_starts_from_the_stored_set(capsys, model_dir, loaded, tmp_path) -> None:
-    from swiftsd.optimize import store
+    from swiftsd.persist import store
 
     model, tok = loaded
     path = tmp_path / "store.json"

@@ -8,8 +8,8 @@ import re
 import pytest
 
 from swiftsd import progress
-from swiftsd.cli import SUBCOMMANDS, build_parser, main
-from swiftsd.cli_generate import drafting_line, stats_line
+from swiftsd.cli.main import SUBCOMMANDS, build_parser, main
+from swiftsd.cli.generate import drafting_line, stats_line
 from swiftsd.stats import GenerationStats
 from tiny_cli import save_tiny_model_dir
 

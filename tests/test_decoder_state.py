@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import torch
 
-import swiftsd.decoder as decoder_mod
+import swiftsd.core.decoder as decoder_mod
 import swiftsd.optimize.optimizer as optimizer_mod
 from swiftsd import InvalidArgumentError, SwiftDecoder
 from swiftsd.engine.cost import CostModel

@@ -13,8 +13,8 @@ from swiftsd import SkipSet, SwiftDecoder
 from swiftsd.drafters import DraftTrie, LookupDrafter, Request, SuffixDrafter
 from swiftsd.drafters.ngram import add_continuations
 from swiftsd.engine.cost import CostModel
-from swiftsd.planner import CopyProbe, SearchBudget, WallClockBound, best_node_count, forecast_layerskip, plan_layerskip
-from swiftsd.request import parse_request
+from swiftsd.core.planner import CopyProbe, SearchBudget, WallClockBound, best_node_count, forecast_layerskip, plan_layerskip
+from swiftsd.core.request import parse_request
 from tiny import tiny_model
 
 
@@ -327,7 +327,7 @@ def test_search_budget_spends_what_the_draft_earns() -> None:
 
 def test_a_spent_search_budget_stops_the_search() -> None:
     """The search runs while the draft has earned back its cost; spent, it stops, and says why."""
-    from swiftsd.cli_generate import drafting_line
+    from swiftsd.cli.generate import drafting_line
     iterations, balance = {}, {}
     for spent in (False, True):
         model = tiny_model("llama", seed=0)

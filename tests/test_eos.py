@@ -8,7 +8,7 @@ import torch
 from transformers import GenerationConfig
 
 from swiftsd import InvalidArgumentError
-from swiftsd.eos import resolve_eos
+from swiftsd.hf.eos import resolve_eos
 
 
 class _Model:

@@ -20,7 +20,7 @@ from swiftsd import (
     SwiftDecoder,
     SwiftSDError,
 )
-from swiftsd.cli import main
+from swiftsd.cli.main import main
 from tiny import tiny_model
 from tiny_cli import save_tiny_model_dir
 
@@ -154,12 +154,12 @@ def _error_line(capsys, argv: list[str]) -> str:
     (["--prompt", "hi", "--skip-set", "{}", "--skip-set-store", "s.json"], ["--skip-set-store", "not both"]),
 ])
 def test_cli_rejects_before_loading(capsys, monkeypatch, extra, words) -> None:
-    import swiftsd.cli_common
+    import swiftsd.cli.common
 
     def no_load(args):
         raise AssertionError("the model must not be loaded for an input error")
 
-    monkeypatch.setattr(swiftsd.cli_common, "load_model", no_load)
+    monkeypatch.setattr(swiftsd.cli.common, "load_model", no_load)
     line = _error_line(capsys, ["generate", *extra])
     assert all(w in line for w in words), line
 
@@ -220,7 +220,7 @@ def test_cli_subprocess_one_line_exit_2() -> None:
     """The real entry point, in its own process: one stderr line, exit code 2."""
     src = str(Path(__file__).resolve().parents[1] / "src")
     env = dict(os.environ, PYTHONPATH=src + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    proc = subprocess.run([sys.executable, "-m", "swiftsd.cli", "generate", "--prompt", "hi", "--top-p", "1.5"],
+    proc = subprocess.run([sys.executable, "-m", "swiftsd.cli.main", "generate", "--prompt", "hi", "--top-p", "1.5"],
                           capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode == 2
     assert proc.stdout == ""

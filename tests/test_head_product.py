@@ -77,7 +77,7 @@ class _CountingAdapter:
 
 
 def _chain_scores(probs: list[float], costs: CostModel):
-    from swiftsd.run import TargetScores
+    from swiftsd.core.run import TargetScores
 
     trie = DraftTrie.rooted(0)
     parent = 0
@@ -110,7 +110,7 @@ def test_a_likely_chain_is_scored_in_one_product_and_scores_the_same() -> None:
 
 def test_rows_are_taken_best_first_over_the_whole_tree_siblings_included() -> None:
     """Two likely branches: the walk may take either, so both are scored in the first product."""
-    from swiftsd.run import TargetScores
+    from swiftsd.core.run import TargetScores
 
     flat = _costs(head_rows=(1, 2, 4, 8), head_times=(0.010, 0.010, 0.010, 0.012), head_transposed=True)
     trie = DraftTrie.rooted(0)

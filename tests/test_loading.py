@@ -13,7 +13,7 @@ import torch
 
 import swiftsd.loading as loading
 from swiftsd.errors import InvalidArgumentError, MissingPackageError, ModelNotFoundError, SwiftSDError
-from swiftsd.identity import model_identity
+from swiftsd.persist.identity import model_identity
 from swiftsd.loading import (
     DEFAULT_MODEL,
     PACKAGED_MODELS,

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import torch
 
-import swiftsd.decoder as decoder_mod
+import swiftsd.core.decoder as decoder_mod
 from swiftsd import SkipSet, SwiftDecoder
 from lossless_helpers import _first_diff, _ids, plain_generate
 from tiny import ARCHS, tiny_model

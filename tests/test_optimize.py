@@ -116,7 +116,7 @@ def test_matchness_equals_brute_force(arch):
     # the decoder's way: prefill the prompt, one parallel draft forward in scratch slots
     cache = SlotKVCache(dec.num_layers, P + 64)
     mask = torch.ones(P, P, dtype=torch.bool).tril_()
-    dec.adapter.forward(torch.tensor(tokens[:P]), torch.arange(P), cache, 0, 0, mask, None)
+    dec.adapter.forward(torch.tensor(tokens[:P]), torch.arange(P), cache=cache, block_mask=mask)
     cache.rollback(P)
 
     rng = np.random.default_rng(0)
@@ -346,7 +346,7 @@ def test_cost_model_at_a_context_interpolates_the_two_timed_ones():
 
 def test_the_planner_verifies_fewer_copy_nodes_on_a_long_context():
     """Same copy scores, two contexts: where n nodes cost more plain steps, fewer of them pay."""
-    from swiftsd.planner import best_node_count
+    from swiftsd.core.planner import best_node_count
     costs = CostModel(full_step=0.1, attn=0.001, mlp=0.004, lm_head=0.02, fixed=0.01, draft_extra=0.0,
                       verify_sizes=(1, 2, 4, 8, 16), verify_times=(0.1, 0.101, 0.102, 0.104, 0.11), num_layers=10,
                       context=64, long_context=1024, long_times=(0.1, 0.14, 0.16, 0.2, 0.28))
@@ -511,8 +511,8 @@ def test_the_search_is_skipped_where_no_skip_set_can_pay_on_the_device():
     scores no proposals (they cost 6 % of a first request there) and says why. A device with cheap
     trees gets the search, and so do the paper's loop and ``search_gate=False`` (``swiftsd tune``)
     whatever the cost."""
-    from swiftsd.cli_generate import drafting_line
-    from swiftsd.planner import layerskip_ceiling
+    from swiftsd.cli.generate import drafting_line
+    from swiftsd.core.planner import layerskip_ceiling
 
     rel = (1.0, 1.86, 2.05, 2.33, 2.74, 3.27, 5.33)
     dear = replace(cheap_tree_costs(), verify_sizes=(1, 2, 4, 8, 16, 32, 64), verify_times=tuple(0.01 * r for r in rel))

@@ -1,4 +1,4 @@
-"""swiftsd.prompt: every prompt form a Hugging Face workflow produces, and clear refusals of the rest."""
+"""swiftsd.hf.prompt: every prompt form a Hugging Face workflow produces, and clear refusals of the rest."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import torch
 from transformers import BatchEncoding
 
 from swiftsd import InvalidArgumentError, SwiftDecoder
-from swiftsd.prompt import parse_prompt
+from swiftsd.hf.prompt import parse_prompt
 from tiny import tiny_model
 
 VOCAB = 97  # the tiny models' vocabulary

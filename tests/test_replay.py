@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from lossless_helpers import _ids
-from swiftsd import SwiftDecoder, planner
+from swiftsd import SwiftDecoder
+from swiftsd.core import planner
 from swiftsd.config import SwiftConfig
 from swiftsd.drafters import make_drafters
 from tiny import cheap_tree_costs, tiny_model

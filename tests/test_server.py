@@ -452,7 +452,7 @@ def test_seeded_sampling_is_reproducible_with_a_fixed_skip_set(ref):
 def test_store_read_at_start_and_written_on_sigterm(tiny_dir, tmp_path):
     from swiftsd.loading import resolve
     from swiftsd.engine.skipset import SkipSet
-    from swiftsd.optimize.store import read_store, save_skip_set
+    from swiftsd.persist.store import read_store, save_skip_set
 
     store = tmp_path / "store.json"
     key = resolve(str(tiny_dir)).identity

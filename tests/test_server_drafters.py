@@ -8,8 +8,8 @@ from types import SimpleNamespace
 import httpx
 import pytest
 
-import swiftsd.decoder as decoder_mod
-from swiftsd.cli import main
+import swiftsd.core.decoder as decoder_mod
+from swiftsd.cli.main import main
 from swiftsd.server.metrics import Exposition, Metrics
 from test_cli_drafters import record_decoders
 from test_server import _total, parse_metrics

@@ -16,7 +16,7 @@ import pytest
 from swiftsd import SwiftDecoder, model_identity
 from swiftsd.loading import load
 from swiftsd.server import create_app
-from swiftsd.state import load_state
+from swiftsd.persist.state_file import load_state
 from tiny_server_model import (
     ServerProcess,
     expected_completion,

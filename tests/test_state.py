@@ -10,7 +10,7 @@ import pytest
 
 from swiftsd import ModelIdentity
 from swiftsd.errors import StateFileError
-from swiftsd.state import STATE_FILE_VERSION, check_state_file, load_state, save_state
+from swiftsd.persist.state_file import STATE_FILE_VERSION, check_state_file, load_state, save_state
 
 ME = ModelIdentity("tiny", "sha256:0123456789abcdef", "float32")
 STATE = {"format": 1, "optimizer": {"phase": "search", "best": {"attn": [1, 3], "mlp": []}, "rng": 2**100 + 7},

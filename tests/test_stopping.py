@@ -10,8 +10,8 @@ import torch
 from transformers import GenerationConfig, MaxLengthCriteria, StopStringCriteria
 
 from swiftsd import InvalidArgumentError
-from swiftsd.cli import main
-from swiftsd.stopping import StopCheck, find_stop, parse_stop_strings, partial_stop_length
+from swiftsd.cli.main import main
+from swiftsd.hf.stopping import StopCheck, find_stop, parse_stop_strings, partial_stop_length
 from test_hf_generate import MAX_NEW, PROMPT_LEN, _decoder, _plain, _prompt_and_stop
 from tiny import tiny_model
 from tiny_cli import byte_tokenizer, save_tiny_model_dir

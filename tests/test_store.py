@@ -7,7 +7,7 @@ import json
 import pytest
 
 from swiftsd import InvalidArgumentError, InvalidSkipSetError, OptimizerConfig, SkipSet, SwiftDecoder
-from swiftsd.optimize.store import (
+from swiftsd.persist.store import (
     load_entry,
     load_skip_set,
     model_key,

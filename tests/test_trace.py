@@ -7,8 +7,8 @@ import json
 import pytest
 
 from swiftsd import InvalidArgumentError, OptimizerConfig, SwiftDecoder
-from swiftsd.cli import main
-from swiftsd.trace import plot_trace, read_trace, write_trace
+from swiftsd.cli.main import main
+from swiftsd.cli.trace import plot_trace, read_trace, write_trace
 from tiny import cheap_tree_costs, tiny_model
 
 

@@ -120,10 +120,10 @@ def test_random_trie_verify_then_compacted_cache_decodes_like_stock(arch: str, s
 
     # the prefix cache as the decoder leaves it after prefill: the prompt, the root not yet in it
     cache = SlotKVCache(ad.num_layers, P + len(parents) + AFTER + 2)
-    ad.forward(torch.tensor(prompt), torch.arange(P), cache, 0, 0, torch.ones(P, P, dtype=torch.bool).tril(), None)
+    ad.forward(torch.tensor(prompt), torch.arange(P), cache=cache, block_mask=torch.ones(P, P, dtype=torch.bool).tril())
     cache.rollback(P)
 
-    hidden = ad.forward(torch.tensor(tokens), P + layout.depth, cache, P, P, layout.mask, None, logits_rows="hidden")
+    hidden = ad.forward(torch.tensor(tokens), P + layout.depth, cache=cache, slot_start=P, visible_prefix=P, block_mask=layout.mask, logits_rows="hidden")
     scored: list[int] = []
 
     def target(node: int) -> int:
@@ -144,8 +144,7 @@ def test_random_trie_verify_then_compacted_cache_decodes_like_stock(arch: str, s
     stock = _stock_logits(model, seq)
     for j in range(AFTER + 1):
         pos = P + 1 + m + j  # the bonus first, then true tokens
-        got = ad.forward(torch.tensor([seq[pos]]), torch.tensor([pos]), cache, pos, pos,
-                         torch.ones(1, 1, dtype=torch.bool), None)
+        got = ad.forward(torch.tensor([seq[pos]]), torch.tensor([pos]), cache=cache, slot_start=pos, visible_prefix=pos, block_mask=torch.ones(1, 1, dtype=torch.bool))
         cache.rollback(pos + 1)
         torch.testing.assert_close(got[0], stock[pos], atol=ATOL, rtol=1e-5)
 

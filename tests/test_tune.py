@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from swiftsd.cli import main
+from swiftsd.cli.main import main
 from tiny_server_model import save_tiny_server_model
 
 
@@ -27,7 +27,7 @@ def _tune(tmp_path, model_dir, *extra):
 @pytest.fixture
 def built(monkeypatch) -> list:
     """Every SwiftDecoder the command builds, in order."""
-    import swiftsd.decoder as decoder_mod
+    import swiftsd.core.decoder as decoder_mod
 
     decoders: list = []
     real = decoder_mod.SwiftDecoder.__init__
@@ -41,7 +41,7 @@ def built(monkeypatch) -> list:
 
 def test_tune_searches_even_where_the_cost_model_says_no_set_can_pay(tmp_path, model_dir, monkeypatch, capsys, built):
     """`swiftsd tune` is a request to search: the decoder's search gate is off for it."""
-    import swiftsd.decoder as decoder_mod
+    import swiftsd.core.decoder as decoder_mod
 
     monkeypatch.setattr(decoder_mod, "layerskip_ceiling", lambda *a, **k: pytest.fail("tune consulted the gate"))
     # tune's own default, max_opt_share=1 (no wall-clock budget), so the search's iterations do not depend

@@ -91,7 +91,7 @@ def free_port() -> int:
 
 
 class ServerProcess:
-    """`python -m swiftsd.cli serve ...` on a free loopback port; ``stop()`` always ends it."""
+    """`python -m swiftsd.cli.main serve ...` on a free loopback port; ``stop()`` always ends it."""
 
     def __init__(self, model: str | Path, *extra: str, log_dir: str | Path, startup_s: float = 240.0) -> None:
         import os
@@ -112,7 +112,7 @@ class ServerProcess:
         env.setdefault("OMP_NUM_THREADS", "1")
         env.setdefault("MKL_NUM_THREADS", "1")
         env.setdefault("TOKENIZERS_PARALLELISM", "false")
-        cmd = [sys.executable, "-m", "swiftsd.cli", "serve", "--model", self.model, "--port", str(self.port),
+        cmd = [sys.executable, "-m", "swiftsd.cli.main", "serve", "--model", self.model, "--port", str(self.port),
                "--log-level", "warning", *extra]
         self._log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=env)

@@ -92,7 +92,7 @@ def matchness_table(max_new: int) -> dict:
         P, w = len(ids), len(seq) - len(ids) - 1
         cache = SlotKVCache(ad.num_layers, P + w + 2)
         causal = torch.ones(P, P, dtype=torch.bool).tril()
-        ad.forward(torch.tensor(ids), torch.arange(P), cache, 0, 0, causal, None, logits_rows=slice(P - 1, P))
+        ad.forward(torch.tensor(ids), torch.arange(P), cache=cache, block_mask=causal, logits_rows=slice(P - 1, P))
         cache.rollback(P)
         for name, skip in CANDIDATES.items():
             scores[name].append(dec.matchness(skip, seq, P, cache, w))
@@ -120,7 +120,7 @@ def compare_runs(skip: SkipSet, max_new: int, n_prompts: int) -> list[dict]:
     ids = TIMED_IDS[:n_prompts]
     for dtype in ("bfloat16", "float32"):
         for qid, text in zip(ids, questions(ids)):
-            cmd = ["flock", LOCK, sys.executable, "-m", "swiftsd.cli", "generate", "--model", MODEL,
+            cmd = ["flock", LOCK, sys.executable, "-m", "swiftsd.cli.main", "generate", "--model", MODEL,
                    "--dtype", dtype, "--device", "cpu", "--chat", "--prompt", text, "--max-new-tokens", str(max_new),
                    "--skip-set", skip.to_json(), "--compare", "--json"]
             t0 = time.time()

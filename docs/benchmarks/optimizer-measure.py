@@ -36,7 +36,7 @@ import torch
 from swiftsd import OptimizerConfig, SkipSet, SwiftDecoder, load
 from swiftsd.bench.data import build_input, evenly_spaced, load_prompts
 from swiftsd.engine.cache import SlotKVCache
-from swiftsd.trace import plot_trace, read_trace, write_trace
+from swiftsd.cli.trace import plot_trace, read_trace, write_trace
 
 HERE = Path(__file__).resolve().parent
 
@@ -58,7 +58,7 @@ class Windows:
             P = len(ids)
             cache = SlotKVCache(ad.num_layers, P + window + 2)
             mask = torch.ones(P, P, dtype=torch.bool).tril_()
-            ad.forward(torch.tensor(ids), torch.arange(P), cache, 0, 0, mask, None, logits_rows=slice(P - 1, P))
+            ad.forward(torch.tensor(ids), torch.arange(P), cache=cache, block_mask=mask, logits_rows=slice(P - 1, P))
             cache.rollback(P)
             self.items.append((ids + new[: window + 1], P, cache))
         self.memo: dict[SkipSet, float] = {}

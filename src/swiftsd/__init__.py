@@ -1,7 +1,7 @@
 """swiftsd: SWIFT on-the-fly self-speculative decoding for Hugging Face LLMs."""
 
 from .config import OptimizerConfig, SamplingParams, SwiftConfig
-from .decoder import GenerationResult, GenerationStream, SwiftDecoder
+from .core.decoder import GenerationResult, GenerationStream, SwiftDecoder
 from .errors import (
     ContextLengthError,
     InvalidArgumentError,
@@ -14,7 +14,7 @@ from .errors import (
     UnsupportedModelError,
 )
 from .engine.skipset import SkipSet
-from .identity import ModelIdentity, model_identity
+from .persist.identity import ModelIdentity, model_identity
 from .stats import GenerationStats
 
 __version__ = "0.1.0"

@@ -28,14 +28,14 @@ def forward_ms(ad, ctx: int, n: int) -> float:
     """Median time of ``REPS`` body forwards of an n-node chain after a ctx-token prefill."""
     cache = SlotKVCache(ad.num_layers, ctx + max(SIZES) + 8)
     ids = torch.randint(0, 1000, (ctx,), generator=torch.Generator().manual_seed(ctx))
-    ad.forward(ids, torch.arange(ctx), cache, 0, 0, None, None, logits_rows=slice(ctx - 1, ctx))
+    ad.forward(ids, torch.arange(ctx), cache=cache, logits_rows=slice(ctx - 1, ctx))
     cache.rollback(ctx)
     chain = torch.ones(n, n, dtype=torch.bool).tril_() if n > 1 else None
     tokens = torch.randint(0, 1000, (n,), generator=torch.Generator().manual_seed(n))
     times = []
     for _ in range(REPS):
         t = time.perf_counter()
-        ad.forward(tokens, ctx + torch.arange(n), cache, ctx, ctx, chain, None, logits_rows="hidden")
+        ad.forward(tokens, ctx + torch.arange(n), cache=cache, slot_start=ctx, visible_prefix=ctx, block_mask=chain, logits_rows="hidden")
         times.append(time.perf_counter() - t)
     return sorted(times)[REPS // 2] * 1e3
 

@@ -48,7 +48,7 @@ from swiftsd.drafters.ngram import RequestCalibration, has_long_match, learn
 from swiftsd.engine.cost import CostModel
 from swiftsd.engine.tree import build_tree
 from swiftsd.engine.verify import greedy_verify
-from swiftsd.planner import CopyProbe, choose_node_count, relative_verify
+from swiftsd.core.planner import CopyProbe, choose_node_count, relative_verify
 
 # For analyses: called with (trie, committed tokens, position, accepted per step so far) before each
 # step's node selection.
@@ -309,7 +309,7 @@ def main(argv: list[str]) -> int:
         costs = CostModel.from_dict(json.load(open(cost_file)))
     path = Path(model) if Path(model).is_dir() else Path.home() / ".cache/swiftsd/models" / model
     tok = AutoTokenizer.from_pretrained(str(path))
-    gen = path / "generation_config.json"  # the bench's stop tokens (swiftsd.eos.resolve_eos reads these too)
+    gen = path / "generation_config.json"  # the bench's stop tokens (swiftsd.hf.eos.resolve_eos reads these too)
     ids = json.load(open(gen)).get("eos_token_id") if gen.is_file() else tok.eos_token_id
     eos = frozenset(int(t) for t in (ids if isinstance(ids, list) else [ids]) if t is not None)
     plain = {(r["prompt_id"], r["turn"]): r for r in map(json.loads, open(run)) if r["method"] == "plain"}

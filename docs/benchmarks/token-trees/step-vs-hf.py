@@ -29,7 +29,7 @@ def t(f, n=5):
 with torch.inference_mode():
     sc = SlotKVCache(ad.num_layers, P + 40)
     def ours_prefill():
-        sc.rollback(0); ad.forward(ids, torch.arange(P), sc, 0, 0, None, None, logits_rows=slice(P-1, P))
+        sc.rollback(0); ad.forward(ids, torch.arange(P), cache=sc, logits_rows=slice(P-1, P))
     def hf_prefill():
         model(input_ids=ids[None], past_key_values=DynamicCache(config=model.config), use_cache=True, logits_to_keep=1)
     for r in range(2):
@@ -38,13 +38,13 @@ with torch.inference_mode():
     blk = torch.tril(torch.ones(Q, Q, dtype=torch.bool))
     new = torch.randint(0, 1000, (Q,))
     def ours_tree():
-        sc.rollback(P); ad.forward(new, torch.arange(P, P + Q), sc, P, P, blk, None)
+        sc.rollback(P); ad.forward(new, torch.arange(P, P + Q), cache=sc, slot_start=P, visible_prefix=P, block_mask=blk)
     dc = DynamicCache(config=model.config)
     model(input_ids=ids[None], past_key_values=dc, use_cache=True, logits_to_keep=1)
     def hf_chain():
         (dc.crop(-(dc.get_seq_length() - P)) if dc.get_seq_length() > P else None); model(input_ids=new[None], past_key_values=dc, use_cache=True, attention_mask=torch.ones(1, P + Q, dtype=torch.long))
     def ours_one():
-        sc.rollback(P); ad.forward(new[:1], torch.arange(P, P + 1), sc, P, P, blk[:1, :1], None)
+        sc.rollback(P); ad.forward(new[:1], torch.arange(P, P + 1), cache=sc, slot_start=P, visible_prefix=P, block_mask=blk[:1, :1])
     def hf_one():
         (dc.crop(-(dc.get_seq_length() - P)) if dc.get_seq_length() > P else None); model(input_ids=new[None, :1], past_key_values=dc, use_cache=True, attention_mask=torch.ones(1, P + 1, dtype=torch.long))
     for r in range(3):

@@ -98,7 +98,7 @@ def trim_at_eos(ids: Sequence[int], eos: set[int]) -> list[int]:
 
 
 def eos_ids(model: Any) -> set[int]:
-    from ..eos import resolve_eos  # the one EOS resolver (decoder, server, CLI, bench)
+    from ..hf.eos import resolve_eos  # the one EOS resolver (decoder, server, CLI, bench)
 
     return resolve_eos(model)
 

@@ -11,7 +11,7 @@ from typing import Any, Mapping, Sequence
 from ..engine.skipset import SkipSet
 from ..errors import InvalidArgumentError
 from .base import AccountingError, Method, RunParams, TurnOutput, accounting_problems, eos_ids, trim_at_eos
-from .hf import PLD, EarlyExit, Plain, steps_from_log
+from .peers import PLD, EarlyExit, Plain, steps_from_log
 from .swift import Swift
 
 SWIFT_METHODS: dict[str, dict[str, Any]] = {

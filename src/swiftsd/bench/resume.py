@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ..errors import InvalidArgumentError
-from ..state import write_atomically
+from ..persist.state_file import write_atomically
 from .metrics import Record
 
 RUN_FILE_FORMAT = "swiftsd-bench-run"

@@ -1,7 +1,7 @@
 """swiftsd's own decoders as benchmark methods.
 
 The options (``method=``, ``drafters=``, ``optimizer=``, ...) are passed to
-:class:`~swiftsd.decoder.SwiftDecoder` unchanged: the decoder validates them. An
+:class:`~swiftsd.core.decoder.SwiftDecoder` unchanged: the decoder validates them. An
 option this build of the decoder does not take makes the method unavailable
 (reported as n/a with the decoder's own message) instead of failing the run.
 """
@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from ..decoder import SwiftDecoder
+from ..core.decoder import SwiftDecoder
 from ..engine.skipset import SkipSet
 from ..errors import InvalidArgumentError
 from .base import Method, RunParams, TurnOutput, sync

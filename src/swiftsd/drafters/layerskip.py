@@ -165,8 +165,8 @@ class LayerSkipDrafter:
         tags = trie.tags.setdefault(self.name, {})
         node, tok, used, d = 0, req.tokens[-1], 0, 0
         while d < ms.max_depth and used < budget:
-            logits = ad.forward(torch.tensor([tok], device=dev), torch.tensor([pos + d], device=dev), ms.cache,
-                                pos + d, pos + d, one, ms.skip, head=ms.head)
+            logits = ad.forward(torch.tensor([tok], device=dev), torch.tensor([pos + d], device=dev), cache=ms.cache,
+                                slot_start=pos + d, visible_prefix=pos + d, block_mask=one, skip=ms.skip, head=ms.head)
             toks, p, q = self._children(logits, max_w, ms, pos + d + 1)
             conf = float(q.max()) if q is not None else float(p[0, 0]) if ms.params.greedy else float(
                 warp_logits(logits, ms.params).softmax(-1).max())
@@ -214,8 +214,9 @@ class LayerSkipDrafter:
                     past_pos[slot - root_slot] = root_slot + trie.depth(node)
                 past_pos = past_pos.to(dev)
             block = torch.eye(k, dtype=torch.bool, device=dev)
-            logits = ad.forward(toks, positions, ms.cache, next_slot, root_slot, block, ms.skip, head=ms.head,
-                                past_visible=past_vis, past_positions=past_pos)
+            logits = ad.forward(toks, positions, cache=ms.cache, slot_start=next_slot, visible_prefix=root_slot,
+                                block_mask=block, skip=ms.skip, head=ms.head, past_visible=past_vis,
+                                past_positions=past_pos)
             for j, f in enumerate(frontier):
                 slot_of[f] = next_slot + j
             next_slot += k
@@ -253,7 +254,7 @@ def matchness(adapter: DecoderAdapter, skip: SkipSet, tokens: list[int], prompt_
     if w < 1:
         return 0.0
     logits = adapter.forward(torch.tensor(gen_toks[:-1], device=dev), torch.arange(prompt_len, prompt_len + w, device=dev),
-                             cache, cache.length, prompt_len, None, skip, head=head)
+                             cache=cache, slot_start=cache.length, visible_prefix=prompt_len, skip=skip, head=head)
     pred = logits.argmax(-1)
     if head is not None:
         pred = head.token_ids[pred]

@@ -82,7 +82,7 @@ def _paired_step_times(adapter: "DecoderAdapter", skip: SkipSet, n: int, context
     vocab = adapter.model.get_input_embeddings().weight.shape[0]
     ids = torch.randint(0, vocab, (context + 1,), generator=torch.Generator().manual_seed(seed)).to(dev)
     cache = SlotKVCache(adapter.num_layers, context + 2)
-    adapter.forward(ids[:context], torch.arange(context, device=dev), cache, 0, 0, None, None,
+    adapter.forward(ids[:context], torch.arange(context, device=dev), cache=cache,
                     logits_rows=slice(context - 1, context))
     cache.rollback(context)
     tok, pos = ids[context:], torch.tensor([context], device=dev)
@@ -91,7 +91,7 @@ def _paired_step_times(adapter: "DecoderAdapter", skip: SkipSet, n: int, context
     def timed(s: SkipSet | None) -> float:
         sync_device(dev)
         t0 = time.perf_counter()
-        adapter.forward(tok, pos, cache, context, context, one, s)
+        adapter.forward(tok, pos, cache=cache, slot_start=context, visible_prefix=context, block_mask=one, skip=s)
         sync_device(dev)
         return time.perf_counter() - t0
 

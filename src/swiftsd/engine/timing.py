@@ -45,7 +45,7 @@ def measure_verify_costs(adapter: "DecoderAdapter", sizes: Sequence[int], contex
     vocab = adapter.model.get_input_embeddings().weight.shape[0]
     ids = torch.randint(0, vocab, (context + max(sizes),), generator=torch.Generator().manual_seed(seed)).to(dev)
     cache = SlotKVCache(adapter.num_layers, context + max(sizes) + 1)
-    adapter.forward(ids[:context], torch.arange(context, device=dev), cache, 0, 0, None, None,
+    adapter.forward(ids[:context], torch.arange(context, device=dev), cache=cache,
                     logits_rows=slice(context - 1, context))
     cache.rollback(context)
     blocks = {n: (ids[context : context + n], torch.arange(context, context + n, device=dev),
@@ -59,7 +59,8 @@ def measure_verify_costs(adapter: "DecoderAdapter", sizes: Sequence[int], contex
             tok, pos, mask = blocks[n]
             sync_device(dev)
             t0 = time.perf_counter()
-            adapter.forward(tok, pos, cache, context, context, mask, None, logits_rows=slice(n - 1, n))
+            adapter.forward(tok, pos, cache=cache, slot_start=context, visible_prefix=context, block_mask=mask,
+                            logits_rows=slice(n - 1, n))
             sync_device(dev)
             if r > 0:  # round 0 warms up
                 times[n].append(time.perf_counter() - t0)

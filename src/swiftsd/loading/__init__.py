@@ -44,7 +44,7 @@ import torch
 
 from ..errors import InvalidArgumentError, ModelNotFoundError, SlowDtypeWarning
 from ..progress import hf_bars
-from .cache import CACHE_ENV, CACHE_FORMAT, MARKER, _install_entry, _read_marker, cache_dir  # noqa: F401
+from .model_cache import CACHE_ENV, CACHE_FORMAT, MARKER, _install_entry, _read_marker, cache_dir  # noqa: F401
 from .gguf import _cached_gguf_file, _cached_packaged, _dequantise, _dequantise_gguf, _gguf_key  # noqa: F401
 from .hardware import slow_dtype_note
 from .packaged import PACKAGED_MODELS, PackagedModel, packaged_model_names  # noqa: F401
@@ -125,7 +125,7 @@ class ModelSource:
 
     kind: "packaged" (a short name), "hf_dir" (a local directory with config.json),
     "gguf" (a local .gguf file) or "hub" (a hub id). ``identity`` is the name
-    :func:`swiftsd.identity.model_identity` gives the loaded model.
+    :func:`swiftsd.persist.identity.model_identity` gives the loaded model.
     """
 
     kind: str

@@ -12,7 +12,7 @@ import torch
 
 from ..errors import MissingPackageError, ModelNotFoundError, UnsupportedModelError
 from ..progress import Ticker, hf_bars
-from .cache import _install_entry, _read_marker, _say, cache_dir
+from .model_cache import _install_entry, _read_marker, _say, cache_dir
 from .packaged import PackagedModel
 
 

@@ -33,7 +33,7 @@ What we add (defaults; see docs/optimizer.md):
 
 from .optimizer import STATE_VERSION, SkipOptimizer, make_optimizer
 from .search import BayesSearch, LocalSearch, RandomSearch, Strategy
-from .state import ACCELERATE, PLAIN, SEARCH, Evaluation, OptimizerState
+from .records import ACCELERATE, PLAIN, SEARCH, Evaluation, OptimizerState
 
 __all__ = [
     "ACCELERATE", "PLAIN", "SEARCH", "STATE_VERSION", "BayesSearch", "Evaluation", "LocalSearch", "OptimizerState",

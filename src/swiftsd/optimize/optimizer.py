@@ -15,7 +15,7 @@ from ..errors import InvalidArgumentError, InvalidSkipSetError
 from . import views
 from .predict import Predictions
 from .search import BayesSearch, LocalSearch, RandomSearch, Strategy
-from .state import ACCELERATE, PLAIN, SEARCH, Evaluation, Memory, OptimizerState
+from .records import ACCELERATE, PLAIN, SEARCH, Evaluation, Memory, OptimizerState
 
 if TYPE_CHECKING:
     from ..engine.models import DecoderAdapter

@@ -12,7 +12,7 @@ from ..engine.skipset import SkipSet
 if TYPE_CHECKING:
     from ..config import OptimizerConfig
     from ..engine.cost import CostModel
-    from .state import Memory, OptimizerState
+    from .records import Memory, OptimizerState
 
 
 class Predictions:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .state import finite_or_none
+from .records import finite_or_none
 
 if TYPE_CHECKING:
     from ..stats import GenerationStats

@@ -13,12 +13,11 @@ still waiting gets 503 and one running gets 504; either way its place is freed a
 its generation stopped. A client that disconnects stops its generation too. The
 decoder (and so the on-the-fly optimiser it holds) is shared by all requests, as in
 the paper's data-stream setting. With ``--state FILE`` what it learned survives
-restarts (persist.py); with ``--skip-set-store`` the optimiser's best set is saved
+restarts (state_keeper.py); with ``--skip-set-store`` the optimiser's best set is saved
 on shutdown. ``/metrics`` is Prometheus text from ``prometheus_client`` (metrics.py).
 """
 
 from .app import ServerContext, create_app
-from .cli import add_arguments, run
 from .settings import ServerSettings
 
-__all__ = ["ServerContext", "ServerSettings", "add_arguments", "create_app", "run"]
+__all__ = ["ServerContext", "ServerSettings", "create_app"]

@@ -21,7 +21,7 @@ from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.background import BackgroundTask
 
-from ..eos import resolve_eos
+from ..hf.eos import resolve_eos
 from ..errors import SwiftSDError
 from . import protocol as P
 from .engine import Disconnected, Engine, Job, ShuttingDown, Timeout, next_event

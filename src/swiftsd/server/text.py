@@ -3,7 +3,7 @@
 Text that might be the start of a stop string is held back, so the output stops
 *before* the stop text, as OpenAI's does, and streamed chunks always concatenate to
 the non-streamed text. The two stop-string rules, :func:`find_stop` and
-:func:`held_back`, are swiftsd.stopping's (shared with the Python API and the CLI,
+:func:`held_back`, are swiftsd.hf.stopping's (shared with the Python API and the CLI,
 which keep the stop text as ``model.generate`` does); they are all this module
 knows about stop strings. The server matches the decoded text, so a request pays
 nothing to index the vocabulary, as Hugging Face's stop-string criterion would.
@@ -13,9 +13,9 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from ..detok import IncrementalDetokenizer
-from ..stopping import find_stop
-from ..stopping import partial_stop_length as held_back
+from ..hf.detok import IncrementalDetokenizer
+from ..hf.stopping import find_stop
+from ..hf.stopping import partial_stop_length as held_back
 
 DETOK_CONTEXT = 5  # prompt tokens decoded ahead of the completion, so the first word keeps its leading space
 

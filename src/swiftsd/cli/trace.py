@@ -13,11 +13,11 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
 
-from .errors import InvalidArgumentError
+from ..errors import InvalidArgumentError
 
 if TYPE_CHECKING:
-    from .decoder import GenerationResult
-    from .stats import GenerationStats
+    from ..core.decoder import GenerationResult
+    from ..stats import GenerationStats
 
 TRACE_VERSION = 1
 PHASE_COLOURS = {"search": "#fde9c8", "accelerate": "#d7f0d2", "plain": "#e6e6e6"}

@@ -11,10 +11,10 @@ import random
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Sequence
 
-from .config import SamplingParams
-from .eos import resolve_eos
-from .engine.skipset import SkipSet
-from .errors import ContextLengthError, InvalidArgumentError
+from ..config import SamplingParams
+from ..hf.eos import resolve_eos
+from ..engine.skipset import SkipSet
+from ..errors import ContextLengthError, InvalidArgumentError
 
 if TYPE_CHECKING:
     from transformers import GenerationConfig, StoppingCriteria
@@ -49,12 +49,12 @@ def parse_request(
     generation_config: "GenerationConfig | None", stopping_criteria: "Sequence[StoppingCriteria] | None",
 ) -> RequestArgs:
     """``SwiftDecoder.stream``'s arguments (see there) as the loop's values; raises on bad input."""
-    from .prompt import parse_prompt  # str, ids, tensor, BatchEncoding / dict: see swiftsd.prompt
+    from ..hf.prompt import parse_prompt  # str, ids, tensor, BatchEncoding / dict: see swiftsd.hf.prompt
 
     ids = parse_prompt(input_ids, dec.tokenizer, dec.model.get_input_embeddings().weight.shape[0])
     stop = None
     if stop_strings is not None or min_new_tokens or generation_config is not None or stopping_criteria:
-        from .hf import resolve_options  # stop strings, min_new_tokens, a GenerationConfig: as generate
+        from ..hf.custom_generate import resolve_options  # stop strings, min_new_tokens, a GenerationConfig: as generate
 
         o = resolve_options(dec, len(ids), generation_config, max_new_tokens=max_new_tokens,
                             temperature=temperature, top_p=top_p, top_k=top_k, eos_token_id=eos_token_id,

@@ -18,11 +18,11 @@ import uuid
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from ..identity import CACHE_MARKER
+from ..persist.identity import CACHE_MARKER
 
 CACHE_ENV = "SWIFTSD_CACHE_DIR"
 CACHE_FORMAT = 1
-MARKER = CACHE_MARKER  # swiftsd.identity reads its "name" to name a model loaded from the cache
+MARKER = CACHE_MARKER  # swiftsd.persist.identity reads its "name" to name a model loaded from the cache
 STALE_TMP_SECONDS = 24 * 3600
 
 

@@ -43,14 +43,14 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import torch
 
-from .errors import InvalidArgumentError
+from ..errors import InvalidArgumentError
 from .stopping import StopCheck, parse_stop_strings, stop_string_criteria
 from .eos import resolve_eos
 
 if TYPE_CHECKING:
     from transformers import GenerationConfig
 
-    from .decoder import SwiftDecoder
+    from ..core.decoder import SwiftDecoder
 
 # Processors that treat every row on its own and keep no per-batch state: called on all k rows at once.
 BATCHED = frozenset({

@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from .errors import InvalidArgumentError
+from ..errors import InvalidArgumentError
 
 __all__ = ["ModelIdentity", "model_identity"]
 

@@ -12,9 +12,9 @@ from typing import Any
 import uvicorn
 
 from ..errors import InvalidArgumentError
-from .metrics import Metrics
-from .persist import StateKeeper, check_before_load, say
-from .settings import ServerSettings
+from ..server.metrics import Metrics
+from ..server.state_keeper import StateKeeper, check_before_load, say
+from ..server.settings import ServerSettings
 
 log = logging.getLogger("swiftsd.server")
 
@@ -23,7 +23,7 @@ DRAIN_S = 4.0  # ... so at this point the engine aborts what is left: every clie
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from ..cli_common import add_decoder_arguments, add_model_arguments, add_skip_arguments
+    from .common import add_decoder_arguments, add_model_arguments, add_skip_arguments
 
     add_model_arguments(p)
     add_skip_arguments(p)
@@ -59,7 +59,7 @@ def _settings(args: argparse.Namespace, aliases: tuple[str, ...]) -> ServerSetti
 def _check(args: argparse.Namespace) -> dict[str, Any]:
     """Everything that needs no model, so a typo fails before a model load; returns --method / --drafters
     as SwiftDecoder options."""
-    from ..cli_common import decoder_options
+    from .common import decoder_options
 
     options = decoder_options(args)
     if not 0 <= args.port <= 65535:
@@ -75,10 +75,10 @@ def _check(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..cli_common import load_model, parse_skip_set
-    from ..decoder import SwiftDecoder
-    from ..identity import model_identity
-    from .app import create_app
+    from .common import load_model, parse_skip_set
+    from ..core.decoder import SwiftDecoder
+    from ..persist.identity import model_identity
+    from ..server.app import create_app
 
     config: dict[str, Any] = _check(args)
     skip = parse_skip_set(args.skip_set)
@@ -87,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
     identity = model_identity(model)
     settings = _settings(args, tuple({identity.name, args.model} - {name}))
     if args.skip_set_store:
-        from ..optimize.store import resolve_start_set
+        from ..persist.store import resolve_start_set
 
         # a missing file is fine: the server creates it when it shuts down
         skip = resolve_start_set(args.skip_set_store, model, args.task, missing_ok=True)
@@ -147,7 +147,7 @@ def save_optimizer_state(decoder: Any, store: str, task: str) -> None:
     if opt is None:
         say(f"no on-the-fly optimiser ran (fixed skip set); nothing saved to {store}")
         return
-    from ..optimize.store import save_optimizer_result
+    from ..persist.store import save_optimizer_result
 
     try:
         saved = save_optimizer_result(store, decoder.model, task, opt)

@@ -17,28 +17,28 @@ from typing import TYPE_CHECKING, Any, Generator, Sequence
 
 import torch
 
-from .config import SamplingParams, SwiftConfig
-from .drafters import DraftTrie, Request, make_drafters
-from .drafters.layerskip import LayerSkipDrafter, ModelStep, draft_head, matchness
-from .engine.cache import SlotKVCache
-from .engine.cost import CostModel, cached_costs
-from .engine.models import DraftHead, get_adapter
-from .engine.skipset import SkipSet
-from .engine.tree import TreeLayout, build_tree
-from .engine.verify import PositionNoise, coupled_sample, greedy_verify, multi_candidate_speculative_sampling, \
+from ..config import SamplingParams, SwiftConfig
+from ..drafters import DraftTrie, Request, make_drafters
+from ..drafters.layerskip import LayerSkipDrafter, ModelStep, draft_head, matchness
+from ..engine.cache import SlotKVCache
+from ..engine.cost import CostModel, cached_costs
+from ..engine.models import DraftHead, get_adapter
+from ..engine.skipset import SkipSet
+from ..engine.tree import TreeLayout, build_tree
+from ..engine.verify import PositionNoise, coupled_sample, greedy_verify, multi_candidate_speculative_sampling, \
     target_probs
-from .optimize import SkipOptimizer
+from ..optimize import SkipOptimizer
 from .learned import decoder_state_dict, load_decoder_state
 from .planner import (SearchBudget, StepPlan, WallClockBound, choose_node_count, layerskip_ceiling, plan_layerskip,
                       relative_verify)
 from .run import GenerationResult, GenerationStream, LogitsProcessor, RunState, TargetScores
 from .request import RequestArgs, parse_request, parse_skip
-from .stats import GenerationStats
+from ..stats import GenerationStats
 
 if TYPE_CHECKING:
     from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase, StoppingCriteria
 
-    from .hf import CustomGenerate
+    from ..hf.custom_generate import CustomGenerate
 
 class SwiftDecoder:
     """SWIFT self-speculative decoding for a stock Hugging Face causal LM.
@@ -128,7 +128,7 @@ class SwiftDecoder:
     @property
     def custom_generate(self) -> "CustomGenerate":
         """``model.generate(**inputs, custom_generate=dec.custom_generate)``: HF prepares, this decoder decodes."""
-        from .hf import CustomGenerate
+        from ..hf.custom_generate import CustomGenerate
 
         return CustomGenerate(self)
 
@@ -138,7 +138,7 @@ class SwiftDecoder:
         if self._costs is None:
             directory = None
             if self.config.cost_cache:
-                from .loading import cache_dir
+                from ..loading import cache_dir
 
                 directory = cache_dir() / "costs"
             self._costs = cached_costs(self.adapter, self.config.draft_vocab, directory)
@@ -194,8 +194,7 @@ class SwiftDecoder:
 
     def _prefill(self, run: RunState) -> list[int]:
         ad, dev, P = self.adapter, self.adapter.device, len(run.tokens)
-        logits = ad.forward(torch.tensor(run.tokens, device=dev), torch.arange(P, device=dev), run.cache, 0, 0,
-                            None, None, logits_rows=slice(P - 1, P))
+        logits = ad.forward(torch.tensor(run.tokens, device=dev), torch.arange(P, device=dev), cache=run.cache, logits_rows=slice(P - 1, P))
         run.cache.rollback(P)
         if run.processor is not None:
             logits = run.processor(torch.tensor([run.tokens], device=dev), logits)
@@ -300,8 +299,7 @@ class SwiftDecoder:
     def _verify(self, run: RunState, trie: DraftTrie, layout: TreeLayout) -> TargetScores:
         """The body of the full model over every node; the LM head only for nodes the walk visits."""
         ad, dev, n = self.adapter, self.adapter.device, len(run.tokens)
-        hidden = ad.forward(torch.tensor(trie.tokens, device=dev), (n - 1) + layout.depth.to(dev), run.cache,
-                            n - 1, n - 1, layout.mask.to(dev), None, logits_rows="hidden")
+        hidden = ad.forward(torch.tensor(trie.tokens, device=dev), (n - 1) + layout.depth.to(dev), cache=run.cache, slot_start=n - 1, visible_prefix=n - 1, block_mask=layout.mask.to(dev), logits_rows="hidden")
         return TargetScores(self.adapter, run, trie, layout, hidden, self._costs)
 
     def _accept(self, run: RunState, trie: DraftTrie, layout: TreeLayout, target: TargetScores

@@ -7,7 +7,7 @@ Layout (version 1)::
                                             "matchness": 0.81, "date": "2026-11-24T01:00:00+00:00",
                                             "num_layers": 24, ...extra fields...}}}}
 
-The model key is the ``name`` of :func:`swiftsd.identity.model_identity` (the
+The model key is the ``name`` of :func:`swiftsd.persist.identity.model_identity` (the
 packaged short name, or the path / hub id a model was loaded from); an entry
 written from an optimiser also records the identity's revision and dtype. Writes
 replace the file atomically, so a reader never sees half a store.
@@ -25,10 +25,10 @@ from typing import TYPE_CHECKING, Any
 
 from ..engine.skipset import SkipSet
 from ..errors import InvalidArgumentError, InvalidSkipSetError
-from ..identity import model_identity
+from .identity import model_identity
 
 if TYPE_CHECKING:
-    from .optimizer import SkipOptimizer
+    from ..optimize.optimizer import SkipOptimizer
 
 STORE_VERSION = 1
 

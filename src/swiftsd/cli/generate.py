@@ -18,15 +18,16 @@ from typing import Any, Iterable
 
 import torch
 
-from . import cli_common, progress
-from .config import SamplingParams
-from .decoder import GenerationResult, SwiftDecoder
-from .detok import IncrementalDetokenizer
-from .eos import resolve_eos
-from .errors import InvalidArgumentError
-from .stopping import parse_stop_strings
-from .engine.skipset import SkipSet
-from .optimize import store as skip_set_store
+from .. import progress
+from . import common as cli_common
+from ..config import SamplingParams
+from ..core.decoder import GenerationResult, SwiftDecoder
+from ..hf.detok import IncrementalDetokenizer
+from ..hf.eos import resolve_eos
+from ..errors import InvalidArgumentError
+from ..hf.stopping import parse_stop_strings
+from ..engine.skipset import SkipSet
+from ..persist import store as skip_set_store
 
 WARMUP_TOKENS = 8  # --compare: tokens each method generates once, untimed, before the timed runs
 
@@ -127,7 +128,7 @@ def run(args: argparse.Namespace) -> int:
     decoder = SwiftDecoder(model, tokenizer, skip_set=skip, **config)
     gen_kwargs = dict(max_new_tokens=args.max_new_tokens, temperature=params.temperature, top_p=params.top_p,
                       top_k=params.top_k, seed=args.seed)
-    ends = dict(stop_strings=stops or None, min_new_tokens=args.min_new_tokens)  # swiftsd.stopping, as generate
+    ends = dict(stop_strings=stops or None, min_new_tokens=args.min_new_tokens)  # swiftsd.hf.stopping, as generate
     if stops or args.min_new_tokens:
         gen_kwargs.update(ends)
 
@@ -190,8 +191,8 @@ def _plural(n: int, word: str) -> str:
 def _costs_cached(decoder: SwiftDecoder) -> bool:
     """Has this device's cost model been measured before (the decoder reads it back from the cache)?"""
     try:
-        from .engine.cost import cost_key
-        from .loading import cache_dir
+        from ..engine.cost import cost_key
+        from ..loading import cache_dir
 
         if not decoder.config.cost_cache:
             return False

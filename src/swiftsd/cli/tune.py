@@ -16,9 +16,9 @@ import time
 from dataclasses import fields
 from typing import Any
 
-from .cli_common import add_model_arguments, costs_before_bars, load_model
-from .config import OptimizerConfig
-from .errors import InvalidArgumentError
+from .common import add_model_arguments, costs_before_bars, load_model
+from ..config import OptimizerConfig
+from ..errors import InvalidArgumentError
 
 _OPT_FIELDS = {f.name: f for f in fields(OptimizerConfig)}
 
@@ -78,9 +78,9 @@ def parse_opt_overrides(items: list[str]) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .bench.data import build_input, evenly_spaced, load_prompts
-    from .decoder import SwiftDecoder
-    from .optimize.store import load_skip_set, model_key, save_optimizer_result
+    from ..bench.data import build_input, evenly_spaced, load_prompts
+    from ..core.decoder import SwiftDecoder
+    from ..persist.store import load_skip_set, model_key, save_optimizer_result
     from .trace import write_trace
 
     if args.n < 1:

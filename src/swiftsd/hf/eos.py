@@ -10,7 +10,7 @@ from __future__ import annotations
 import operator
 from typing import Any, Sequence
 
-from .errors import InvalidArgumentError
+from ..errors import InvalidArgumentError
 
 __all__ = ["resolve_eos"]
 

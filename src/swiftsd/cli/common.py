@@ -6,9 +6,9 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from .config import DRAFTER_NAMES, METHODS
-from .errors import InvalidArgumentError, InvalidSkipSetError
-from .engine.skipset import SkipSet
+from ..config import DRAFTER_NAMES, METHODS
+from ..errors import InvalidArgumentError, InvalidSkipSetError
+from ..engine.skipset import SkipSet
 
 
 def add_model_arguments(p: argparse.ArgumentParser) -> None:
@@ -70,7 +70,7 @@ def parse_skip_set(value: str | None) -> SkipSet | None:
 
 
 def load_model(args: argparse.Namespace) -> tuple[Any, Any]:
-    from .loading import load
+    from ..loading import load
 
     return load(args.model, dtype=args.dtype, device=args.device)
 

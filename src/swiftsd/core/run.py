@@ -11,19 +11,19 @@ from typing import TYPE_CHECKING, Callable, Generator, Iterator
 
 import torch
 
-from .config import SamplingParams
-from .drafters import DraftTrie, Request
-from .engine.cache import SlotKVCache
-from .engine.models import DraftHead
-from .engine.skipset import SkipSet
-from .engine.tree import TreeLayout
-from .engine.verify import PositionNoise, coupled_sample, target_probs
+from ..config import SamplingParams
+from ..drafters import DraftTrie, Request
+from ..engine.cache import SlotKVCache
+from ..engine.models import DraftHead
+from ..engine.skipset import SkipSet
+from ..engine.tree import TreeLayout
+from ..engine.verify import PositionNoise, coupled_sample, target_probs
 from .planner import CopyProbe, StepPlan  # noqa: F401  (StepPlan: re-exported)
-from .stats import GenerationStats
+from ..stats import GenerationStats
 
 if TYPE_CHECKING:
-    from .engine.cost import CostModel
-    from .engine.models import DecoderAdapter
+    from ..engine.cost import CostModel
+    from ..engine.models import DecoderAdapter
 
 LogitsProcessor = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 StopHook = Callable[[list[int], int], "int | None"]  # (tokens, n_new) -> how many new tokens to keep, if it ends

@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import StateFileError
-from ..identity import ModelIdentity
-from ..state import check_state_file, load_state, save_state
+from ..persist.identity import ModelIdentity
+from ..persist.state_file import check_state_file, load_state, save_state
 from .metrics import Metrics
 
 log = logging.getLogger("swiftsd.server")

@@ -1,8 +1,8 @@
 """The decoder's learned state as plain JSON-able data, and its exact restore.
 
-Everything a :class:`~swiftsd.decoder.SwiftDecoder` learns from its stream lives in its
+Everything a :class:`~swiftsd.core.decoder.SwiftDecoder` learns from its stream lives in its
 optimiser, its drafters, its cost model, token counts and the wall-clock bound; this module
-reads and writes them all at once, so a server restart loses nothing (``swiftsd.state`` puts
+reads and writes them all at once, so a server restart loses nothing (``swiftsd.persist.state_file`` puts
 the dict on disk).
 """
 
@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from .engine.cost import CostModel
-from .errors import InvalidArgumentError
+from ..engine.cost import CostModel
+from ..errors import InvalidArgumentError
 from .planner import SearchBudget, WallClockBound
 
 if TYPE_CHECKING:

@@ -12,14 +12,14 @@ import sys
 import warnings
 from typing import Any
 
-from .errors import SlowDtypeWarning, SwiftSDError
+from ..errors import SlowDtypeWarning, SwiftSDError
 
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
-    "generate": ("swiftsd.cli_generate", "generate text with SWIFT (optionally --compare with plain decoding)"),
-    "tune": ("swiftsd.tune", "run a prompt stream with the optimiser on and store the tuned skip set"),
-    "bench": ("swiftsd.bench", "measure speed-up against plain decoding and peers on Spec-Bench-style data"),
-    "serve": ("swiftsd.server", "OpenAI-compatible HTTP server"),
-    "plot-trace": ("swiftsd.trace", "draw a --trace JSON file as a PNG"),
+    "generate": ("swiftsd.cli.generate", "generate text with SWIFT (optionally --compare with plain decoding)"),
+    "tune": ("swiftsd.cli.tune", "run a prompt stream with the optimiser on and store the tuned skip set"),
+    "bench": ("swiftsd.cli.bench", "measure speed-up against plain decoding and peers on Spec-Bench-style data"),
+    "serve": ("swiftsd.cli.serve", "OpenAI-compatible HTTP server"),
+    "plot-trace": ("swiftsd.cli.trace", "draw a --trace JSON file as a PNG"),
 }
 
 
@@ -77,7 +77,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
 
 
 def _version() -> str:
-    from . import __version__
+    from .. import __version__
 
     return __version__
 

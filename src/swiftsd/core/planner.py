@@ -18,12 +18,12 @@ from collections import deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from .drafters.ngram import has_long_match
-from .engine.cost import CostModel
-from .engine.skipset import SkipSet
+from ..drafters.ngram import has_long_match
+from ..engine.cost import CostModel
+from ..engine.skipset import SkipSet
 
 if TYPE_CHECKING:
-    from .drafters.base import DraftTrie
+    from ..drafters.base import DraftTrie
 
 
 @dataclass(frozen=True)

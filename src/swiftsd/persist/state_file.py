@@ -25,7 +25,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from .errors import InvalidArgumentError, StateFileError
+from ..errors import InvalidArgumentError, StateFileError
 from .identity import ModelIdentity
 
 __all__ = ["STATE_FILE_FORMAT", "STATE_FILE_VERSION", "check_state_file", "load_state", "save_state",
