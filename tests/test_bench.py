@@ -155,7 +155,7 @@ def test_swift_state_copy_shares_weights_and_nothing_else(tiny):
     params = RunParams(max_new_tokens=12)
     with torch.inference_mode():
         m.generate(ids, params, 0)
-        original = m.state()
+        original = m.learned_state()
         before = original.optimizer.state_dict()
         copy = m.copy_state(original)  # the runner copies inside inference mode
     assert copy is not original and copy.model is model and copy.optimizer is not original.optimizer
@@ -215,7 +215,7 @@ class _Scripted(Method):
         self.runs += 1
         return TurnOutput(new_ids=list(self.ids), wall_time=t, target_forwards=len(self.ids))
 
-    def state(self):
+    def learned_state(self):
         return self.count
 
     def set_state(self, state):

@@ -58,7 +58,7 @@ PROMPTS = _prompts()
 def _decoder(model) -> SwiftDecoder:
     # no search time budget: what the optimiser learns must not depend on how fast this machine is
     dec = SwiftDecoder(model, cost_cache=False, optimizer={"max_opt_share": 1.0})
-    dec._costs = COSTS  # the device cost model, as the on-disk cache would give it
+    dec.costs = COSTS  # the device cost model, as the on-disk cache would give it
     return dec
 
 
@@ -160,7 +160,7 @@ GARBAGE = {
     "token-id-out-of-range": lambda s: _broken(s, lambda d: d["token_counts"].__setitem__("ids", [10**6])),
     "token-id-negative": lambda s: _broken(s, lambda d: d["token_counts"].update(ids=[-1], counts=[3])),
     "token-counts-ragged": lambda s: _broken(s, lambda d: d["token_counts"].__setitem__("counts", [])),
-    "wall-clock-text": lambda s: _broken(s, lambda d: d.__setitem__("wall_clock", "fast")),
+    "wall-clock-text": lambda s: _broken(s, lambda d: d["planner"].__setitem__("wall_clock", "fast")),
 }
 
 
@@ -204,7 +204,7 @@ def test_costs_measured_on_another_device_are_not_restored(model, learned_state)
     state["costs"]["device"] = "cuda:0"
     dec = SwiftDecoder(model, cost_cache=False)
     dec.load_state_dict(state)
-    assert dec._costs is None  # measured afresh on first use
+    assert dec.measured_costs is None  # measured afresh on first use
     state["costs"]["device"] = str(dec.adapter.device)
     dec.load_state_dict(state)
-    assert dec._costs is not None and dec._costs.device == str(dec.adapter.device)
+    assert dec.measured_costs is not None and dec.measured_costs.device == str(dec.adapter.device)

@@ -40,13 +40,13 @@ def test_greedy_lossless_with_small_draft_vocab(arch: str) -> None:
 def test_draft_vocab_prefers_prompt_and_generated_tokens() -> None:
     model = tiny_model("llama")
     dec = SwiftDecoder(model, optimizer=False, draft_vocab=10)
-    head = dec._draft_head([90, 91], eos={96})
+    head = dec.draft_head([90, 91], eos={96})
     ids = set(head.token_ids.tolist())
     assert {90, 91, 96} <= ids and len(ids) == 10
     assert set(range(7)) <= ids  # the rest are the lowest ids
     dec.generate([90, 91], max_new_tokens=20)
-    generated = set(torch.nonzero(dec.token_counts).flatten().tolist())
-    ids_after = set(dec._draft_head([5], eos=set()).token_ids.tolist())
+    generated = set(torch.nonzero(dec.token_counts.counts).flatten().tolist())
+    ids_after = set(dec.draft_head([5], eos=set()).token_ids.tolist())
     assert len(generated & ids_after) == min(len(generated), 9)  # tokens the stream produced come first
 
 

@@ -10,11 +10,11 @@ import pytest
 import torch
 
 from swiftsd import SkipSet, SwiftDecoder
-from swiftsd.drafters import DraftTrie, LookupDrafter, Request, SuffixDrafter
+from swiftsd.drafters import DraftRequest, DraftTrie, LookupDrafter, SuffixDrafter
 from swiftsd.drafters.ngram import add_continuations
 from swiftsd.engine.cost import CostModel
-from swiftsd.core.planner import CopyProbe, SearchBudget, WallClockBound, best_node_count, forecast_layerskip, plan_layerskip
-from swiftsd.core.request import parse_request
+from swiftsd.core.bounds import CopyProbe, SearchBudget, WallClockBound
+from swiftsd.core.forecast import best_node_count, forecast_layerskip, plan_layerskip
 from tiny import tiny_model
 
 
@@ -60,7 +60,7 @@ def test_lookup_proposes_every_earlier_match_longest_first() -> None:
     toks = [7, 8, 1, 2, 9, 7, 8, 3, 4, 5, 7, 8]
     d = LookupDrafter(min_n=1, max_n=2, max_depth=2)
     t = DraftTrie.rooted(toks[-1])
-    d.propose(Request(tokens=toks, prompt_len=len(toks)), t, budget=16)
+    d.propose(DraftRequest(tokens=toks, prompt_len=len(toks)), t, budget=16)
     paths = _paths(t)
     assert (1, 2) in paths and (3, 4) in paths  # both continuations, not only the most recent
     # only continuations of the last token's matches: 8 is followed by 1 and by 3, nothing else
@@ -76,7 +76,7 @@ def test_lookup_shares_favour_the_longest_then_the_most_recent_match() -> None:
     toks = [5, 7, 1, 9, 7, 3, 9, 7, 4, 2, 5, 7]
     d = LookupDrafter(min_n=1, max_n=2, max_depth=1)
     t = DraftTrie.rooted(toks[-1])
-    d.propose(Request(tokens=toks, prompt_len=len(toks)), t, budget=8)
+    d.propose(DraftRequest(tokens=toks, prompt_len=len(toks)), t, budget=8)
     first = {t.tokens[c]: c for c in range(1, len(t)) if t.parents[c] == 0}
     assert set(first) == {1, 3, 4}
     total = 1 + 0.8 + 0.64
@@ -90,7 +90,7 @@ def test_lookup_shares_favour_the_longest_then_the_most_recent_match() -> None:
 def test_lookup_respects_its_budget_and_learns() -> None:
     toks = list(range(20)) * 3
     d = LookupDrafter(max_depth=16)
-    req = Request(tokens=toks, prompt_len=len(toks))
+    req = DraftRequest(tokens=toks, prompt_len=len(toks))
     t = DraftTrie.rooted(toks[-1])
     d.propose(req, t, budget=5)
     assert len(t) == 6 and _paths(t) == {(0, 1, 2, 3, 4)}
@@ -111,7 +111,7 @@ def test_a_request_that_does_not_copy_outweighs_the_streams_copying_history() ->
     d = LookupDrafter(min_n=1, max_n=3, max_depth=2)
     for b in (f"n{n}d{k}{r}" for n in (1, 2, 3) for k in (1, 2) for r in "hc"):
         d.calib.hits[b], d.calib.mass[b] = 90.0, 100.0
-    req = Request(tokens=toks, prompt_len=len(toks))
+    req = DraftRequest(tokens=toks, prompt_len=len(toks))
     first = DraftTrie.rooted(toks[-1])
     d.propose(req, first, budget=8)
     depth1 = [i for i in range(1, len(first)) if first.parents[i] == 0]
@@ -128,14 +128,14 @@ def test_a_request_that_does_not_copy_outweighs_the_streams_copying_history() ->
     stream = d.calib.factor("n3d1c")
     assert 0.7 < stream < 0.9  # the stream saw them too, but its 100 trials of history hold
     fresh = DraftTrie.rooted(toks[-1])
-    d.propose(Request(tokens=toks, prompt_len=len(toks)), fresh, budget=8)
+    d.propose(DraftRequest(tokens=toks, prompt_len=len(toks)), fresh, budget=8)
     p_fresh = sum(fresh.prob[i] for i in range(1, len(fresh)) if fresh.parents[i] == 0)
     assert p_fresh == pytest.approx(stream, rel=1e-6)
 
 
 def test_lookup_index_grows_with_the_text() -> None:
     d = LookupDrafter()
-    req = Request(tokens=[1, 2, 3], prompt_len=3)
+    req = DraftRequest(tokens=[1, 2, 3], prompt_len=3)
     t = DraftTrie.rooted(3)
     d.propose(req, t, 8)
     assert len(t) == 1  # nothing repeats yet
@@ -149,10 +149,10 @@ def test_lookup_index_grows_with_the_text() -> None:
 def test_suffix_proposes_what_followed_in_earlier_requests_by_frequency() -> None:
     d = SuffixDrafter(max_tokens=1000, min_n=2, max_n=3)
     for _ in range(3):
-        d.end_request(Request(tokens=[5, 6, 7, 8, 9], prompt_len=2))
-    d.end_request(Request(tokens=[5, 6, 7, 1, 2], prompt_len=2))
+        d.end_request(DraftRequest(tokens=[5, 6, 7, 8, 9], prompt_len=2))
+    d.end_request(DraftRequest(tokens=[5, 6, 7, 1, 2], prompt_len=2))
     t = DraftTrie.rooted(7)
-    d.propose(Request(tokens=[3, 6, 7], prompt_len=3), t, budget=10)
+    d.propose(DraftRequest(tokens=[3, 6, 7], prompt_len=3), t, budget=10)
     first = {t.tokens[c]: c for c in range(1, len(t)) if t.parents[c] == 0}
     assert set(first) == {8, 1}
     assert t.prob[first[8]] > t.prob[first[1]]  # seen three times against once
@@ -164,7 +164,7 @@ def test_suffix_memory_bound_holds_over_many_requests_and_reset_clears() -> None
     g = torch.Generator().manual_seed(0)
     for i in range(300):
         n = int(torch.randint(5, 80, (1,), generator=g))
-        d.end_request(Request(tokens=torch.randint(0, 50, (n,), generator=g).tolist(), prompt_len=2))
+        d.end_request(DraftRequest(tokens=torch.randint(0, 50, (n,), generator=g).tolist(), prompt_len=2))
         assert d.size <= 500
         held = sum(len(toks) for _, toks in d.docs)
         assert held == d.size
@@ -179,13 +179,13 @@ def test_suffix_memory_bound_holds_over_many_requests_and_reset_clears() -> None
 def test_suffix_state_round_trips_through_json() -> None:
     d = SuffixDrafter(max_tokens=200)
     for seq in ([1, 2, 3, 4, 5], [2, 3, 9, 9], [7, 1, 2, 3, 4]):
-        d.end_request(Request(tokens=seq, prompt_len=1))
+        d.end_request(DraftRequest(tokens=seq, prompt_len=1))
     d2 = SuffixDrafter(max_tokens=200)
     d2.load_state_dict(json.loads(json.dumps(d.state_dict())))
     for tail in ([2, 3], [1, 2], [9]):
         a, b = DraftTrie.rooted(tail[-1]), DraftTrie.rooted(tail[-1])
-        d.propose(Request(tokens=tail, prompt_len=1), a, 10)
-        d2.propose(Request(tokens=tail, prompt_len=1), b, 10)
+        d.propose(DraftRequest(tokens=tail, prompt_len=1), a, 10)
+        d2.propose(DraftRequest(tokens=tail, prompt_len=1), b, 10)
         assert a.tokens == b.tokens and a.parents == b.parents and a.prob == b.prob
 
 
@@ -291,18 +291,17 @@ def test_measured_draft_bias_stops_the_draft_and_the_search() -> None:
     model = tiny_model("llama", seed=0)
     dec = SwiftDecoder(model, skip_set=SkipSet(attn=[1, 2, 3, 4], mlp=[1, 2, 3, 4]), drafters=("layerskip",),
                        cost_cache=False)
-    dec._costs = replace(_costs(verify_rel=CHEAP_NODES), attn=0.005, mlp=0.005)
+    dec.costs = replace(_costs(verify_rel=CHEAP_NODES), attn=0.005, mlp=0.005)
     ls = dec.drafters["layerskip"]
     ls.use_skip(dec.skip_set)
     ls.hits, ls.trials = 95.0, 100.0
     ids = torch.arange(12)[None]
-    assert dec._search_can_pay()
-    run = dec._start(parse_request(dec, ids, 20, 0.0, 1.0, 0, None, None, None, None, None, 0, None, None))
-    assert dec._plan(run, DraftTrie.rooted(3)).run_model
+    assert dec.planner.search_pays()
+    assert dec.plan(DraftTrie.rooted(3), context=ids.shape[1], remaining=20).run_model
     for _ in range(20):
-        dec._wall.record(True, 3.0, 1.0)
-        dec._wall.record(False, 1.0, 1.0)
-    assert not dec._search_can_pay()
+        dec.planner.wall.record(True, 3.0, 1.0)
+        dec.planner.wall.record(False, 1.0, 1.0)
+    assert not dec.planner.search_pays()
     res = dec.generate(ids, max_new_tokens=120)  # unbiased, the search scores 5 sets in 120 tokens
     assert res.stats.per_drafter.get("layerskip", {"proposed": 0})["proposed"] == 0
     assert dec.optimizer is not None and dec.optimizer.status()["iterations"] == 0
@@ -333,11 +332,11 @@ def test_a_spent_search_budget_stops_the_search() -> None:
         model = tiny_model("llama", seed=0)
         dec = SwiftDecoder(model, skip_set=SkipSet(attn=[1, 2, 3, 4], mlp=[1, 2, 3, 4]), drafters=("layerskip",),
                            cost_cache=False)
-        dec._costs = replace(_costs(verify_rel=CHEAP_NODES), attn=0.005, mlp=0.005)
+        dec.costs = replace(_costs(verify_rel=CHEAP_NODES), attn=0.005, mlp=0.005)
         if spent:
-            dec._budget.balance = 0.0
+            dec.planner.budget.balance = 0.0
         res = dec.generate(torch.arange(12)[None], max_new_tokens=120)
-        iterations[spent], balance[spent] = dec.optimizer.status()["iterations"], dec._budget.balance
+        iterations[spent], balance[spent] = dec.optimizer.status()["iterations"], dec.planner.budget.balance
     assert iterations[False] > 0 and balance[False] != SearchBudget().allowance  # it searched, and paid for it
     assert iterations[True] == 0 and res.stats.optimizer["search_budget"] <= 0.0
     from swiftsd.stats import GenerationStats
@@ -352,13 +351,13 @@ def test_planner_stays_out_of_a_losing_layerskip_draft_under_noisy_timings() -> 
     model = tiny_model("llama", seed=0)
     dec = SwiftDecoder(model, optimizer=False, skip_set=SkipSet(attn=[1, 2, 3, 4], mlp=[1, 2, 3, 4]),
                        drafters=("layerskip",), cost_cache=False)
-    dec._costs = _costs()
+    dec.costs = _costs()
     ls = dec.drafters["layerskip"]
     ls.use_skip(dec.skip_set)
     ls.hits, ls.trials = 26.0, 100.0  # what verification counted
     for _ in range(40):  # timings that flatter the draft
-        dec._wall.record(True, 0.001, 5.0)
-        dec._wall.record(False, 1.0, 1.0)
+        dec.planner.wall.record(True, 0.001, 5.0)
+        dec.planner.wall.record(False, 1.0, 1.0)
     ids = torch.arange(12)[None]
     res = dec.generate(ids, max_new_tokens=30)
     assert res.stats.per_drafter.get("layerskip", {"proposed": 0})["proposed"] == 0
@@ -413,7 +412,7 @@ def test_copy_probe_backs_off_when_copies_fail_and_follows_a_copy_run() -> None:
 def _repeating_stream_decoder(copy_probe: bool):
     model = tiny_model("llama", seed=0)
     dec = SwiftDecoder(model, optimizer=False, drafters=("lookup",), cost_cache=False, copy_probe=copy_probe)
-    dec._costs = _costs()
+    dec.costs = _costs()
     calib = dec.drafters["lookup"].calib
     for b in (f"n{n}d{d}{r}" for n in (1, 2, 3) for d in (1, 2, 3, 5, 9) for r in "hc"):  # copies never pay
         calib.hits[b], calib.mass[b] = 0.0, 1e6

@@ -144,7 +144,7 @@ def test_greedy_output_is_unchanged_with_chains_scored_by_the_transposed_product
     """Repeating prompts, so lookup chains are accepted and scored several rows per product."""
     model = tiny_model(arch, seed=1)
     dec = SwiftDecoder(model, optimizer=False, skip_set=SkipSet(attn=[2], mlp=[3]), cost_cache=False)
-    dec._costs = replace(dec.costs, head_rows=(1, 2, 4, 8, 16), head_times=(1e-3, 1.05e-3, 1.1e-3, 1.2e-3, 1.4e-3),
+    dec.costs = replace(dec.costs, head_rows=(1, 2, 4, 8, 16), head_times=(1e-3, 1.05e-3, 1.1e-3, 1.2e-3, 1.4e-3),
                          head_transposed=True)  # a device where wide products are nearly free
     calls: list[int] = []
     real = dec.adapter.logits

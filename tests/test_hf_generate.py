@@ -180,9 +180,9 @@ def test_max_time_is_a_loose_bound(models: dict) -> None:
 def test_state_is_learned_across_calls_in_the_decoder(models: dict) -> None:
     model = models["mistral"]
     dec = _decoder(model)
-    before = int(dec.token_counts.sum())
+    before = int(dec.token_counts.counts.sum())
     _swift(model, dec, _ids(5), max_new_tokens=20, do_sample=False, pad_token_id=0)
-    assert int(dec.token_counts.sum()) == before + 20
+    assert int(dec.token_counts.counts.sum()) == before + 20
     assert not [k for k in vars(model) if "swift" in k.lower()]  # nothing was set on the model
 
 

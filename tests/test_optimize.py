@@ -18,7 +18,7 @@ from swiftsd import OptimizerConfig, SkipSet, SwiftDecoder
 from swiftsd.engine.cache import SlotKVCache
 from swiftsd.engine.cost import CostModel, expected_tokens, measure_costs
 from swiftsd.engine.timing import monotone_fit
-from swiftsd.optimize import ACCELERATE, PLAIN, SkipOptimizer
+from swiftsd.optimize import ACCELERATE, PLAIN, FixedCosts, SkipOptimizer
 from swiftsd.stats import GenerationStats
 from tiny import cheap_tree_costs, tiny_model
 
@@ -346,7 +346,7 @@ def test_cost_model_at_a_context_interpolates_the_two_timed_ones():
 
 def test_the_planner_verifies_fewer_copy_nodes_on_a_long_context():
     """Same copy scores, two contexts: where n nodes cost more plain steps, fewer of them pay."""
-    from swiftsd.core.planner import best_node_count
+    from swiftsd.core.forecast import best_node_count
     costs = CostModel(full_step=0.1, attn=0.001, mlp=0.004, lm_head=0.02, fixed=0.01, draft_extra=0.0,
                       verify_sizes=(1, 2, 4, 8, 16), verify_times=(0.1, 0.101, 0.102, 0.104, 0.11), num_layers=10,
                       context=64, long_context=1024, long_times=(0.1, 0.14, 0.16, 0.2, 0.28))
@@ -410,11 +410,12 @@ def test_gives_up_when_nothing_pays_unless_measured():
     # the prediction turns pessimistic, but the loop measures a speed-up: keep searching, keep drafting
     cfg = OptimizerConfig(context_window=4, give_up_after=20, max_opt_iter=500, max_tolerance_iter=500,
                           calibrate_acceptance=False, calibrate_every=0)
-    opt = SkipOptimizer(L, cfg, costs=synthetic_costs(L, 0.3))
+    costs = FixedCosts(synthetic_costs(L, 0.3))
+    opt = SkipOptimizer(L, cfg, costs=costs)
     d = Driver(opt, lambda s: 0.8 if s == opt.start else 0.1)  # nothing beats the start set
     d.request(30, step_time=lambda s: 1.0, accept=lambda s: (3, 4))
     assert opt.measured_speedup() == pytest.approx(4.0)
-    opt._costs = synthetic_costs(L, 0.98)
+    costs.costs = synthetic_costs(L, 0.98)  # the decoder's cost model changes (re-measured)
     assert opt.predict().speedup < 1.0
     d.request(60, step_time=lambda s: 1.0, accept=lambda s: (3, 4))
     assert opt.state.stop_reason is None and opt.state.iterations > 20 and opt.current() == opt.start
@@ -486,7 +487,7 @@ def test_lossless_with_optimizer_running(arch, preset):
     else:
         cfg = OptimizerConfig(context_window=6, bayes_interval=5, max_opt_iter=40, max_opt_share=1.0)
     dec = SwiftDecoder(model, optimizer=cfg)
-    dec._costs = cheap_tree_costs()  # a device where a skip set can pay: the default decoder searches
+    dec.costs = cheap_tree_costs()  # a device where a skip set can pay: the default decoder searches
     gen = torch.Generator().manual_seed(7)
     drafted = 0
     for r in range(4):
@@ -512,7 +513,7 @@ def test_the_search_is_skipped_where_no_skip_set_can_pay_on_the_device():
     trees gets the search, and so do the paper's loop and ``search_gate=False`` (``swiftsd tune``)
     whatever the cost."""
     from swiftsd.cli.generate import drafting_line
-    from swiftsd.core.planner import layerskip_ceiling
+    from swiftsd.core.forecast import layerskip_ceiling
 
     rel = (1.0, 1.86, 2.05, 2.33, 2.74, 3.27, 5.33)
     dear = replace(cheap_tree_costs(), verify_sizes=(1, 2, 4, 8, 16, 32, 64), verify_times=tuple(0.01 * r for r in rel))
@@ -525,7 +526,7 @@ def test_the_search_is_skipped_where_no_skip_set_can_pay_on_the_device():
     for name, costs, kw in (("dear", dear, {}), ("cheap", cheap_tree_costs(), {}),
                             ("paper", dear, {"method": "swift-paper"}), ("ungated", dear, {"search_gate": False})):
         dec = SwiftDecoder(model, optimizer=cfg, **kw)
-        dec._costs = costs
+        dec.costs = costs
         for p in prompts:
             res = dec.generate(p, max_new_tokens=30)
             assert torch.equal(res.sequences, model.generate(p, max_new_tokens=30, do_sample=False)), name
@@ -542,7 +543,7 @@ def test_the_search_is_skipped_where_no_skip_set_can_pay_on_the_device():
 def test_sampling_runs_with_optimizer():
     model = tiny_model("qwen2", seed=2)
     dec = SwiftDecoder(model, optimizer=OptimizerConfig.reference(context_window=6))
-    dec._costs = cheap_tree_costs()
+    dec.costs = cheap_tree_costs()
     a = dec.generate([1, 2, 3], max_new_tokens=30, temperature=0.8, seed=3)
     assert a.sequences.shape[1] <= 33 and dec.optimizer.state.iterations > 0
 

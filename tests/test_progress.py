@@ -110,7 +110,7 @@ def test_concurrent_loads_build_a_cache_entry_once(tmp_path) -> None:
 def test_a_first_cost_measurement_is_announced_and_a_cached_one_is_not(capsys, bars_on, tmp_path) -> None:
     """Measuring the cost model takes up to a minute on a first run: it names itself and where it keeps the result."""
     from swiftsd.core.decoder import SwiftDecoder
-    from swiftsd.engine.cost import cached_costs
+    from swiftsd.engine.cost_cache import cached_costs
     from tiny import tiny_model
 
     adapter = SwiftDecoder(tiny_model("qwen2", seed=0), optimizer=False).adapter

@@ -12,7 +12,7 @@ import torch
 
 from lossless_helpers import _ids
 from swiftsd import SwiftDecoder
-from swiftsd.core import planner
+from swiftsd.core import bounds
 from swiftsd.config import SwiftConfig
 from swiftsd.drafters import make_drafters
 from tiny import cheap_tree_costs, tiny_model
@@ -44,12 +44,12 @@ def _distrust(drafters: dict) -> None:
                          ids=["cheap-trees", "dear-trees", "dear-trees-probe", "context-priced-trees"])
 def test_replay_reproduces_the_decoders_steps(costs, distrust, monkeypatch) -> None:
     probes = []
-    result = planner.CopyProbe.result
-    monkeypatch.setattr(planner.CopyProbe, "result", lambda self, a, c: (probes.append(a), result(self, a, c))[1])
+    result = bounds.CopyProbe.result
+    monkeypatch.setattr(bounds.CopyProbe, "result", lambda self, a, c: (probes.append(a), result(self, a, c))[1])
     model = tiny_model("qwen2", seed=1)
     drafters = ("lookup", "suffix")
     dec = SwiftDecoder(model, drafters=drafters)
-    dec._costs = costs  # the replay prices steps with the cost model the decoder planned with
+    dec.costs = costs  # the replay prices steps with the cost model the decoder planned with
     cfg = SwiftConfig(drafters=drafters)
     mirror = make_drafters(cfg)  # the replay's own drafters: the stream's state evolves beside the decoder's
     if distrust:

@@ -78,7 +78,7 @@ def test_resolve_start_set_for_a_model(tmp_path):
 def test_save_optimizer_result(tmp_path):
     model = tiny_model("qwen2", seed=0)
     dec = SwiftDecoder(model, optimizer=OptimizerConfig.reference(context_window=6))
-    dec._costs = cheap_tree_costs()  # a device where a skip set can pay: the default decoder searches
+    dec.costs = cheap_tree_costs()  # a device where a skip set can pay: the default decoder searches
     path = tmp_path / "sets.json"
     assert not save_optimizer_result(path, model, "t", dec.optimizer)  # nothing scored yet: nothing written
     assert not path.exists()

@@ -16,7 +16,7 @@ from tiny import cheap_tree_costs, tiny_model
 def runs():
     model = tiny_model("llama", seed=4)
     dec = SwiftDecoder(model, optimizer=OptimizerConfig.reference(context_window=6))
-    dec._costs = cheap_tree_costs()  # a device where a skip set can pay: the default decoder searches
+    dec.costs = cheap_tree_costs()  # a device where a skip set can pay: the default decoder searches
     return [dec.generate([3 + i, 4, 5], max_new_tokens=30).stats for i in range(3)]
 
 

@@ -41,9 +41,9 @@ def built(monkeypatch) -> list:
 
 def test_tune_searches_even_where_the_cost_model_says_no_set_can_pay(tmp_path, model_dir, monkeypatch, capsys, built):
     """`swiftsd tune` is a request to search: the decoder's search gate is off for it."""
-    import swiftsd.core.decoder as decoder_mod
+    import swiftsd.core.planner as planner_mod
 
-    monkeypatch.setattr(decoder_mod, "layerskip_ceiling", lambda *a, **k: pytest.fail("tune consulted the gate"))
+    monkeypatch.setattr(planner_mod, "layerskip_ceiling", lambda *a, **k: pytest.fail("tune consulted the gate"))
     # tune's own default, max_opt_share=1 (no wall-clock budget), so the search's iterations do not depend
     # on the machine's speed (at the 5 % server default, one clean-clone CI run scored nothing in 2 requests)
     assert _tune(tmp_path, model_dir, "--max-new-tokens", "40", "--opt", "context_window=4") == 0

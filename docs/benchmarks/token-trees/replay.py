@@ -43,12 +43,13 @@ from swiftsd.bench.data import build_input, load_prompts
 from swiftsd.bench.runner import interleave_categories
 from swiftsd.config import SwiftConfig
 from swiftsd.drafters import make_drafters
-from swiftsd.drafters.base import DraftTrie, Request
-from swiftsd.drafters.ngram import RequestCalibration, has_long_match, learn
+from swiftsd.drafters.base import DraftTrie, DraftRequest
+from swiftsd.drafters.ngram import RequestCalibration, learn
 from swiftsd.engine.cost import CostModel
 from swiftsd.engine.tree import build_tree
 from swiftsd.engine.verify import greedy_verify
-from swiftsd.core.planner import CopyProbe, choose_node_count, relative_verify
+from swiftsd.core.bounds import CopyProbe
+from swiftsd.core.forecast import choose_node_count, relative_verify
 
 # For analyses: called with (trie, committed tokens, position, accepted per step so far) before each
 # step's node selection.
@@ -146,7 +147,7 @@ def _turn(drafters: dict, cfg: SwiftConfig, costs: CostModel, ids: list[int], ou
     with their roots, as ``GenerationStats.tree_sizes`` sums them). ``max_new``: the request's
     token budget, which caps the draft depth as in the decoder. ``rate``: [tokens, cost] of the
     stream so far, updated here, for the ``marginal-rate`` variant (None: the planner's count)."""
-    req = Request(tokens=list(ids) + out[:1], prompt_len=len(ids), eos=eos)
+    req = DraftRequest(tokens=list(ids) + out[:1], prompt_len=len(ids), eos=eos)
     probe, steps, cost, nodes = CopyProbe(), [], 0.0, 0
     g = 1  # out[:g] committed (the prefill picked the first)
     while g < len(out) and out[g - 1] not in eos:
@@ -163,7 +164,7 @@ def _turn(drafters: dict, cfg: SwiftConfig, costs: CostModel, ids: list[int], ou
             trie = _oracle_select(trie, out, g, here, req.max_depth, top=oracle == "top")
         elif len(trie) > 1 and rate is not None:  # as choose_node_count, with the marginal count
             n = _marginal_count(trie, here, min(cfg.max_nodes, len(trie)), (rate[0] + 2) / (rate[1] + 2))
-            if n == 1 and cfg.copy_probe and has_long_match(trie) and probe.due():
+            if n == 1 and cfg.copy_probe and trie.has_long_match() and probe.due():
                 n, probing = min(cfg.max_nodes, len(trie), probe.nodes), True
             trie = trie.select(max(n, sum(trie.keep)))
         elif len(trie) > 1:
@@ -212,7 +213,7 @@ class _EffectCalibration(RequestCalibration):
 def _calibration_class(cls: type) -> Callable[[dict], None]:
     def patch(drafters: dict) -> None:
         for d in drafters.values():
-            def calib(req: Request, d: Any = d) -> RequestCalibration:
+            def calib(req: DraftRequest, d: Any = d) -> RequestCalibration:
                 key = f"{d.name}:calib"
                 if not isinstance(req.scratch.get(key), cls):
                     req.scratch[key] = cls(d.calib)

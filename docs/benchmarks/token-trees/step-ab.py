@@ -36,7 +36,7 @@ VARIANTS = ("swiftsd", "no-probe", "row-by-row-head")
 
 def _row_by_row(model, tok) -> SwiftDecoder:
     dec = SwiftDecoder(model, tok)
-    dec._costs = replace(dec.costs, head_rows=(1,), head_times=(), head_transposed=False)
+    dec.costs = replace(dec.costs, head_rows=(1,), head_times=(), head_transposed=False)
     return dec
 
 

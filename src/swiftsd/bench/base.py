@@ -15,7 +15,7 @@ from typing import Any, Sequence
 import torch
 
 from ..config import SamplingParams
-from ..errors import InvalidArgumentError
+from ..hf.options import GenerateArgs
 
 
 class AccountingError(RuntimeError):
@@ -31,9 +31,7 @@ class RunParams:
     max_new_tokens: int = 128
 
     def __post_init__(self) -> None:
-        n = self.max_new_tokens
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise InvalidArgumentError(f"--max-new-tokens must be an integer >= 1, got {n!r}")
+        GenerateArgs(max_new_tokens=self.max_new_tokens).check(lambda name: "--" + name.replace("_", "-"))
 
     @property
     def greedy(self) -> bool:
@@ -131,7 +129,7 @@ class Method:
         """An untimed run that leaves no state behind."""
         self.generate(input_ids, params, seed)
 
-    def state(self) -> Any:
+    def learned_state(self) -> Any:
         """The live learned state (None: the method keeps none)."""
         return None
 

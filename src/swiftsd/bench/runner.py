@@ -116,7 +116,7 @@ def warm_up(methods: Sequence[Method], tokenizer: Any, params: RunParams, n: int
 def _run_turn(methods: Sequence[Method], inputs: dict[str, list[int]], params: RunParams, seed: int,
               repeats: int, first_round: int, tick: Callable[[Method, int], None]) -> dict[str, list[TurnOutput]]:
     """Every method ``repeats`` times on one turn, in rounds; each method ends in its fastest run's state."""
-    base = {m.name: m.state() for m in methods}
+    base = {m.name: m.learned_state() for m in methods}
     runs: dict[str, list[TurnOutput]] = {m.name: [] for m in methods}
     ends: dict[str, list[Any]] = {m.name: [] for m in methods}
     for r in range(repeats):
@@ -124,7 +124,7 @@ def _run_turn(methods: Sequence[Method], inputs: dict[str, list[int]], params: R
             start = base[m.name] if r == repeats - 1 else m.copy_state(base[m.name])
             m.set_state(start)
             runs[m.name].append(m.generate(inputs[m.name], params, seed))
-            ends[m.name].append(m.state())
+            ends[m.name].append(m.learned_state())
             tick(m, r)
     for m in methods:
         walls = [o.wall_time for o in runs[m.name]]

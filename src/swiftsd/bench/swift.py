@@ -55,7 +55,7 @@ class Swift(Method):
         """What the report says of this method; with the cost model it planned with, once measured, so
         that a run's steps can be replayed later (docs/benchmarks/token-trees/replay.py)."""
         d = self.decoder
-        costs = d._costs if d is not None else None  # read, not measured: describing costs no time
+        costs = d.measured_costs if d is not None else None  # read, not measured: describing costs no time
         return {
             "options": {k: _jsonable(v) for k, v in self.options.items()},
             "skip_set": d.skip_set.to_dict() if d is not None and d.skip_set is not None else None,
@@ -64,7 +64,7 @@ class Swift(Method):
         }
 
     # -- state, for repeats: every repeat of a turn starts from the same learned state --------
-    def state(self) -> Any:
+    def learned_state(self) -> Any:
         return self.decoder
 
     def copy_state(self, state: Any) -> Any:

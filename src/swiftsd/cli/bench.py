@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .common import add_model_arguments, add_skip_arguments, load_model, parse_skip_set
+from .common import add_model_arguments, add_skip_arguments, check_skip_choice, load_model, start_skip_set
 from ..config import SamplingParams
 from ..errors import InvalidArgumentError
 from ..engine.skipset import SkipSet
@@ -95,15 +95,6 @@ def _slug(s: str) -> str:
 def _dtype_short(dtype: Any) -> str:
     name = str(dtype).replace("torch.", "")
     return {"bfloat16": "bf16", "float32": "fp32", "float16": "fp16"}.get(name, name)
-
-
-def _stored_skip_set(args: argparse.Namespace, model: Any) -> SkipSet | None:
-    """The tuned set for (model, --task) from --skip-set-store, through the optimiser's store."""
-    if not args.skip_set_store:
-        return None
-    from ..persist.store import resolve_start_set
-
-    return resolve_start_set(args.skip_set_store, model, args.task)
 
 
 def _isolated_costs(methods: list, records: list) -> dict[str, Any]:
@@ -265,13 +256,12 @@ def run(args: argparse.Namespace) -> int:
 
     params = _check_args(args)
     prompts = interleave_categories(load_prompts(args.data, args.categories, args.n_per_category))
-    static = parse_skip_set(args.skip_set)
+    check_skip_choice(args)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     hf_logging.set_verbosity_error()  # generate() warns about flags per call; the table is what matters
     model, tok = load_model(args)
-    if static is None:
-        static = _stored_skip_set(args, model)
+    static, _ = start_skip_set(args, model)  # --static-skip-set, else the store's set (an error if it has none)
     device = model.get_input_embeddings().weight.device
     methods, unavailable = _build(args, model, tok, static)
     if args.repeats == 1:

@@ -1,14 +1,18 @@
-"""Flags shared by the subcommands (model, dtype, skip set, store), parsed once here."""
+"""Flags shared by the subcommands (model, dtype, skip set, store, decoder), parsed once here, and the one
+decoder builder every command uses."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..config import DRAFTER_NAMES, METHODS
 from ..errors import InvalidArgumentError, InvalidSkipSetError
 from ..engine.skipset import SkipSet
+
+if TYPE_CHECKING:
+    from ..core.decoder import SwiftDecoder
 
 
 def add_model_arguments(p: argparse.ArgumentParser) -> None:
@@ -69,10 +73,62 @@ def parse_skip_set(value: str | None) -> SkipSet | None:
     return SkipSet.from_json(text)
 
 
+def check_skip_choice(args: argparse.Namespace) -> SkipSet | None:
+    """``--skip-set`` parsed (None if not given); refused together with ``--skip-set-store``. No model needed."""
+    skip = parse_skip_set(getattr(args, "skip_set", None))
+    if skip is not None and getattr(args, "skip_set_store", None):
+        raise InvalidArgumentError("give either --skip-set (fixed) or --skip-set-store (tuned and saved), not both")
+    return skip
+
+
+def start_skip_set(args: argparse.Namespace, model: Any, missing_ok: bool = False) -> tuple[SkipSet | None, bool]:
+    """The skip set a command starts from, and whether it is fixed (a hand-given ``--skip-set``, used as
+    is) or a start for the optimiser (the ``--skip-set-store`` set for this model and ``--task``).
+
+    ``missing_ok``: an absent store, or none stored for this model and task, starts from the default
+    (the server, which writes the store on shutdown); else that is an error naming the fix.
+    """
+    skip = check_skip_choice(args)
+    if skip is not None:
+        return skip, True
+    path = getattr(args, "skip_set_store", None)
+    if not path:
+        return None, False
+    from ..persist.store import model_key, resolve_start_set
+
+    stored = resolve_start_set(path, model, args.task, missing_ok=missing_ok)
+    if stored is None and not missing_ok:
+        raise InvalidArgumentError(
+            f"{path!r} holds no skip set for model {model_key(model)!r} and task {args.task!r}; "
+            "tune one with `swiftsd tune`, pick another --task, or drop --skip-set-store")
+    return stored, False
+
+
+def build_decoder(args: argparse.Namespace, model: Any, tokenizer: Any, store_missing_ok: bool = False,
+                  skip: SkipSet | None = None, **overrides: Any) -> "SwiftDecoder":
+    """The decoder of ``generate``, ``serve`` and ``tune``: ``--method`` / ``--drafters`` and the skip-set
+    choice of :func:`start_skip_set` (or ``skip``, a start set the command found itself), then
+    ``overrides`` (SwiftDecoder keyword arguments). A hand-given set is used as is, not tuned."""
+    from ..core.decoder import SwiftDecoder
+
+    config: dict[str, Any] = decoder_options(args) if hasattr(args, "method") else {}
+    fixed = False
+    if skip is None:
+        skip, fixed = start_skip_set(args, model, store_missing_ok)
+    if fixed:
+        config["optimizer"] = False
+    return SwiftDecoder(model, tokenizer, skip_set=skip, **{**config, **overrides})
+
+
 def load_model(args: argparse.Namespace) -> tuple[Any, Any]:
     from ..loading import load
 
     return load(args.model, dtype=args.dtype, device=args.device)
+
+
+def flag(name: str) -> str:
+    """An argument's name as the command line spells it: ``max_new_tokens`` -> ``--max-new-tokens``."""
+    return "--" + name.replace("_", "-")
 
 
 def read_text_arg(value: str | None, what: str) -> str:

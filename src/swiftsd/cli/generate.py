@@ -21,13 +21,13 @@ import torch
 from .. import progress
 from . import common as cli_common
 from ..config import SamplingParams
-from ..core.decoder import GenerationResult, SwiftDecoder
+from ..core.decoder import SwiftDecoder
+from ..core.run import GenerationResult
 from ..hf.detok import IncrementalDetokenizer
 from ..hf.eos import resolve_eos
 from ..errors import InvalidArgumentError
 from ..hf.stopping import parse_stop_strings
-from ..engine.skipset import SkipSet
-from ..persist import store as skip_set_store
+from ..hf.options import GenerateArgs
 
 WARMUP_TOKENS = 8  # --compare: tokens each method generates once, untimed, before the timed runs
 
@@ -104,33 +104,22 @@ def run(args: argparse.Namespace) -> int:
     """
     # 1. Validate everything that needs no model.
     prompt = cli_common.read_text_arg(args.prompt, "--prompt")
-    params = SamplingParams(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k)
-    if args.max_new_tokens < 1:
-        raise InvalidArgumentError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
-    if args.min_new_tokens < 0:
-        raise InvalidArgumentError(f"--min-new-tokens must be >= 0, got {args.min_new_tokens}")
     stops = list(parse_stop_strings(args.stop))
-    skip = cli_common.parse_skip_set(args.skip_set)
-    if skip is not None and args.skip_set_store:
-        raise InvalidArgumentError("give either --skip-set or --skip-set-store, not both")
+    request = GenerateArgs(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
+                           top_k=args.top_k, seed=args.seed, stop_strings=stops or None,
+                           min_new_tokens=args.min_new_tokens).check(cli_common.flag)
+    params = SamplingParams(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k)
+    cli_common.check_skip_choice(args)
     if args.stream and args.json:
         raise InvalidArgumentError("--stream prints text as it comes and --json prints one object: pick one")
-    store = skip_set_store if args.skip_set_store else None
-    config: dict[str, Any] = cli_common.decoder_options(args)  # --method, --drafters
+    cli_common.decoder_options(args)  # --method, --drafters
 
     # 2. Load the model; build the prompt and the decoder.
     model, tokenizer = cli_common.load_model(args)
     ids = encode_prompt(tokenizer, prompt, args.chat)
-    if store is not None:
-        skip = _stored_skip_set(store, args, model)
-    elif skip is not None:
-        config["optimizer"] = False  # a hand-given set is used as is, not tuned
-    decoder = SwiftDecoder(model, tokenizer, skip_set=skip, **config)
-    gen_kwargs = dict(max_new_tokens=args.max_new_tokens, temperature=params.temperature, top_p=params.top_p,
-                      top_k=params.top_k, seed=args.seed)
-    ends = dict(stop_strings=stops or None, min_new_tokens=args.min_new_tokens)  # swiftsd.hf.stopping, as generate
-    if stops or args.min_new_tokens:
-        gen_kwargs.update(ends)
+    decoder = cli_common.build_decoder(args, model, tokenizer)
+    gen_kwargs = request.as_kwargs()
+    ends = dict(stop_strings=stops or None, min_new_tokens=args.min_new_tokens)  # the same ends for plain generate
 
     # 3. Generate (after an untimed warm-up of both methods when comparing).
     _say(doing_line(args, model, len(ids), decoder.optimizer is not None and not _costs_cached(decoder)))
@@ -388,13 +377,3 @@ def compare_with_plain(model: Any, ids: list[int], result: GenerationResult, par
             first = next((i for i, (a, b) in enumerate(zip(plain_new, ours)) if a != b), min(len(plain_new), len(ours)))
     return Comparison(plain_tokens=len(plain_new), plain_seconds=seconds, swift_tokens=n_new,
                       swift_seconds=result.stats.wall_time, identical=identical, first_difference=first)
-
-
-def _stored_skip_set(store: Any, args: argparse.Namespace, model: Any) -> SkipSet:
-    """The stored set for this model and ``--task`` (the optimiser starts from it)."""
-    skip = store.resolve_start_set(args.skip_set_store, model, args.task)
-    if skip is None:
-        raise InvalidArgumentError(
-            f"{args.skip_set_store!r} holds no skip set for model {store.model_key(model)!r} and task {args.task!r}; "
-            "tune one with `swiftsd tune`, pick another --task, or drop --skip-set-store")
-    return skip

@@ -58,14 +58,13 @@ def _settings(args: argparse.Namespace, aliases: tuple[str, ...]) -> ServerSetti
 
 def _check(args: argparse.Namespace) -> dict[str, Any]:
     """Everything that needs no model, so a typo fails before a model load; returns --method / --drafters
-    as SwiftDecoder options."""
-    from .common import decoder_options
+    as SwiftDecoder options (``build_decoder`` reads them again)."""
+    from .common import check_skip_choice, decoder_options
 
     options = decoder_options(args)
     if not 0 <= args.port <= 65535:
         raise InvalidArgumentError(f"--port must be in 0..65535, got {args.port}")
-    if args.skip_set is not None and args.skip_set_store:
-        raise InvalidArgumentError("give either --skip-set (fixed) or --skip-set-store (tuned and saved), not both")
+    check_skip_choice(args)
     if args.state is None and (args.state_reset or args.state_interval != ServerSettings.state_interval):
         raise InvalidArgumentError("--state-interval and --state-reset go with --state FILE")
     _settings(args, ())  # the limits' own checks
@@ -75,27 +74,20 @@ def _check(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .common import load_model, parse_skip_set
-    from ..core.decoder import SwiftDecoder
+    from .common import build_decoder, load_model, start_skip_set
     from ..persist.identity import model_identity
     from ..server.app import create_app
 
-    config: dict[str, Any] = _check(args)
-    skip = parse_skip_set(args.skip_set)
+    _check(args)
     name = args.served_model_name or args.model
     model, tokenizer = load_model(args)
     identity = model_identity(model)
     settings = _settings(args, tuple({identity.name, args.model} - {name}))
-    if args.skip_set_store:
-        from ..persist.store import resolve_start_set
-
-        # a missing file is fine: the server creates it when it shuts down
-        skip = resolve_start_set(args.skip_set_store, model, args.task, missing_ok=True)
-        if skip is not None:
-            say(f"starting from the stored skip set for task {args.task!r}: {skip.to_dict()}")
-    elif skip is not None:
-        config["optimizer"] = False  # a hand-given set is used as is, not tuned
-    decoder = SwiftDecoder(model, tokenizer, skip_set=skip, **config)
+    # a missing store is fine: the server creates it when it shuts down
+    skip, fixed = start_skip_set(args, model, missing_ok=True)
+    if skip is not None and not fixed:
+        say(f"starting from the stored skip set for task {args.task!r}: {skip.to_dict()}")
+    decoder = build_decoder(args, model, tokenizer, store_missing_ok=True)
     metrics, keeper = Metrics(), None
     metrics.add_drafters({d: {} for d in decoder.drafters})  # every drafter's series from the start, at 0
     if args.state:

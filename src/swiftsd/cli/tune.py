@@ -16,7 +16,7 @@ import time
 from dataclasses import fields
 from typing import Any
 
-from .common import add_model_arguments, costs_before_bars, load_model
+from .common import add_model_arguments, build_decoder, costs_before_bars, flag, load_model
 from ..config import OptimizerConfig
 from ..errors import InvalidArgumentError
 
@@ -79,14 +79,13 @@ def parse_opt_overrides(items: list[str]) -> dict[str, Any]:
 
 def run(args: argparse.Namespace) -> int:
     from ..bench.data import build_input, evenly_spaced, load_prompts
-    from ..core.decoder import SwiftDecoder
+    from ..hf.options import GenerateArgs
     from ..persist.store import load_skip_set, model_key, save_optimizer_result
     from .trace import write_trace
 
     if args.n < 1:
         raise InvalidArgumentError(f"--n must be >= 1, got {args.n}")
-    if args.max_new_tokens < 1:
-        raise InvalidArgumentError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
+    request = GenerateArgs(max_new_tokens=args.max_new_tokens, seed=args.seed).check(flag)
     over = parse_opt_overrides(args.opt)
     over.setdefault("seed", args.seed)
     # a tune run exists to search: no wall-clock cap on the search's share of decoding (a server's
@@ -100,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
     key = model_key(model)
     start = load_skip_set(args.out, key, task, missing_ok=True) if args.resume else None
     # asked to search: search even where the cost model says no set can pay here (search_gate)
-    dec = SwiftDecoder(model, tok, skip_set=start, optimizer=opt_cfg, search_gate=False)
+    dec = build_decoder(args, model, tok, skip=start, optimizer=opt_cfg, search_gate=False)
     assert dec.optimizer is not None
     opt = dec.optimizer
 
@@ -110,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
     bar = _progress(prompts, f"tune {key}/{task}", args.no_progress)
     for prompt in bar:
         ids = build_input(tok, prompt, 0, [])
-        res = dec.generate(ids, max_new_tokens=args.max_new_tokens, seed=args.seed)
+        res = dec.generate(ids, **request.as_kwargs())
         runs.append(res.stats)
         d = opt.status()
         bar.set_postfix(phase=d["phase"], it=d["iterations"], m=_f(d["best_matchness"]),

@@ -3,42 +3,49 @@
 One loop serves greedy and sampling, speculative and plain steps (a step whose
 trie is the root alone is plain decoding). Drafts come from the drafters in
 ``drafters/`` (the layer-skipped model, prompt lookup, a stream suffix index)
-into one trie; the planner picks, per step and by the measured cost model,
-which drafters run and how many nodes to verify. It yields the tokens of every
-step for streaming. A request's arguments are parsed in ``request.py``, its state
-lives in ``run.py``, the learned state's round trip in ``learned.py``, the step
-choice in ``planner.py``.
+into one trie; the :class:`~swiftsd.core.planner.Planner` picks, per step and by
+the measured cost model, whether the model draft runs and how many nodes to
+verify. It yields the tokens of every step for streaming. A request is parsed
+once into a :class:`~swiftsd.core.request.Request`, its state lives in a
+:class:`~swiftsd.core.run.Run`, and the learned state's round trip is composed
+from each component's own ``state_dict`` (``learned.py``).
 """
 
 from __future__ import annotations
 
+import inspect
 import time
-from typing import TYPE_CHECKING, Any, Generator, Sequence
+from typing import TYPE_CHECKING, Any, Generator
 
 import torch
 
 from ..config import SamplingParams, SwiftConfig
-from ..drafters import DraftTrie, Request, make_drafters
-from ..drafters.layerskip import LayerSkipDrafter, ModelStep, draft_head, matchness
+from ..drafters import DraftContext, DraftRequest, DraftTrie, ModelDrafter, make_drafters
+from ..drafters.layerskip import draft_head, matchness
 from ..engine.cache import SlotKVCache
-from ..engine.cost import CostModel, cached_costs
+from ..engine.cost import CostModel
+from ..engine.cost_cache import CostSource
 from ..engine.models import DraftHead, get_adapter
 from ..engine.skipset import SkipSet
 from ..engine.tree import TreeLayout, build_tree
 from ..engine.verify import PositionNoise, coupled_sample, greedy_verify, multi_candidate_speculative_sampling, \
     target_probs
+from ..hf.options import GenerateArgs
 from ..optimize import SkipOptimizer
-from .learned import decoder_state_dict, load_decoder_state
-from .planner import (SearchBudget, StepPlan, WallClockBound, choose_node_count, layerskip_ceiling, plan_layerskip,
-                      relative_verify)
-from .run import GenerationResult, GenerationStream, LogitsProcessor, RunState, TargetScores
-from .request import RequestArgs, parse_request, parse_skip
 from ..stats import GenerationStats
+from .forecast import StepPlan
+from .learned import TokenCounts, compose, restore
+from .planner import Planner, StepOutcome
+from .request import ModelFacts, Request, parse_skip
+from .run import GenerationResult, GenerationStream, Run, StepClock, TargetScores
 
 if TYPE_CHECKING:
-    from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase, StoppingCriteria
+    from pathlib import Path
+
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
     from ..hf.custom_generate import CustomGenerate
+
 
 class SwiftDecoder:
     """SWIFT self-speculative decoding for a stock Hugging Face causal LM.
@@ -61,69 +68,41 @@ class SwiftDecoder:
         self.adapter = get_adapter(model)
         self.config = SwiftConfig.from_kwargs(config)
         self.num_layers = self.adapter.num_layers
+        self.facts = ModelFacts.of(model, tokenizer, self.adapter)
         self.skip_set = (parse_skip(skip_set, self.num_layers) if skip_set is not None
                          else SkipSet.uniform(self.num_layers))
-        self._costs: CostModel | None = None
-        self._ceiling: tuple[CostModel, float] | None = None  # layerskip_ceiling of that cost model
+        self.cost_source = CostSource(self.adapter, self.config.draft_vocab, self._cost_dir)
         self.drafters = make_drafters(self.config)
+        self.model_drafter: ModelDrafter | None = self.drafters.get("layerskip")  # type: ignore[assignment]
         self.optimizer: SkipOptimizer | None = None
-        if self.config.optimizer.enabled and "layerskip" in self.drafters:
+        if self.config.optimizer.enabled and self.model_drafter is not None:
             self.optimizer = SkipOptimizer(self.num_layers, self.config.optimizer, start=self.skip_set,
-                                           costs=lambda: self.costs, max_draft=self.config.max_draft)
-        self._wall, self._budget = WallClockBound(), SearchBudget()
-        self.token_counts = torch.zeros(self.adapter.vocab_size, dtype=torch.long)  # the draft vocabulary's order
+                                           costs=self.cost_source, max_draft=self.config.max_draft)
+        self.planner = Planner(self.config, self.cost_source)
+        self.token_counts = TokenCounts(self.adapter.vocab_size)  # orders the draft vocabulary
 
     # -- public API ------------------------------------------------------------
-    def generate(
-        self,
-        input_ids: Any,
-        max_new_tokens: int = 128,
-        temperature: float = 0.0,
-        top_p: float = 1.0,
-        top_k: int = 0,
-        eos_token_id: int | Sequence[int] | None = None,
-        seed: int | None = None,
-        skip_set: SkipSet | dict | str | None = None,
-        logits_processor: LogitsProcessor | None = None,
-        stop_strings: str | Sequence[str] | None = None,
-        min_new_tokens: int = 0,
-        generation_config: "GenerationConfig | None" = None,
-        stopping_criteria: "Sequence[StoppingCriteria] | None" = None,
-    ) -> GenerationResult:
-        """Generate like ``model.generate`` (greedy when temperature is 0), only faster."""
-        stream = self.stream(input_ids, max_new_tokens, temperature, top_p, top_k, eos_token_id, seed, skip_set,
-                             logits_processor, stop_strings, min_new_tokens, generation_config, stopping_criteria)
+    def generate(self, input_ids: Any, **kwargs: Any) -> GenerationResult:
+        """Generate like ``model.generate`` (greedy when temperature is 0), only faster: :meth:`stream`, drained."""
+        stream = self.stream(input_ids, **kwargs)
         for _ in stream:
             pass
         assert stream.result is not None
         return stream.result
 
-    def stream(
-        self,
-        input_ids: Any,
-        max_new_tokens: int = 128,
-        temperature: float = 0.0,
-        top_p: float = 1.0,
-        top_k: int = 0,
-        eos_token_id: int | Sequence[int] | None = None,
-        seed: int | None = None,
-        skip_set: SkipSet | dict | str | None = None,
-        logits_processor: LogitsProcessor | None = None,
-        stop_strings: str | Sequence[str] | None = None,
-        min_new_tokens: int = 0,
-        generation_config: "GenerationConfig | None" = None,
-        stopping_criteria: "Sequence[StoppingCriteria] | None" = None,
-    ) -> GenerationStream:
-        """Like :meth:`generate`, yielding the token ids each step accepts. Validates eagerly.
+    def stream(self, input_ids: Any, **kwargs: Any) -> GenerationStream:
+        """Yield the token ids each step accepts; ``.result`` is set at the end. Validates eagerly.
 
-        ``logits_processor``: an HF-style ``proc(input_ids [k, L], scores [k, V])`` applied
-        to the target's logits of every verified node with that node's own prefix. It
-        then does the warping: the decoder samples from softmax(processed scores) when
-        temperature > 0 (temperature/top-k/top-p still shape the drafts).
+        ``input_ids``: text, ids, a tensor or a tokenizer's output. The keyword arguments are
+        :class:`~swiftsd.hf.options.GenerateArgs` (max_new_tokens, temperature, top_p, top_k,
+        eos_token_id, seed, skip_set, logits_processor, stop_strings, min_new_tokens,
+        generation_config, stopping_criteria), as ``model.generate`` takes them.
         """
-        a = parse_request(self, input_ids, max_new_tokens, temperature, top_p, top_k, eos_token_id, seed, skip_set,
-                          logits_processor, stop_strings, min_new_tokens, generation_config, stopping_criteria)
-        return GenerationStream(self._decode(self._start(a)))
+        return self.decode(Request.build(self.facts, input_ids, GenerateArgs.from_kwargs(kwargs)))
+
+    def decode(self, request: Request) -> GenerationStream:
+        """Decode a request already built with :meth:`Request.build` (``self.facts``)."""
+        return GenerationStream(self._decode(self._start(request)))
 
     @property
     def custom_generate(self) -> "CustomGenerate":
@@ -135,66 +114,96 @@ class SwiftDecoder:
     @property
     def costs(self) -> CostModel:
         """The device's measured cost model: read from the on-disk cache, else measured (seconds) once."""
-        if self._costs is None:
-            directory = None
-            if self.config.cost_cache:
-                from ..loading import cache_dir
+        return self.cost_source.get()
 
-                directory = cache_dir() / "costs"
-            self._costs = cached_costs(self.adapter, self.config.draft_vocab, directory)
-        return self._costs
+    @costs.setter
+    def costs(self, costs: CostModel) -> None:
+        """Plan with ``costs`` instead (one measured elsewhere, or a synthetic one in a study)."""
+        self.cost_source.set(costs)
+
+    @property
+    def measured_costs(self) -> CostModel | None:
+        """The cost model if already measured or loaded; reading it measures nothing."""
+        return self.cost_source.peek()
+
+    def plan(self, trie: DraftTrie, context: int, remaining: int, skip_override: SkipSet | None = None) -> StepPlan:
+        """What the planner decides for a step over ``trie`` after ``context`` committed tokens with
+        ``remaining`` to generate: the skip set the draft would use, and whether it runs."""
+        ls = self.model_drafter
+        depth = max(0, min(self.config.max_draft, remaining - 1))
+        skip = self._skip_for(skip_override) if ls is not None else None
+        if ls is None or skip is None or depth == 0:
+            return self.planner.plan(trie, None, 0.0, depth, context)
+        ls.use_skip(skip)
+        prior, opt = 0.5, self.optimizer if skip_override is None else None
+        if opt is not None and opt.best()[1] is not None:
+            prior = opt.acceptance(opt.best()[1])
+        return self.planner.plan(trie, skip, ls.acceptance(prior), depth, context)
+
+    def draft_head(self, prompt: list[int], eos: set[int]) -> DraftHead | None:
+        """The draft's vocabulary for a request (None: the full head; see ``drafters.layerskip.draft_head``)."""
+        if self.model_drafter is None:
+            return None
+        return draft_head(self.adapter, self.token_counts.counts, prompt, eos, self.config.draft_vocab)
+
+    def matchness(self, skip: SkipSet, tokens: list[int], prompt_len: int, cache: SlotKVCache,
+                  window: int, head: DraftHead | None = None) -> float:
+        """The paper's matchness of ``skip`` on this request's first ``window`` tokens (layerskip.py)."""
+        return matchness(self.adapter, skip, tokens, prompt_len, cache, window, head)
 
     def reset(self) -> None:
-        """Forget what the stream taught: the optimiser's search, every drafter's state, token counts."""
+        """Forget what the stream taught: the optimiser's search, every drafter's state, the planner's, token counts."""
         if self.optimizer is not None:
             self.optimizer.reset()
         for d in self.drafters.values():
             d.reset()
-        self.token_counts.zero_()
-        self._wall, self._budget = WallClockBound(), SearchBudget()
+        self.token_counts.reset()
+        self.planner.reset()
 
     def state_dict(self) -> dict[str, Any]:
         """Everything the decoder learned from its stream, as plain JSON-able data (see learned.py)."""
-        return decoder_state_dict(self)
+        return compose(self.num_layers, self.adapter.vocab_size, self._learners(), self.drafters)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict`'s output exactly; anything else is refused and changes nothing."""
-        load_decoder_state(self, state)
+        restore(state, self.num_layers, self.adapter.vocab_size, self._learners(), self.drafters)
 
     # -- the loop ------------------------------------------------------------------
-    def _decode(self, run: RunState) -> Generator[list[int], None, GenerationResult]:
+    def _decode(self, run: Run) -> Generator[list[int], None, GenerationResult]:
         yield self._prefill(run)  # 1. the full model reads the prompt and picks the first token
         while not run.done:
-            self._optimise(run)  # 2. while searching, score one proposed skip set by matchness
+            clock = self._optimise(run)  # 2. while searching, score one proposed skip set by matchness
             trie = self._draft_free(run)  # 3. lookup and suffix drafts: no model forward
-            plan = self._plan(run, trie)  # 4. run the layer-skip draft? by cost and acceptance counts
-            self._draft_model(run, plan, trie)  # 5. the layer-skip draft adds its tree to the same trie
-            trie, layout = self._tree(run, trie)  # 6. keep the nodes that pay; memoised layout
+            plan = self.plan(trie, len(run.tokens), run.remaining, run.skip_override)  # 4. draft? by cost
+            self._draft_model(run, plan, trie, clock)  # 5. the layer-skip draft adds its tree to the same trie
+            trie, layout = self._tree(run, trie, clock)  # 6. keep the nodes that pay; memoised layout
             target = self._verify(run, trie, layout)  # 7. one full-model forward over the tree
             accepted, bonus = self._accept(run, trie, layout, target)  # 8. longest agreeing path + bonus
-            yield self._commit(run, trie, layout, plan, accepted, bonus)  # 9. keep its KV, emit its tokens
+            yield self._commit(run, trie, layout, plan, clock, accepted, bonus)  # 9. keep its KV, emit its tokens
         return self._finish(run)
 
-    def _start(self, a: RequestArgs) -> RunState:
-        cfg, ad = self.config, self.adapter
-        ids, max_new, params, eos, seed, processor = a.ids, a.max_new_tokens, a.params, set(a.eos), a.seed, a.processor
+    def _start(self, r: Request) -> Run:
+        cfg, ad, ids = self.config, self.adapter, list(r.ids)
         window = self.optimizer.config.context_window if self.optimizer is not None else 0
         draft_slots = 1 + cfg.max_draft * max(cfg.frontier, cfg.max_width)
-        cache = SlotKVCache(ad.num_layers, len(ids) + max_new + draft_slots + cfg.max_nodes + window + 2)
+        cache = SlotKVCache(ad.num_layers, len(ids) + r.max_new_tokens + draft_slots + cfg.max_nodes + window + 2)
         gen = torch.Generator(device=ad.device)
-        gen.manual_seed(seed)
+        gen.manual_seed(r.seed)
         noise = None
-        if not params.greedy and cfg.sampler == "coupled":
-            noise = PositionNoise(seed, ad.vocab_size, ad.device)
-        target = SamplingParams(temperature=1.0) if processor is not None and not params.greedy else params
-        req = Request(tokens=list(ids), prompt_len=len(ids), eos=frozenset(eos))
-        return RunState(req=req, cache=cache, head=self._draft_head(ids, eos), params=target, draft_params=params,
-                    generator=gen, noise=noise, eos=eos, max_new=max_new, skip_override=a.skip, processor=processor,
-                    stop=a.stop, stats=GenerationStats(prompt_tokens=len(ids)), t_start=time.perf_counter())
+        if not r.params.greedy and cfg.sampler == "coupled":
+            noise = PositionNoise(r.seed, ad.vocab_size, ad.device)
+        target = SamplingParams(temperature=1.0) if r.processor is not None and not r.params.greedy else r.params
+        draft_req = DraftRequest(tokens=ids, prompt_len=len(ids), eos=r.eos)
+        return Run(draft_req=draft_req, cache=cache, head=self.draft_head(ids, set(r.eos)), params=target,
+                   draft_params=r.params, generator=gen, noise=noise, eos=set(r.eos), max_new=r.max_new_tokens,
+                   skip_override=r.skip, processor=r.processor, stop=r.stop,
+                   stats=GenerationStats(prompt_tokens=len(ids)), t_start=time.perf_counter(),
+                   probe=self.planner.new_probe())
 
-    def _prefill(self, run: RunState) -> list[int]:
+    def _prefill(self, run: Run) -> list[int]:
         ad, dev, P = self.adapter, self.adapter.device, len(run.tokens)
-        logits = ad.forward(torch.tensor(run.tokens, device=dev), torch.arange(P, device=dev), cache=run.cache, logits_rows=slice(P - 1, P))
+        logits = ad.forward(torch.tensor(run.tokens, device=dev), torch.arange(P, device=dev), cache=run.cache,
+                            logits_rows=slice(P - 1, P))
         run.cache.rollback(P)
         if run.processor is not None:
             logits = run.processor(torch.tensor([run.tokens], device=dev), logits)
@@ -205,31 +214,22 @@ class SwiftDecoder:
         run.done = run.done or (run.stop is not None and run.stop(run.tokens, 1) is not None)
         return [first]
 
-    def _optimise(self, run: RunState) -> None:
+    def _optimise(self, run: Run) -> StepClock:
         t0 = time.perf_counter()
         opt = self.optimizer if run.skip_override is None else None
-        n, P = len(run.tokens), run.req.prompt_len
-        if opt is not None and opt.wants_proposal(n - P) and self._search_can_pay():
+        n, P = len(run.tokens), run.draft_req.prompt_len
+        if opt is not None and opt.wants_proposal(n - P) and self.planner.search_pays():
             cand = opt.propose()
             opt.observe(cand, self.matchness(cand, run.tokens, P, run.cache, opt.config.context_window, run.head))
-            self._budget.spend((time.perf_counter() - t0) / self.costs.full_step)
-        run.clock["t0"], run.clock["t1"] = t0, time.perf_counter()
-        run.stats.time_optimize += run.clock["t1"] - t0
+            self.planner.searched(time.perf_counter() - t0)
+        clock = StepClock(start=t0, drafting=time.perf_counter())
+        run.stats.time_optimize += clock.drafting - t0
+        return clock
 
-    def _search_can_pay(self) -> bool:
-        """Could any skip set pay here, by the cost model at a best-case acceptance? (planner and
-        ``search_gate`` only: the paper's loop, and ``swiftsd tune``, always search.)"""
-        if not (self.config.planner and self.config.search_gate):
-            return True
-        costs, cfg = self.costs, self.config
-        if self._ceiling is None or self._ceiling[0] is not costs:
-            ratio = max(cfg.optimizer.ratio_range[1], cfg.optimizer.skip_ratio)
-            self._ceiling = (costs, layerskip_ceiling(costs, ratio, cfg.frontier, cfg.max_draft).rate)
-        return self._budget.open() and self._wall.bound(self._ceiling[1]) > 1.0
-
-    def _current_skip(self, run: RunState) -> SkipSet | None:
-        if run.skip_override is not None:
-            return run.skip_override
+    def _skip_for(self, override: SkipSet | None) -> SkipSet | None:
+        """The draft's skip set: the request's own, else the optimiser's choice (None: no draft)."""
+        if override is not None:
+            return override
         if self.optimizer is None:
             return self.skip_set
         if not self.config.planner:
@@ -237,72 +237,49 @@ class SwiftDecoder:
         best = self.optimizer.best()[0]
         return None if best.is_empty() else best
 
-    def _draft_free(self, run: RunState) -> DraftTrie:
+    def _draft_free(self, run: Run) -> DraftTrie:
         trie = DraftTrie.rooted(run.tokens[-1])
-        run.req.max_depth = min(self.config.max_draft, run.remaining - 1)
-        if run.req.max_depth > 0:
+        run.draft_req.max_depth = min(self.config.max_draft, run.remaining - 1)
+        if run.draft_req.max_depth > 0:
             for d in self.drafters.values():
                 if d.free:
-                    d.propose(run.req, trie, 4 * self.config.max_nodes)
+                    d.propose(run.draft_req, trie, 4 * self.config.max_nodes)  # type: ignore[call-arg]
         return trie
 
-    def _plan(self, run: RunState, trie: DraftTrie) -> StepPlan:
-        """Run the layer-skip draft only when its forecast beats what the free drafts offer (planner.py)."""
-        cfg = self.config
-        ls: LayerSkipDrafter | None = self.drafters.get("layerskip")  # type: ignore[assignment]
-        skip = self._current_skip(run) if ls is not None else None
-        depth = max(0, min(cfg.max_draft, run.remaining - 1))
-        if ls is None or skip is None or depth == 0:
-            return StepPlan(False, None, depth, 0.0)
-        ls.use_skip(skip)
-        if not cfg.planner:
-            return StepPlan(True, skip, depth, 0.0)
-        prior = 0.5
-        opt = self.optimizer if run.skip_override is None else None
-        if opt is not None and opt.best()[1] is not None:
-            prior = opt.acceptance(opt.best()[1])
-        return plan_layerskip(self.costs.at_context(len(run.tokens)), trie, skip, ls.acceptance(prior), cfg.frontier,
-                              depth, cfg.max_nodes, self._wall)
-
-    def _draft_model(self, run: RunState, plan: StepPlan, trie: DraftTrie) -> None:
-        cfg = self.config
+    def _draft_model(self, run: Run, plan: StepPlan, trie: DraftTrie, clock: StepClock) -> None:
         t_free = time.perf_counter()
-        if plan.run_model:
-            rejection = not run.params.greedy and run.noise is None
-            run.req.scratch["model_step"] = ModelStep(
-                adapter=self.adapter, cache=run.cache, skip=plan.skip, head=run.head, params=run.draft_params,
-                generator=run.generator, noise=run.noise, rejection=rejection,
-                max_depth=plan.max_depth, frontier=cfg.frontier if cfg.use_tree else 1, min_mass=plan.min_mass,
-                widths=(cfg.tree_thresholds, cfg.widths_for(run.params.greedy)), stop_threshold=cfg.stop_threshold)
+        if plan.run_model and self.model_drafter is not None:
+            ctx = self._draft_context(run, plan)
             # the rejection sampler keeps every sampled node: the budget is the tree's size
-            budget = cfg.max_nodes - len(trie) if rejection else 4 * cfg.max_nodes
-            self.drafters["layerskip"].propose(run.req, trie, budget)
-        run.clock["t2"] = time.perf_counter()
-        run.clock["model_draft"] = run.clock["t2"] - t_free if plan.run_model else 0.0
-        run.stats.time_draft += run.clock["t2"] - run.clock["t1"]
+            budget = self.config.max_nodes - len(trie) if ctx.rejection else 4 * self.config.max_nodes
+            clock.forwards = self.model_drafter.propose(run.draft_req, trie, budget, ctx)
+        clock.verifying = time.perf_counter()
+        clock.model_draft = clock.verifying - t_free if plan.run_model else 0.0
+        run.stats.time_draft += clock.verifying - clock.drafting
 
-    def _tree(self, run: RunState, trie: DraftTrie) -> tuple[DraftTrie, TreeLayout]:
-        """Keep the node count that maximises expected tokens per time; the layout is memoised by shape."""
+    def _draft_context(self, run: Run, plan: StepPlan) -> DraftContext:
         cfg = self.config
-        max_nodes = min(cfg.max_nodes, len(trie))
-        if cfg.planner and len(trie) > 1:
-            costs = self.costs.at_context(len(run.tokens))
-            spent = run.clock["model_draft"] / costs.full_step if run.clock["model_draft"] else 0.0
-            n, probing = choose_node_count(trie, costs, spent, max_nodes, run.probe if cfg.copy_probe else None)
-            if probing:
-                run.req.scratch["probe"] = True
-            trie = trie.select(max(n, sum(trie.keep)))
-        elif len(trie) > max_nodes:
-            trie = trie.select(max_nodes)
+        return DraftContext(
+            adapter=self.adapter, cache=run.cache, skip=plan.skip, head=run.head, params=run.draft_params,
+            generator=run.generator, noise=run.noise, rejection=not run.params.greedy and run.noise is None,
+            max_depth=plan.max_depth, frontier=cfg.frontier if cfg.use_tree else 1, min_mass=plan.min_mass,
+            widths=(cfg.tree_thresholds, cfg.widths_for(run.params.greedy)), stop_threshold=cfg.stop_threshold)
+
+    def _tree(self, run: Run, trie: DraftTrie, clock: StepClock) -> tuple[DraftTrie, TreeLayout]:
+        """Keep the node count that maximises expected tokens per time; the layout is memoised by shape."""
+        n, clock.probing = self.planner.keep_nodes(trie, len(run.tokens), clock.model_draft, run.probe)
+        trie = trie.select(n)
         return trie, build_tree(tuple(trie.parents))
 
-    def _verify(self, run: RunState, trie: DraftTrie, layout: TreeLayout) -> TargetScores:
+    def _verify(self, run: Run, trie: DraftTrie, layout: TreeLayout) -> TargetScores:
         """The body of the full model over every node; the LM head only for nodes the walk visits."""
         ad, dev, n = self.adapter, self.adapter.device, len(run.tokens)
-        hidden = ad.forward(torch.tensor(trie.tokens, device=dev), (n - 1) + layout.depth.to(dev), cache=run.cache, slot_start=n - 1, visible_prefix=n - 1, block_mask=layout.mask.to(dev), logits_rows="hidden")
-        return TargetScores(self.adapter, run, trie, layout, hidden, self._costs)
+        hidden = ad.forward(torch.tensor(trie.tokens, device=dev), (n - 1) + layout.depth.to(dev), cache=run.cache,
+                            slot_start=n - 1, visible_prefix=n - 1, block_mask=layout.mask.to(dev),
+                            logits_rows="hidden")
+        return TargetScores(self.adapter, run, trie, layout, hidden, self.measured_costs)
 
-    def _accept(self, run: RunState, trie: DraftTrie, layout: TreeLayout, target: TargetScores
+    def _accept(self, run: Run, trie: DraftTrie, layout: TreeLayout, target: TargetScores
                 ) -> tuple[list[int], int]:
         """Greedy: longest path equal to the target's argmax. Coupled: to its seeded Gumbel-max
         sample. Rejection: multi-candidate speculative sampling over the mixed tree."""
@@ -314,9 +291,9 @@ class SwiftDecoder:
         return multi_candidate_speculative_sampling(trie.tokens, target.probs, trie.q, trie.sampled, layout,
                                                     run.generator)
 
-    def _commit(self, run: RunState, trie: DraftTrie, layout: TreeLayout, plan: StepPlan, accepted: list[int],
-                bonus: int) -> list[int]:
-        n, stats = len(run.tokens), run.stats
+    def _commit(self, run: Run, trie: DraftTrie, layout: TreeLayout, plan: StepPlan, clock: StepClock,
+                accepted: list[int], bonus: int) -> list[int]:
+        n = len(run.tokens)
         run.cache.keep(n - 1, [0] + accepted)
         new = [trie.tokens[i] for i in accepted] + [bonus]
         for i, t in enumerate(new):
@@ -328,65 +305,67 @@ class SwiftDecoder:
             new, run.done = new[:keep], True
         run.done = run.done or len(new) == run.remaining
         t3 = time.perf_counter()
-        stats.time_verify += t3 - run.clock["t2"]
+        run.stats.time_verify += t3 - clock.verifying
         for d in self.drafters.values():
-            d.observe(run.req, trie, accepted)
-        self._record(run, trie, layout, plan, accepted, t3 - run.clock["t1"])
+            d.observe(run.draft_req, trie, accepted)
+        self._record(run, trie, layout, plan, clock, accepted, t3 - clock.drafting)
         run.tokens.extend(new)
         return new
 
-    def _record(self, run: RunState, trie: DraftTrie, layout: TreeLayout, plan: StepPlan, accepted: list[int],
-                step_time: float) -> None:
-        stats, costs = run.stats, self.costs.at_context(len(run.tokens))
+    def _record(self, run: Run, trie: DraftTrie, layout: TreeLayout, plan: StepPlan, clock: StepClock,
+                accepted: list[int], step_time: float) -> None:
+        stats = run.stats
         stats.record_tree(trie.sources, layout.size, layout.max_depth, accepted)
-        forwards = run.req.scratch.pop("layerskip_forwards", 0) if plan.run_model else 0
         model_accepted = sum(1 for a in accepted if "layerskip" in trie.sources[a])
-        if run.req.scratch.pop("probe", False):
-            run.probe.result(len(accepted) - model_accepted, relative_verify(costs, layout.size))
-        stats.draft_forwards.append(forwards)
+        stats.draft_forwards.append(clock.forwards)
         stats.layerskip_accepted.append(model_accepted)
-        if plan.run_model and plan.priced:  # the search's account: what this draft step earned
-            self._budget.earn(len(accepted) + 1, plan.free_rate, plan.priced * self._wall.correction())
-        self._wall.record(plan.run_model, step_time, plan.priced if plan.run_model else
-                          relative_verify(costs, layout.size) if self.config.planner else 0.0)
+        outcome = StepOutcome(len(accepted), model_accepted, layout.size, len(run.tokens), step_time)
+        self.planner.record(plan, outcome, run.probe, clock.probing)
         opt = self.optimizer if run.skip_override is None else None
         if opt is not None:  # the optimiser learns about the layer-skip draft alone
-            opt.record_step(stats, accepted=model_accepted, drafted=forwards, step_time=step_time)
+            opt.record_step(stats, accepted=model_accepted, drafted=clock.forwards, step_time=step_time)
 
-    def _finish(self, run: RunState) -> GenerationResult:
-        stats, P = run.stats, run.req.prompt_len
+    def _finish(self, run: Run) -> GenerationResult:
+        stats, P = run.stats, run.draft_req.prompt_len
         stats.new_tokens = len(run.tokens) - P
-        self.token_counts += torch.bincount(torch.tensor(run.tokens[P:]), minlength=self.token_counts.numel())
+        self.token_counts.add(run.tokens[P:])
         for d in self.drafters.values():
-            d.end_request(run.req)
+            d.end_request(run.draft_req)
         stats.wall_time = time.perf_counter() - run.t_start
         stats.time_other = stats.wall_time - (stats.time_prefill + stats.time_draft + stats.time_verify
                                               + stats.time_optimize)
-        last = self._current_skip(run) if "layerskip" in self.drafters else None
+        last = self._skip_for(run.skip_override) if self.model_drafter is not None else None
         stats.skip_set = last.to_dict() if last is not None else None
         opt = self.optimizer if run.skip_override is None else None
         stats.optimizer = opt.status() if opt is not None else None
-        if stats.optimizer is not None and self._ceiling is not None and self._ceiling[1] <= 1.0:
-            stats.optimizer["layerskip_ceiling"] = round(self._ceiling[1], 3)  # the search was skipped
-        elif stats.optimizer is not None and self._ceiling is not None and not self._budget.open():
-            stats.optimizer["search_budget"] = round(self._budget.balance, 2)  # spent: no search
+        if stats.optimizer is not None:
+            stats.optimizer.update(self.planner.search_note())  # why the search did not run, if it did not
         seq = torch.tensor([run.tokens], dtype=torch.long, device=self.adapter.device)
         return GenerationResult(sequences=seq, stats=stats)
 
     # -- pieces of the loop ---------------------------------------------------------
-    def _pick(self, logits: torch.Tensor, run: RunState, position: int) -> int:
+    def _pick(self, logits: torch.Tensor, run: Run, position: int) -> int:
         if run.params.greedy:
             return int(logits.argmax())
         if run.noise is not None:
             return int(coupled_sample(logits, run.params, run.noise.at(position)))
         return int(torch.multinomial(target_probs(logits, run.params), 1, generator=run.generator))
 
-    def matchness(self, skip: SkipSet, tokens: list[int], prompt_len: int, cache: SlotKVCache,
-                  window: int, head: DraftHead | None = None) -> float:
-        """The paper's matchness of ``skip`` on this request's first ``window`` tokens (layerskip.py)."""
-        return matchness(self.adapter, skip, tokens, prompt_len, cache, window, head)
-
-    def _draft_head(self, prompt: list[int], eos: set[int]) -> DraftHead | None:
-        if "layerskip" not in self.drafters:
+    def _cost_dir(self) -> "Path | None":
+        if not self.config.cost_cache:
             return None
-        return draft_head(self.adapter, self.token_counts, prompt, eos, self.config.draft_vocab)
+        from ..loading import cache_dir
+
+        return cache_dir() / "costs"
+
+    def _learners(self) -> dict[str, Any]:
+        """The components whose state the decoder composes, by their key in :meth:`state_dict`."""
+        return {"optimizer": self.optimizer, "costs": self.cost_source, "token_counts": self.token_counts,
+                "planner": self.planner}
+
+
+# ``generate`` and ``stream`` show GenerateArgs' fields, the one copy of their signature.
+_SELF = [inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD),
+         inspect.Parameter("input_ids", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=Any)]
+SwiftDecoder.generate.__signature__ = GenerateArgs.signature(_SELF, GenerationResult)  # type: ignore[attr-defined]
+SwiftDecoder.stream.__signature__ = GenerateArgs.signature(_SELF, GenerationStream)  # type: ignore[attr-defined]

@@ -1,280 +1,132 @@
-"""One choice per step, by cost: which drafters run and how many nodes to verify.
+"""One object makes every per-step choice by cost: search or not, draft or not, how many nodes to verify.
 
-Inputs that noise cannot fake: the device's measured cost model (a draft
-forward per skip set and width, a verification forward per node count, in
-units of one plain step) and acceptance *counts* (each drafter's calibrated
-acceptance). Wall-clock step times are never used to choose; they can only
-lower an estimate (a sanity bound), never raise one.
-
-Expected tokens of a trie verified now are ``1 + Σ P(node accepted)``; its
-time is the draft time already spent plus ``V(nodes)``. The planner picks the
-node count that maximises tokens per time, and runs the layer-skip draft only
-when its predicted rate beats what the free drafts already offer.
+The :class:`Planner` owns what those choices remember: the wall-clock bound (which can only
+lower a forecast), the optimiser's search budget, the layer-skip ceiling of the cost model in
+use, and the copy probes' policy. It reads the decoder's one cost model (a
+:class:`~swiftsd.engine.cost_cache.CostSource`) and acceptance counts; its arithmetic is in
+``forecast.py``. With ``config.planner`` off (the paper's loop) it plans nothing away: every
+step drafts, every node is verified up to ``max_nodes``, the search always runs.
 """
 
 from __future__ import annotations
 
-from collections import deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ..drafters.ngram import has_long_match
+from ..config import SwiftConfig
 from ..engine.cost import CostModel
+from ..engine.cost_cache import CostSource
 from ..engine.skipset import SkipSet
+from .bounds import CopyProbe, SearchBudget, WallClockBound
+from .forecast import StepPlan, choose_node_count, layerskip_ceiling, plan_layerskip, relative_verify
 
 if TYPE_CHECKING:
     from ..drafters.base import DraftTrie
 
 
 @dataclass(frozen=True)
-class LayerSkipForecast:
-    """Predicted rate of a layer-skip draft step, in tokens per plain-step time."""
+class StepOutcome:
+    """What verification made of one step, for :meth:`Planner.record`."""
 
-    rate: float
-    depth: int
-    cost_per_depth: float  # c: one draft forward over the frontier / one plain step
-    time: float = 0.0  # the step's priced time at that depth (drafts + verification), in plain steps
-
-
-@dataclass(frozen=True)
-class StepPlan:
-    """What the planner chose for one step, before any drafting."""
-
-    run_model: bool  # run the layer-skip draft this step
-    skip: SkipSet | None
-    max_depth: int  # layer-skip draft forwards at most: the depth the forecast priced
-    min_mass: float  # dynamic tree: stop when the frontier's mass, times acceptance, falls under this
-    priced: float = 0.0  # the forecast's time for the step (plain steps), for the wall-clock bound
-    free_rate: float = 1.0  # what the free drafts alone would have given (tokens per plain-step time)
+    accepted: int  # trie nodes accepted (the bonus token excluded)
+    model_accepted: int  # of which the layer-skip draft proposed
+    nodes: int  # nodes verified, root included
+    context: int  # committed tokens when the step began
+    seconds: float  # the step's wall clock, drafting to commit
 
 
-def relative_verify(costs: CostModel, nodes: int) -> float:
-    """V(n): verifying ``n`` nodes in one forward, in plain steps."""
-    return costs.verify(nodes) / costs.full_step
+class Planner:
+    """Per-step choices by the measured cost model and acceptance counts (see the module docstring)."""
 
+    def __init__(self, config: SwiftConfig, costs: CostSource) -> None:
+        self.config, self.costs = config, costs
+        self.wall, self.budget = WallClockBound(), SearchBudget()
+        self._ceiling: tuple[CostModel, float] | None = None  # layerskip_ceiling's rate for that cost model
 
-def best_node_count(scores: list[float], costs: CostModel, spent: float, max_nodes: int) -> tuple[int, float]:
-    """The node count N (root included) maximising (1 + top-(N-1) scores) / (spent + V(N)).
+    def reset(self) -> None:
+        """Forget what the stream taught (the bounds and the budget)."""
+        self.wall, self.budget = WallClockBound(), SearchBudget()
 
-    ``scores`` are P(accepted) of the candidate nodes; ``spent`` the draft time already
-    paid, in plain steps; the expected accepted tokens add their LM-head rows (scored
-    together, ``CostModel.head``). Returns (N, its rate). N = 1 is a plain step.
-    """
-    ordered = sorted(scores, reverse=True)[: max(0, max_nodes - 1)]
-    one = costs.head(1)
-    best_n, best_rate, gain = 1, 1.0 / (spent + 1.0), 1.0
-    for i, s in enumerate(ordered, start=2):
-        gain += s
-        head = (costs.head(gain) - one) / costs.full_step  # the accepted path's further LM-head rows
-        rate = gain / (spent + relative_verify(costs, i) + head)
-        if rate > best_rate:
-            best_n, best_rate = i, rate
-    return best_n, best_rate
+    # -- the decisions, in the order the loop asks them ------------------------------------------
+    def new_probe(self) -> CopyProbe | None:
+        """A request's copy probe (None: this decoder never probes); one per request, so streams stay apart."""
+        return CopyProbe() if self.config.planner and self.config.copy_probe else None
 
+    def search_pays(self) -> bool:
+        """Should the optimiser score a proposal now? Only where some skip set could pay on this device
+        at a best-case acceptance, and the budget is open (planner and ``search_gate`` only: the
+        paper's loop, and ``swiftsd tune``, always search)."""
+        cfg = self.config
+        if not (cfg.planner and cfg.search_gate):
+            return True
+        ceiling = self.ceiling()
+        return self.budget.open() and self.wall.bound(ceiling) > 1.0
 
-def choose_node_count(trie: "DraftTrie", costs: CostModel, spent: float, max_nodes: int,
-                      probe: "CopyProbe | None") -> tuple[int, bool]:
-    """How many nodes of ``trie`` to verify (root included), and whether that is a copy probe.
+    def ceiling(self) -> float:
+        """The best rate any skip set the optimiser may propose could reach (``layerskip_ceiling``), memoised."""
+        costs, cfg = self.costs.get(), self.config
+        if self._ceiling is None or self._ceiling[0] is not costs:
+            ratio = max(cfg.optimizer.ratio_range[1], cfg.optimizer.skip_ratio)
+            self._ceiling = (costs, layerskip_ceiling(costs, ratio, cfg.frontier, cfg.max_draft).rate)
+        return self._ceiling[1]
 
-    :func:`best_node_count`, except that where it would decode plainly, no draft time was spent
-    and a long copy match goes unverified, ``probe`` (None: no probing) may retry the copy.
-    One function for the decoder and for ``docs/benchmarks/token-trees/replay.py``."""
-    n, _ = best_node_count(trie.score[1:], costs, spent, max_nodes)
-    if n == 1 and not spent and probe is not None and has_long_match(trie) and probe.due():
-        return min(max_nodes, probe.nodes), True
-    return n, False
+    def searched(self, seconds: float) -> None:
+        """The optimiser spent ``seconds`` scoring a proposal: charge the budget."""
+        self.budget.spend(seconds / self.costs.get().full_step)
 
+    def plan(self, trie: "DraftTrie", skip: SkipSet | None, alpha: float, depth: int, context: int) -> StepPlan:
+        """Run the layer-skip draft this step? ``skip`` None or ``depth`` 0: no; ``alpha`` is its per-depth
+        acceptance, ``context`` the committed length. The paper's loop always drafts."""
+        if skip is None or depth <= 0:
+            return StepPlan(False, None, max(0, depth), 0.0)
+        if not self.config.planner:
+            return StepPlan(True, skip, depth, 0.0)
+        cfg = self.config
+        return plan_layerskip(self.costs.get().at_context(context), trie, skip, alpha, cfg.frontier, depth,
+                              cfg.max_nodes, self.wall)
 
-def forecast_layerskip(costs: CostModel, skip: SkipSet, alpha: float, frontier: int, max_depth: int,
-                       free_gain: float, free_nodes: int = 1) -> LayerSkipForecast:
-    """Best depth k for a layer-skip draft with per-depth acceptance ``alpha``.
+    def keep_nodes(self, trie: "DraftTrie", context: int, draft_seconds: float, probe: CopyProbe | None
+                   ) -> tuple[int, bool]:
+        """How many nodes of ``trie`` to verify (root included), and whether that is a copy probe.
 
-    Tokens: 1 + Σ_{i≤k} α^i (a chain; the tree's siblings are already in α, which is
-    measured on the trees the loop verifies), never less than what the free drafts'
-    plan already gives (``free_gain`` from ``free_nodes`` nodes, root included). Time: k
-    draft forwards over ``frontier`` tokens plus verifying those nodes and ``2k`` more
-    (the planner keeps about two nodes per depth of a tree). Pricing only the ``1 + 2k``
-    while crediting the free gain made the draft look good where nodes are dear (smollm2
-    bf16 on AVX2: 8 nodes cost 3.4 steps), and it ran there, for about 1 s a turn.
-    """
-    c = costs.draft_cost(skip) * relative_verify(costs, frontier)
-    best = LayerSkipForecast(0.0, 0, c)
-    e, a_i = 1.0, 1.0
-    for k in range(1, max(1, max_depth) + 1):
-        a_i *= alpha
-        e += a_i
-        t = k * c + relative_verify(costs, max(1, free_nodes) + 2 * k)
-        rate = max(e, free_gain) / t
-        if rate > best.rate:
-            best = LayerSkipForecast(rate, k, c, t)
-    return best
+        The count maximises expected tokens per time; draft time already spent counts. Nodes the
+        rejection sampler must keep (``trie.keep``) are never dropped."""
+        max_nodes = min(self.config.max_nodes, len(trie))
+        if not self.config.planner or len(trie) <= 1:
+            return max_nodes, False
+        costs = self.costs.get().at_context(context)
+        spent = draft_seconds / costs.full_step if draft_seconds else 0.0
+        n, probing = choose_node_count(trie, costs, spent, max_nodes, probe)
+        return max(n, sum(trie.keep)), probing
 
+    def record(self, plan: StepPlan, outcome: StepOutcome, probe: CopyProbe | None, probing: bool) -> None:
+        """Learn from the step: the probe's result, what the draft earned the search, the wall-clock bias."""
+        costs = self.costs.get().at_context(outcome.context)
+        if probing and probe is not None:
+            probe.result(outcome.accepted - outcome.model_accepted, relative_verify(costs, outcome.nodes))
+        if plan.run_model and plan.priced:  # the search's account: what this draft step earned
+            self.budget.earn(outcome.accepted + 1, plan.free_rate, plan.priced * self.wall.correction())
+        priced = plan.priced if plan.run_model else relative_verify(costs, outcome.nodes) if self.config.planner else 0.0
+        self.wall.record(plan.run_model, outcome.seconds, priced)
 
-def plan_layerskip(costs: CostModel, trie: "DraftTrie", skip: SkipSet, alpha: float, frontier: int, depth: int,
-                   max_nodes: int, wall: "WallClockBound") -> StepPlan:
-    """Run the layer-skip draft only when its forecast, bounded by the wall clock, beats the free drafts.
+    def search_note(self) -> dict[str, float]:
+        """Why the search did not run, for the request's optimiser status: the ceiling, or the spent budget."""
+        if self._ceiling is None:
+            return {}
+        if self._ceiling[1] <= 1.0:
+            return {"layerskip_ceiling": round(self._ceiling[1], 3)}
+        if not self.budget.open():
+            return {"search_budget": round(self.budget.balance, 2)}
+        return {}
 
-    The draft runs at most the depth the forecast priced. The dynamic tree stops early when the
-    next depth's expected gain, α times the frontier's mass, no longer pays for a draft forward.
-    Before this, the draft ran two depths beyond what was priced and stopped on the mass alone.
-    On qwen-0.5b bf16 with native bf16 products it then drafted 2.6 forwards where 2.05 were
-    priced, and ran at 0.93 of the forecast's 1.13.
-    """
-    free_n, free_rate, free_gain = 1, 1.0, 1.0
-    if len(trie) > 1:  # what the free drafts alone would verify now, and give
-        free_n, free_rate = best_node_count(trie.score[1:], costs, 0.0, max_nodes)
-        free_gain = 1.0 + sum(sorted(trie.score[1:], reverse=True)[: free_n - 1])
-    fc = forecast_layerskip(costs, skip, alpha, frontier, depth, free_gain, free_n)
-    run_model = wall.bound(fc.rate) > max(1.0, free_rate) * 1.02
-    min_mass = fc.cost_per_depth * max(1.0, free_rate) / max(alpha, 1e-3)
-    return StepPlan(run_model, skip, min(depth, max(1, fc.depth)), min_mass, fc.time, max(1.0, free_rate))
-
-
-# Per-depth acceptance, optimistic for a draft that skips 60 % of the sublayers: on smollm2-135m the
-# search's best set skipping 28 of 56 scored matchness 0.00 (README command 1, this CPU).
-OPTIMISTIC_ACCEPTANCE = 0.8
-
-
-def layerskip_ceiling(costs: CostModel, ratio: float, frontier: int, max_depth: int,
-                      alpha: float = OPTIMISTIC_ACCEPTANCE) -> LayerSkipForecast:
-    """The best forecast any skip set the optimiser may propose could reach on this device.
-
-    The cheapest such draft (``ratio`` of the 2·(L−2) inner sublayers, the dearer kind first)
-    at acceptance ``alpha``, both beyond what a search finds. Where even its rate is under 1,
-    no set can pay (qwen-0.5b fp32 on a 2-core AVX2 CPU, where 9 verify nodes cost 2.1
-    plain steps), and scoring proposals only costs time: 6 % of a request's first turn.
-    """
-    inner = list(range(1, costs.num_layers - 1))
-    n = max(0, min(2 * len(inner), round(ratio * 2 * len(inner))))
-    dear, cheap = ("attn", "mlp") if costs.attn >= costs.mlp else ("mlp", "attn")
-    skip = SkipSet(**{dear: inner[: min(n, len(inner))], cheap: inner[: max(0, n - len(inner))]})
-    return forecast_layerskip(costs, skip, alpha, frontier, max_depth, 1.0)
-
-
-class WallClockBound:
-    """How much dearer layer-skip steps measure than the cost model priced them: can only lower a forecast.
-
-    Each step records its wall-clock seconds and the time the planner priced it at, in plain
-    steps: the forecast's time for a layer-skip step, V(nodes) for any other. The bias is the
-    seconds per priced step of layer-skip steps over that of the others. Load, clock speed and
-    context length scale both kinds alike, so they cancel; what is left is what the cost model
-    misses about the draft: the tree attention over the frontier, more nodes than priced, the
-    Python around each forward. On qwen-0.5b bf16 with native bf16 products this bias was 1.2 to
-    1.3. Forecasts, and the search gate's ceiling, are divided by the bias when it exceeds 1, and
-    never raised: timings that flatter the draft change nothing.
-    """
-
-    def __init__(self, window: int = 32, min_steps: int = 8) -> None:
-        self.drafted: deque[tuple[float, float]] = deque(maxlen=window)  # (seconds, priced plain steps)
-        self.free: deque[tuple[float, float]] = deque(maxlen=window)
-        self.min_steps = min_steps
-
-    def record(self, drafted_by_model: bool, seconds: float, priced: float) -> None:
-        if priced > 0 and seconds > 0:
-            (self.drafted if drafted_by_model else self.free).append((seconds, priced))
-
-    def correction(self) -> float:
-        """The bias (≥ 1): 1 until both kinds have ``min_steps`` steps recorded."""
-        if len(self.drafted) < self.min_steps or len(self.free) < self.min_steps:
-            return 1.0
-        per_drafted = sum(s for s, _ in self.drafted) / sum(p for _, p in self.drafted)
-        per_free = sum(s for s, _ in self.free) / sum(p for _, p in self.free)
-        return max(1.0, per_drafted / per_free)
-
-    def bound(self, predicted_rate: float) -> float:
-        """``predicted_rate`` lowered by the measured bias; never raised."""
-        return predicted_rate / self.correction()
-
+    # -- state ------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        return {"drafted": [list(x) for x in self.drafted], "free": [list(x) for x in self.free]}
+        """The recent step times of the wall-clock bound and the search's balance (JSON-able)."""
+        return {"wall_clock": self.wall.state_dict(), "search_budget": self.budget.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore :meth:`state_dict`; an older layout (no ``free``) starts afresh."""
-        if not isinstance(state, dict):
-            raise TypeError(f"the wall-clock state must be a dict, got {type(state).__name__}")
-        if "free" not in state:
-            state = {"drafted": [], "free": []}
-        drafted = [(float(s), float(p)) for s, p in state["drafted"]]
-        free = [(float(s), float(p)) for s, p in state["free"]]
-        self.drafted.clear(), self.free.clear()
-        self.drafted.extend(drafted), self.free.extend(free)
-
-
-class SearchBudget:
-    """The optimiser's search spends what the layer-skip draft earns (planner mode only).
-
-    Scoring a proposal costs draft forwards, and with free drafters beside it the draft pays only
-    on the steps where it beats them. On qwen-0.5b bf16 with native bf16 products, the search took
-    4-5 % of each request while the draft gained about 2 % on the steps it ran: swiftsd ran 7-13 %
-    behind lookup alone. So the search draws on an account, in plain steps. The account opens with
-    ``allowance``. Each layer-skip step earns what the free plan would have needed for its tokens,
-    minus the step's priced time: counts and the cost model, never wall clock, so a loss drains
-    the account too. Each scoring spends its time. The search runs while the balance is positive.
-    Where the draft pays (large models, GPUs) the search goes on as in the paper; where it does
-    not, the search stops once the allowance is spent.
-    """
-
-    def __init__(self, allowance: float = 16.0, cap: float = 256.0) -> None:
-        self.allowance, self.cap = allowance, cap
-        self.balance = allowance
-
-    def open(self) -> bool:
-        return self.balance > 0.0
-
-    def spend(self, plain_steps: float) -> None:
-        self.balance -= max(0.0, plain_steps)
-
-    def earn(self, tokens: int, free_rate: float, priced: float) -> None:
-        """A layer-skip step gave ``tokens`` in ``priced`` plain steps, where the free plan gave ``free_rate``."""
-        self.balance = min(self.cap, self.balance + tokens / max(1.0, free_rate) - priced)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"balance": self.balance}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.balance = min(self.cap, float(state["balance"]))
-
-
-class CopyProbe:
-    """Verify the copy drafts anyway, now and then, when the planner does not trust them.
-
-    A drafter's acceptance is learned only from the nodes that get verified. Where a
-    verification is dear, neither the prior estimate nor a calibration learned on other
-    prompts pays for a copy, so the planner never verifies one and never learns that
-    this request copies: an exploration trap (qwen-0.5b fp32, where 2 nodes cost 1.75
-    plain steps: no lookup draft of a summarisation turn was verified, while PLD's
-    were accepted ten at a time). So after ``wait`` steps in which a long match (3+
-    tokens) was left unverified, one step verifies its best ``nodes`` nodes.
-
-    A probe *pays* when its tokens (accepted + the bonus) are at least ``margin`` times
-    what its verification cost in plain steps: then the next step probes again (a copy
-    run goes on). A near-miss (2+ tokens accepted that do not pay: 8 nodes cost 2.4
-    steps on qwen-0.5b fp32) waits ``base`` steps: in the first A/B, which treated it as
-    a run, math turns lost 15 % to near-misses and the failed probe after each, while a
-    summarisation turn's first probe is often one. A failure that ends a run of 2+
-    paying probes also waits ``base``; any other failure doubles ``base`` (up to
-    ``max_wait``): where copies never pay, probes cost O(log steps). One per request:
-    a new request starts from ``start``.
-    """
-
-    def __init__(self, start: int = 16, max_wait: int = 256, nodes: int = 8, margin: float = 1.5) -> None:
-        self.max_wait, self.nodes, self.margin = max_wait, nodes, margin
-        self.base = self.wait = start
-        self.since = self.run = 0
-
-    def due(self) -> bool:
-        """Called on each step where the planner left a long match unverified: probe now?"""
-        self.since += 1
-        return self.since >= self.wait
-
-    def result(self, accepted: int, cost: float) -> None:
-        """What the probe's verification accepted from the copy drafts, and what it cost (plain steps)."""
-        self.since = 0
-        if accepted + 1 >= self.margin * cost:
-            self.run += 1
-            self.wait = 1
-            return
-        if self.run < 2 and accepted < 2:  # a cold failure, or a "run" of one lucky probe
-            self.base = min(self.max_wait, 2 * self.base)
-        self.run = 0
-        self.wait = self.base
+        """Restore :meth:`state_dict` all or nothing; absent parts (older files) start afresh."""
+        wall, budget = WallClockBound(), SearchBudget()
+        wall.load_state_dict(state.get("wall_clock", {}))
+        budget.load_state_dict(state.get("search_budget", budget.state_dict()))
+        self.wall, self.budget = wall, budget

@@ -1,4 +1,4 @@
-"""One request's state while it decodes, the step plan, and the target's scores of a verified tree.
+"""One request's state while it decodes, one step's clock, and the target's scores of a verified tree.
 
 The decode loop (``decoder.py``) reads and writes these; they hold no policy.
 """
@@ -6,27 +6,26 @@ The decode loop (``decoder.py``) reads and writes these; they hold no policy.
 from __future__ import annotations
 
 import heapq
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable, Generator, Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Generator, Iterator
 
 import torch
 
 from ..config import SamplingParams
-from ..drafters import DraftTrie, Request
+from ..drafters import DraftRequest, DraftTrie
 from ..engine.cache import SlotKVCache
 from ..engine.models import DraftHead
 from ..engine.skipset import SkipSet
 from ..engine.tree import TreeLayout
 from ..engine.verify import PositionNoise, coupled_sample, target_probs
-from .planner import CopyProbe, StepPlan  # noqa: F401  (StepPlan: re-exported)
+from .bounds import CopyProbe
+from .request import LogitsProcessor, StopHook
 from ..stats import GenerationStats
 
 if TYPE_CHECKING:
     from ..engine.cost import CostModel
     from ..engine.models import DecoderAdapter
 
-LogitsProcessor = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-StopHook = Callable[[list[int], int], "int | None"]  # (tokens, n_new) -> how many new tokens to keep, if it ends
 
 
 @dataclass
@@ -57,10 +56,10 @@ class GenerationStream:
 
 
 @dataclass
-class RunState:
+class Run:
     """One request's state while it decodes."""
 
-    req: Request
+    draft_req: DraftRequest  # what drafters read: the committed tokens, the prompt length, their scratch
     cache: SlotKVCache
     head: DraftHead | None
     params: SamplingParams  # the target's warp (temperature 1 and no warp when a processor does it)
@@ -74,17 +73,28 @@ class RunState:
     stop: StopHook | None
     stats: GenerationStats
     t_start: float
+    probe: CopyProbe | None  # retries copy drafts the planner stopped trusting (one per request)
     done: bool = False
-    clock: dict[str, float] = field(default_factory=dict)
-    probe: CopyProbe = field(default_factory=CopyProbe)  # retries copy drafts the planner stopped trusting
 
     @property
     def tokens(self) -> list[int]:
-        return self.req.tokens
+        return self.draft_req.tokens
 
     @property
     def remaining(self) -> int:
-        return self.max_new - (len(self.req.tokens) - self.req.prompt_len)
+        return self.max_new - (len(self.draft_req.tokens) - self.draft_req.prompt_len)
+
+
+@dataclass
+class StepClock:
+    """One step's timestamps (perf_counter seconds) and what its model draft did, handed from step to step."""
+
+    start: float  # before the optimiser's proposal
+    drafting: float  # after it: the step proper begins
+    verifying: float = 0.0  # the drafts are done
+    model_draft: float = 0.0  # seconds the model draft took (0: it did not run)
+    forwards: int = 0  # model draft forwards
+    probing: bool = False  # the planner verifies a copy probe this step
 
 
 class TargetScores:
@@ -97,7 +107,7 @@ class TargetScores:
     likeliest chain below it, as far as the cost model expects that to save time.
     """
 
-    def __init__(self, adapter: "DecoderAdapter", run: RunState, trie: DraftTrie, layout: TreeLayout,
+    def __init__(self, adapter: "DecoderAdapter", run: Run, trie: DraftTrie, layout: TreeLayout,
                  hidden: torch.Tensor, costs: "CostModel | None" = None) -> None:
         self.adapter, self.run, self.trie, self.layout, self.hidden = adapter, run, trie, layout, hidden
         self.costs = costs

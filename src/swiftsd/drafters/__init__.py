@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .base import Drafter, DraftTrie, Request
+from .base import DraftContext, Drafter, DraftRequest, DraftTrie, Learner, ModelDrafter
 from .layerskip import LayerSkipDrafter
 from .lookup import LookupDrafter
 from .suffix import SuffixDrafter
@@ -18,9 +18,9 @@ if TYPE_CHECKING:
     from ..config import SwiftConfig
 
 
-def make_drafters(config: "SwiftConfig") -> dict[str, Drafter]:
+def make_drafters(config: "SwiftConfig") -> dict[str, Drafter | ModelDrafter]:
     """The configured drafters by name, in the order they draft (free ones first)."""
-    made: dict[str, Drafter] = {}
+    made: dict[str, Drafter | ModelDrafter] = {}
     for name in ("lookup", "suffix", "layerskip"):
         if name not in config.drafters:
             continue
@@ -33,4 +33,5 @@ def make_drafters(config: "SwiftConfig") -> dict[str, Drafter]:
     return made
 
 
-__all__ = ["DraftTrie", "Drafter", "LayerSkipDrafter", "LookupDrafter", "Request", "SuffixDrafter", "make_drafters"]
+__all__ = ["DraftContext", "DraftRequest", "DraftTrie", "Drafter", "LayerSkipDrafter", "Learner", "LookupDrafter",
+           "ModelDrafter", "SuffixDrafter", "make_drafters"]

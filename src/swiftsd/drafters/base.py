@@ -8,7 +8,7 @@ proposed by several drafters is one branch: ``add`` merges on (parent, token).
 
 Like Hugging Face's ``get_candidates`` / ``update_candidate_strategy``, but a
 trie instead of one chain, and state split by lifetime: per-request state
-lives in a :class:`Request` the decoder passes in; stream-level state (a
+lives in a :class:`DraftRequest` the decoder passes in; stream-level state (a
 suffix index) lives in the drafter object the decoder owns.
 """
 
@@ -19,9 +19,15 @@ from typing import Any, Protocol
 
 import torch
 
+from ..config import SamplingParams
+from ..engine.cache import SlotKVCache
+from ..engine.models import DecoderAdapter, DraftHead
+from ..engine.skipset import SkipSet
+from ..engine.verify import PositionNoise
+
 
 @dataclass
-class Request:
+class DraftRequest:
     """What every drafter may read about the request being decoded."""
 
     tokens: list[int]  # committed: prompt + generated so far (the last one is the trie's root)
@@ -141,26 +147,45 @@ class DraftTrie:
         out.tags = {src: {new[k]: v for k, v in t.items() if k in new} for src, t in self.tags.items()}
         return out
 
+    def has_long_match(self, sources: tuple[str, ...] = ("lookup", "suffix")) -> bool:
+        """A copy drafter proposed a continuation of a match of 3+ tokens (its tags' bucket ``n3``)."""
+        return any(tag[0].startswith("n3") for src in sources for tag in self.tags.get(src, {}).values())
+
     def expected_tokens(self) -> float:
         """E[tokens committed] if verified now: the bonus plus each node's P(accepted)."""
         return 1.0 + sum(self.score[1:])
 
 
-class Drafter(Protocol):
-    """Where candidate tokens come from. ``name`` keys its statistics."""
+@dataclass
+class DraftContext:
+    """What a model drafter needs for one step: passed by the loop to ``ModelDrafter.propose``."""
+
+    adapter: DecoderAdapter
+    cache: SlotKVCache
+    skip: SkipSet | None
+    head: DraftHead | None
+    params: SamplingParams
+    generator: torch.Generator
+    noise: PositionNoise | None
+    rejection: bool  # the rejection sampler verifies: fixed shape, sampled children
+    max_depth: int
+    frontier: int  # dynamic tree: nodes expanded per depth
+    min_mass: float  # dynamic tree: stop when the frontier's total score falls under this
+    widths: tuple[tuple[float, ...], tuple[int, ...]]  # paper tree: (thresholds, widths)
+    stop_threshold: float
+
+
+
+class Learner(Protocol):
+    """What every drafter does besides proposing: learn from verification, keep stream-level state."""
 
     name: str
-    free: bool  # True when proposing costs no model forward (lookup, suffix)
 
-    def propose(self, req: Request, trie: DraftTrie, budget: int) -> None:
-        """Add at most ``budget`` nodes of continuations of ``req.tokens`` to ``trie``."""
-        ...
-
-    def observe(self, req: Request, trie: DraftTrie, accepted: list[int]) -> None:
+    def observe(self, req: DraftRequest, trie: DraftTrie, accepted: list[int]) -> None:
         """Learn from verification: ``accepted`` are the trie's accepted nodes, root excluded."""
         ...
 
-    def end_request(self, req: Request) -> None:
+    def end_request(self, req: DraftRequest) -> None:
         """The request is over (its tokens are final): update stream-level state."""
         ...
 
@@ -172,4 +197,33 @@ class Drafter(Protocol):
         ...
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        ...
+
+
+class Drafter(Learner, Protocol):
+    """A free drafter: proposing costs no model forward (lookup, suffix)."""
+
+    free: bool  # True
+
+    def propose(self, req: DraftRequest, trie: DraftTrie, budget: int) -> None:
+        """Add at most ``budget`` nodes of continuations of ``req.tokens`` to ``trie``."""
+        ...
+
+
+class ModelDrafter(Learner, Protocol):
+    """A drafter that runs the model (the layer-skip draft): the loop passes it the step's
+    :class:`DraftContext`, and the planner reads its acceptance counts."""
+
+    free: bool  # False
+
+    def propose(self, req: DraftRequest, trie: DraftTrie, budget: int, ctx: DraftContext) -> int:
+        """Add at most ``budget`` nodes to ``trie``; return the number of draft forwards run."""
+        ...
+
+    def acceptance(self, prior: float) -> float:
+        """P(a depth's candidate is accepted | its parent was), from counts, ``prior`` before any."""
+        ...
+
+    def use_skip(self, skip: SkipSet | None) -> None:
+        """The skip set this step drafts with (a new one resets the acceptance counts)."""
         ...

@@ -15,38 +15,17 @@ Two shapes:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from ..config import SamplingParams
 from ..engine.cache import SlotKVCache
 from ..engine.models import DecoderAdapter, DraftHead
 from ..engine.skipset import SkipSet
 from ..engine.tree import widths_from_confidence
-from ..engine.verify import PositionNoise, target_probs, warp_logits
-from .base import DraftTrie, Request
+from ..engine.verify import target_probs, warp_logits
+from .base import DraftContext, DraftRequest, DraftTrie
 from .ngram import Calibration, bucket, learn
-
-
-@dataclass
-class ModelStep:
-    """What a model drafter needs for one step, set by the decoder."""
-
-    adapter: DecoderAdapter
-    cache: SlotKVCache
-    skip: SkipSet | None
-    head: DraftHead | None
-    params: SamplingParams
-    generator: torch.Generator
-    noise: PositionNoise | None
-    rejection: bool  # the rejection sampler verifies: fixed shape, sampled children
-    max_depth: int
-    frontier: int  # dynamic tree: nodes expanded per depth
-    min_mass: float  # dynamic tree: stop when the frontier's total score falls under this
-    widths: tuple[tuple[float, ...], tuple[int, ...]]  # paper tree: (thresholds, widths)
-    stop_threshold: float
 
 
 class LayerSkipDrafter:
@@ -81,19 +60,19 @@ class LayerSkipDrafter:
             self.skip, self.hits, self.trials = skip, 0.0, 0.0
 
     # -- the drafter interface ----------------------------------------------------------
-    def propose(self, req: Request, trie: DraftTrie, budget: int) -> None:
-        ms: ModelStep | None = req.scratch.get("model_step")
-        if ms is None or ms.skip is None or budget <= 0 or ms.max_depth <= 0:
-            return
-        if self.shape == "paper" or ms.rejection:
-            depths = self._paper(req, trie, budget, ms)
+    def propose(self, req: DraftRequest, trie: DraftTrie, budget: int, ctx: DraftContext) -> int:
+        """Draft a tree of at most ``budget`` new nodes with ``ctx``'s skip set; returns the draft forwards run."""
+        if ctx.skip is None or budget <= 0 or ctx.max_depth <= 0:
+            return 0
+        if self.shape == "paper" or ctx.rejection:
+            depths = self._paper(req, trie, budget, ctx)
         else:
-            depths = self._dynamic(req, trie, budget, ms)
+            depths = self._dynamic(req, trie, budget, ctx)
         self.depths_drafted = 0.98 * self.depths_drafted + depths
         self.steps_drafted = 0.98 * self.steps_drafted + 1.0
-        req.scratch["layerskip_forwards"] = depths
+        return depths
 
-    def observe(self, req: Request, trie: DraftTrie, accepted: list[int]) -> None:
+    def observe(self, req: DraftRequest, trie: DraftTrie, accepted: list[int]) -> None:
         tags = trie.tags.get(self.name)
         if not tags:
             return
@@ -108,8 +87,8 @@ class LayerSkipDrafter:
             if not hit:
                 break
 
-    def end_request(self, req: Request) -> None:
-        req.scratch.pop("model_step", None)
+    def end_request(self, req: DraftRequest) -> None:
+        """Nothing per request: what the draft learns is stream-level (calibration, acceptance counts)."""
 
     def state_dict(self) -> dict[str, Any]:
         return {"calibration": self.calib.state_dict(), "hits": self.hits, "trials": self.trials,
@@ -123,7 +102,7 @@ class LayerSkipDrafter:
         self.depths_drafted, self.steps_drafted = float(state["depths_drafted"]), float(state["steps_drafted"])
 
     # -- draft forwards -------------------------------------------------------------------
-    def _children(self, logits: torch.Tensor, k: int, ms: ModelStep, position: int
+    def _children(self, logits: torch.Tensor, k: int, ctx: DraftContext, position: int
                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """Top candidates per row: (token ids [r, k], their draft probs [r, k], q [r, V] or None).
 
@@ -131,15 +110,15 @@ class LayerSkipDrafter:
         target will use at ``position`` (so the draft proposes the target's likely sample).
         Rejection sampling: k draws without replacement from q (q returned on the full vocabulary).
         """
-        head, params = ms.head, ms.params
+        head, params = ctx.head, ctx.params
         k = max(1, min(k, logits.shape[-1]))
         if params.greedy:
             probs = logits.softmax(-1)
             top = torch.topk(probs, k, dim=-1)
             idx, p, q = top.indices, top.values, None
-        elif not ms.rejection:
+        elif not ctx.rejection:
             w = warp_logits(logits, params)
-            g = ms.noise.at(position) if ms.noise is not None else torch.zeros(())
+            g = ctx.noise.at(position) if ctx.noise is not None else torch.zeros(())
             g = g if head is None or g.dim() == 0 else g[head.token_ids]
             k = max(1, min(k, int(torch.isfinite(w).sum(-1).min())))
             idx = torch.topk(w + g, k, dim=-1).indices
@@ -147,29 +126,29 @@ class LayerSkipDrafter:
         else:
             q_sub = target_probs(logits, params)
             k = max(1, min(k, int((q_sub > 0).sum(-1).min())))
-            idx = torch.multinomial(q_sub, k, replacement=False, generator=ms.generator)
+            idx = torch.multinomial(q_sub, k, replacement=False, generator=ctx.generator)
             p = q_sub.gather(-1, idx)
             q = q_sub
             if head is not None:
-                q = q_sub.new_zeros(q_sub.shape[0], ms.adapter.vocab_size).index_copy_(1, head.token_ids, q_sub)
+                q = q_sub.new_zeros(q_sub.shape[0], ctx.adapter.vocab_size).index_copy_(1, head.token_ids, q_sub)
         tokens = head.token_ids[idx] if head is not None else idx
         return tokens, p, q
 
-    def _paper(self, req: Request, trie: DraftTrie, budget: int, ms: ModelStep) -> int:
+    def _paper(self, req: DraftRequest, trie: DraftTrie, budget: int, ctx: DraftContext) -> int:
         """Chain drafted while confident, siblings per depth from that depth's confidence."""
-        ad, dev = ms.adapter, ms.adapter.device
+        ad, dev = ctx.adapter, ctx.adapter.device
         pos = len(req.tokens) - 1
         one = torch.ones(1, 1, dtype=torch.bool, device=dev)
-        thresholds, widths = ms.widths
+        thresholds, widths = ctx.widths
         max_w = max(widths)
         tags = trie.tags.setdefault(self.name, {})
         node, tok, used, d = 0, req.tokens[-1], 0, 0
-        while d < ms.max_depth and used < budget:
-            logits = ad.forward(torch.tensor([tok], device=dev), torch.tensor([pos + d], device=dev), cache=ms.cache,
-                                slot_start=pos + d, visible_prefix=pos + d, block_mask=one, skip=ms.skip, head=ms.head)
-            toks, p, q = self._children(logits, max_w, ms, pos + d + 1)
-            conf = float(q.max()) if q is not None else float(p[0, 0]) if ms.params.greedy else float(
-                warp_logits(logits, ms.params).softmax(-1).max())
+        while d < ctx.max_depth and used < budget:
+            logits = ad.forward(torch.tensor([tok], device=dev), torch.tensor([pos + d], device=dev), cache=ctx.cache,
+                                slot_start=pos + d, visible_prefix=pos + d, block_mask=one, skip=ctx.skip, head=ctx.head)
+            toks, p, q = self._children(logits, max_w, ctx, pos + d + 1)
+            conf = float(q.max()) if q is not None else float(p[0, 0]) if ctx.params.greedy else float(
+                warp_logits(logits, ctx.params).softmax(-1).max())
             w = widths_from_confidence([conf], thresholds, widths, max_w)[0]
             w = min(w, toks.shape[-1], budget - used)
             if q is not None:
@@ -183,19 +162,19 @@ class LayerSkipDrafter:
                 chain = child if j == 0 else chain
             used += w
             d += 1
-            if chain is None or conf < ms.stop_threshold:
+            if chain is None or conf < ctx.stop_threshold:
                 break
             node, tok = chain, trie.tokens[chain]
         return d
 
-    def _dynamic(self, req: Request, trie: DraftTrie, budget: int, ms: ModelStep) -> int:
+    def _dynamic(self, req: DraftRequest, trie: DraftTrie, budget: int, ctx: DraftContext) -> int:
         """EAGLE-2-style: expand the best ``frontier`` nodes per depth, one forward per depth."""
-        ad, dev = ms.adapter, ms.adapter.device
+        ad, dev = ctx.adapter, ctx.adapter.device
         root_slot = len(req.tokens) - 1  # = the root's position
         tags = trie.tags.setdefault(self.name, {})
         slot_of = {0: root_slot}
         frontier, next_slot, used, d = [0], root_slot, 0, 0
-        while d < ms.max_depth and used < budget and frontier:
+        while d < ctx.max_depth and used < budget and frontier:
             k = len(frontier)
             toks = torch.tensor([trie.tokens[f] for f in frontier], device=dev)
             positions = torch.full((k,), root_slot + d, dtype=torch.long, device=dev)
@@ -214,13 +193,13 @@ class LayerSkipDrafter:
                     past_pos[slot - root_slot] = root_slot + trie.depth(node)
                 past_pos = past_pos.to(dev)
             block = torch.eye(k, dtype=torch.bool, device=dev)
-            logits = ad.forward(toks, positions, cache=ms.cache, slot_start=next_slot, visible_prefix=root_slot,
-                                block_mask=block, skip=ms.skip, head=ms.head, past_visible=past_vis,
+            logits = ad.forward(toks, positions, cache=ctx.cache, slot_start=next_slot, visible_prefix=root_slot,
+                                block_mask=block, skip=ctx.skip, head=ctx.head, past_visible=past_vis,
                                 past_positions=past_pos)
             for j, f in enumerate(frontier):
                 slot_of[f] = next_slot + j
             next_slot += k
-            cand_toks, cand_p, _ = self._children(logits, ms.frontier, ms, root_slot + d + 1)
+            cand_toks, cand_p, _ = self._children(logits, ctx.frontier, ctx, root_slot + d + 1)
             new: list[int] = []
             b = bucket(0, d + 1)
             for j, f in enumerate(frontier):
@@ -234,8 +213,8 @@ class LayerSkipDrafter:
                     new.append(child)
             d += 1
             new.sort(key=lambda i: -trie.score[i])
-            frontier = new[: ms.frontier]
-            if sum(trie.score[i] for i in frontier) < ms.min_mass:
+            frontier = new[: ctx.frontier]
+            if sum(trie.score[i] for i in frontier) < ctx.min_mass:
                 break
         return d
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .base import Request
+from .base import DraftRequest
 from .ngram import Calibration, CopyDrafter, NgramIndex
 
 
@@ -26,7 +26,7 @@ class LookupDrafter(CopyDrafter):
         self.min_n, self.max_n, self.max_depth, self.max_matches = min_n, max_n, max_depth, max_matches
         self.calib = Calibration(prior=0.5)
 
-    def _index(self, req: Request) -> NgramIndex:
+    def _index(self, req: DraftRequest) -> NgramIndex:
         st = req.scratch.get(self.name)
         if st is None:
             st = req.scratch[self.name] = {"index": NgramIndex(self.min_n, self.max_n), "upto": 0}
@@ -36,10 +36,10 @@ class LookupDrafter(CopyDrafter):
         st["upto"] = max(st["upto"], len(req.tokens) - 1)
         return idx
 
-    def _matches(self, req: Request, depth: int) -> list[tuple[int, list[int]]]:
+    def _matches(self, req: DraftRequest, depth: int) -> list[tuple[int, list[int]]]:
         return self._index(req).matches(req.tokens[-self.max_n :], lambda _: req.tokens, self.max_matches, depth)
 
-    def end_request(self, req: Request) -> None:
+    def end_request(self, req: DraftRequest) -> None:
         req.scratch.pop(self.name, None)
 
     def reset(self) -> None:

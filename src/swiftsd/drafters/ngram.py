@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 from .base import DraftTrie
 
 if TYPE_CHECKING:
-    from .base import Request
+    from .base import DraftRequest
 
 NgramKey = tuple[int, ...]
 
@@ -163,11 +163,6 @@ def add_continuations(
     return tags
 
 
-def has_long_match(trie: DraftTrie, sources: Sequence[str] = ("lookup", "suffix")) -> bool:
-    """A copy drafter proposed a continuation of a match of 3+ tokens (bucket ``n3``)."""
-    return any(tag[0].startswith("n3") for src in sources for tag in trie.tags.get(src, {}).values())
-
-
 def learn(calib: "Calibration | RequestCalibration", trie: DraftTrie, accepted: list[int], source: str) -> None:
     """Fit ``calib`` from one verification: every ``source`` node whose parent was accepted is a trial."""
     on_path = {0, *accepted}
@@ -247,10 +242,10 @@ class CopyDrafter:
     rank_decay = RANK_DECAY  # a match's weight in the counted trie: rank_decay ** its rank
     calib: Calibration
 
-    def _matches(self, req: "Request", depth: int) -> list[tuple[int, list[int]]]:
+    def _matches(self, req: "DraftRequest", depth: int) -> list[tuple[int, list[int]]]:
         raise NotImplementedError
 
-    def propose(self, req: "Request", trie: DraftTrie, budget: int) -> None:
+    def propose(self, req: "DraftRequest", trie: DraftTrie, budget: int) -> None:
         depth = min(self.max_depth, req.max_depth)
         if budget <= 0 or depth <= 0:
             return
@@ -261,7 +256,7 @@ class CopyDrafter:
             trie.tags[self.name] = add_continuations(trie, matches, budget, depth, calib, self.name, regime,
                                                        self.rank_decay)
 
-    def _calibration(self, req: "Request") -> RequestCalibration:
+    def _calibration(self, req: "DraftRequest") -> RequestCalibration:
         """This request's calibration over the stream's (a new one after ``reset``)."""
         key = f"{self.name}:calib"
         calib = req.scratch.get(key)
@@ -269,7 +264,7 @@ class CopyDrafter:
             calib = req.scratch[key] = RequestCalibration(self.calib)
         return calib
 
-    def observe(self, req: "Request", trie: DraftTrie, accepted: list[int]) -> None:
+    def observe(self, req: "DraftRequest", trie: DraftTrie, accepted: list[int]) -> None:
         learn(self._calibration(req), trie, accepted, self.name)
         mine = trie.tags.get(self.name, {})
         if any(trie.parents[node] == 0 for node in mine):  # verified this step: the regime follows it

@@ -15,7 +15,7 @@ from collections import deque
 from typing import Any
 
 from ..errors import InvalidArgumentError
-from .base import Request
+from .base import DraftRequest
 from .ngram import Calibration, CopyDrafter, NgramIndex
 
 
@@ -62,12 +62,12 @@ class SuffixDrafter(CopyDrafter):
             del self.by_id[old_id]
             self.total -= len(old)
 
-    def _matches(self, req: Request, depth: int) -> list[tuple[int, list[int]]]:
+    def _matches(self, req: DraftRequest, depth: int) -> list[tuple[int, list[int]]]:
         if not self.docs:
             return []
         return self.index.matches(req.tokens[-self.max_n :], self.by_id.__getitem__, self.max_matches, depth)
 
-    def end_request(self, req: Request) -> None:
+    def end_request(self, req: DraftRequest) -> None:
         self.add_document(req.tokens)
 
     def state_dict(self) -> dict[str, Any]:

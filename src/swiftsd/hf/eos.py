@@ -12,7 +12,7 @@ from typing import Any, Sequence
 
 from ..errors import InvalidArgumentError
 
-__all__ = ["resolve_eos"]
+__all__ = ["eos_ids", "resolve_eos"]
 
 
 def resolve_eos(model: Any, eos_token_id: int | Sequence[int] | None = None) -> set[int]:
@@ -20,8 +20,13 @@ def resolve_eos(model: Any, eos_token_id: int | Sequence[int] | None = None) -> 
 
     An empty set means the generation only ends at its token budget.
     """
+    return eos_ids(eos_token_id, getattr(getattr(model, "generation_config", None), "eos_token_id", None))
+
+
+def eos_ids(eos_token_id: Any, default: Any) -> set[int]:
+    """``eos_token_id`` (an id, ids, or None for ``default``) as a checked set of ids."""
     if eos_token_id is None:
-        eos_token_id = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+        eos_token_id = default
     if eos_token_id is None:
         return set()
     ids = _as_ids(eos_token_id)

@@ -31,11 +31,11 @@ What we add (defaults; see docs/optimizer.md):
   search stopped, the search re-opens from the current set.
 """
 
-from .optimizer import STATE_VERSION, SkipOptimizer, make_optimizer
+from .optimizer import STATE_VERSION, CostProvider, FixedCosts, SkipOptimizer
 from .search import BayesSearch, LocalSearch, RandomSearch, Strategy
 from .records import ACCELERATE, PLAIN, SEARCH, Evaluation, OptimizerState
 
 __all__ = [
     "ACCELERATE", "PLAIN", "SEARCH", "STATE_VERSION", "BayesSearch", "Evaluation", "LocalSearch", "OptimizerState",
-    "RandomSearch", "SkipOptimizer", "Strategy", "make_optimizer",
+    "RandomSearch", "SkipOptimizer", "Strategy", "CostProvider", "FixedCosts",
 ]

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
 from ..config import OptimizerConfig
-from ..engine.cost import CostModel, measure_costs
+from ..engine.cost import CostModel
 from ..engine.skipset import SkipSet
 from ..errors import InvalidArgumentError, InvalidSkipSetError
 from . import views
@@ -18,11 +18,31 @@ from .search import BayesSearch, LocalSearch, RandomSearch, Strategy
 from .records import ACCELERATE, PLAIN, SEARCH, Evaluation, Memory, OptimizerState
 
 if TYPE_CHECKING:
-    from ..engine.models import DecoderAdapter
     from ..stats import GenerationStats
 
 STATE_VERSION = 1  # of SkipOptimizer.state_dict()
 HISTORY = 4096  # evaluations kept in SkipOptimizer.history
+
+
+class CostProvider(Protocol):
+    """Where the optimiser reads the device cost model: the decoder's ``CostSource``."""
+
+    def get(self) -> CostModel: ...
+
+    def peek(self) -> CostModel | None: ...
+
+
+class FixedCosts:
+    """A cost model given outright (tests, replays): never measured."""
+
+    def __init__(self, costs: CostModel) -> None:
+        self.costs = costs
+
+    def get(self) -> CostModel:
+        return self.costs
+
+    def peek(self) -> CostModel | None:
+        return self.costs
 
 
 class SkipOptimizer(Predictions):
@@ -36,13 +56,13 @@ class SkipOptimizer(Predictions):
     """
 
     def __init__(self, num_layers: int, config: OptimizerConfig | None = None, start: SkipSet | None = None,
-                 costs: CostModel | Callable[[], CostModel] | None = None, max_draft: int = 25) -> None:
+                 costs: "CostModel | CostProvider | None" = None, max_draft: int = 25) -> None:
         self.num_layers = num_layers
         self.config = config or OptimizerConfig()
         self.start = (start if start is not None else SkipSet.uniform(num_layers)).validate(num_layers)
         self.max_draft = max_draft
-        self._costs: CostModel | None = costs if isinstance(costs, CostModel) else None
-        self._cost_probe: Callable[[], CostModel] | None = costs if callable(costs) else None
+        # the decoder's cost source (it owns, measures and saves the model); a CostModel: fixed costs
+        self._cost_source: CostProvider | None = FixedCosts(costs) if isinstance(costs, CostModel) else costs
         self.reset()
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -64,11 +84,11 @@ class SkipOptimizer(Predictions):
         (same next proposals, same ``current()``, same ``record_step`` decisions)."""
         return {"version": STATE_VERSION, "num_layers": self.num_layers, "state": self.state.to_dict(),
                 "memory": self.mem.to_dict(), "history": [e.to_dict() for e in self.history],
-                "rng": self.rng.bit_generator.state, "bayes": self.bayes.state_dict(),
-                "costs": self._costs.to_dict() if self._costs is not None else None}
+                "rng": self.rng.bit_generator.state, "bayes": self.bayes.state_dict()}
 
     def load_state_dict(self, d: dict[str, Any]) -> None:
-        """Restore :meth:`state_dict`'s output (a measured cost model replaces this one's probe)."""
+        """Restore :meth:`state_dict`'s output. The cost model is not part of it: the decoder owns and
+        restores that (an older state's ``costs`` entry is ignored)."""
         if not isinstance(d, dict) or not isinstance(d.get("version"), int):
             raise InvalidArgumentError("optimizer state must be the dict SkipOptimizer.state_dict() returns")
         if d["version"] > STATE_VERSION:
@@ -79,7 +99,6 @@ class SkipOptimizer(Predictions):
                                        f"{self.num_layers} layers")
         try:
             state, history = OptimizerState.from_dict(d["state"]), [Evaluation.from_dict(e) for e in d["history"]]
-            costs = CostModel.from_dict(d["costs"]) if d["costs"] is not None else None
             bayes = BayesSearch(self.num_layers, self.config)
             bayes.load_state_dict(d["bayes"])
             mem = Memory.new(self.config.measure_window, self.config.drift_window)
@@ -90,8 +109,6 @@ class SkipOptimizer(Predictions):
             raise InvalidArgumentError(f"optimizer state is malformed ({type(exc).__name__}: {exc})") from None
         self.state, self.mem, self.rng, self.bayes = state, mem, rng, bayes
         self.history = deque(history, maxlen=HISTORY)
-        if costs is not None:
-            self._costs, self._cost_probe = costs, None
 
     # -- views -----------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
@@ -120,7 +137,7 @@ class SkipOptimizer(Predictions):
     @property
     def measured_costs(self) -> CostModel | None:
         """The device cost model if measured already (reading it measures nothing)."""
-        return self._costs
+        return self._cost_source.peek() if self._cost_source is not None else None
 
     @property
     def step_evaluation(self) -> Evaluation | None:
@@ -129,13 +146,14 @@ class SkipOptimizer(Predictions):
 
     @property
     def costs(self) -> CostModel | None:
-        """The device cost model, measured on first use (a few timed forwards)."""
-        if self._costs is None and self._cost_probe is not None:
+        """The device cost model, measured on first use (a few timed forwards, counted as the search's)."""
+        if self._cost_source is None:
+            return None
+        if self._cost_source.peek() is None:
             t0 = time.perf_counter()
-            self._costs = self._cost_probe()
-            self._cost_probe = None
+            self._cost_source.get()
             self.state.time_measuring += time.perf_counter() - t0
-        return self._costs
+        return self._cost_source.get()
 
     # -- the loop's interface --------------------------------------------------------
     def wants_proposal(self, n_generated: int) -> bool:
@@ -363,10 +381,3 @@ class SkipOptimizer(Predictions):
         st.unpaid_requests = 0  # new data: the search gets its full budget again
         self.mem.accept.clear()
         self._new_round_strategies()
-
-
-def make_optimizer(adapter: "DecoderAdapter", config: OptimizerConfig, start: SkipSet, max_draft: int,
-                   draft_vocab: int = 0) -> SkipOptimizer:
-    """The decoder's optimiser: device costs measured lazily, on first use, from ``adapter``."""
-    return SkipOptimizer(adapter.num_layers, config, start=start,
-                         costs=lambda: measure_costs(adapter, draft_vocab=draft_vocab), max_draft=max_draft)

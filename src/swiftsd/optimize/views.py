@@ -1,18 +1,48 @@
-"""Read-only views of a :class:`SkipOptimizer`: the status dict (stats, /metrics, the store),
-the CLI's one-line summary and the per-step trace record."""
+"""Read-only views of a :class:`~swiftsd.optimize.optimizer.SkipOptimizer`: the status dict (stats,
+/metrics, the store), the CLI's one-line summary and the per-step trace record.
+
+They read the optimiser through :class:`OptimizerView`, the part of it they show, so this module
+needs nothing from ``optimizer.py`` (which calls it).
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
-from .records import finite_or_none
+from ..config import OptimizerConfig
+from ..engine.cost import CostModel, Prediction
+from ..engine.skipset import SkipSet
+from .records import Evaluation, OptimizerState, finite_or_none
 
 if TYPE_CHECKING:
     from ..stats import GenerationStats
-    from .optimizer import SkipOptimizer
 
 
-def status(opt: "SkipOptimizer") -> dict[str, Any]:
+class OptimizerView(Protocol):
+    """What the views read of an optimiser."""
+
+    state: OptimizerState
+    config: OptimizerConfig
+
+    @property
+    def n_flags(self) -> int: ...
+
+    @property
+    def measured_costs(self) -> CostModel | None: ...
+
+    @property
+    def step_evaluation(self) -> Evaluation | None: ...
+
+    def current(self) -> SkipSet | None: ...
+
+    def predict(self) -> Prediction | None: ...
+
+    def measured_speedup(self) -> float | None: ...
+
+    def rolling_acceptance(self) -> float | None: ...
+
+
+def status(opt: OptimizerView) -> dict[str, Any]:
     """Phase, iterations, best matchness, current set, predicted vs measured speed-up (JSON)."""
     st = opt.state
     pred = opt.predict()
@@ -39,7 +69,7 @@ def status(opt: "SkipOptimizer") -> dict[str, Any]:
     }
 
 
-def summary(opt: "SkipOptimizer") -> str:
+def summary(opt: OptimizerView) -> str:
     """One line for the CLI, readable without the paper: every figure says what it is, or that it
     is not known yet."""
     d = status(opt)
@@ -61,7 +91,7 @@ def summary(opt: "SkipOptimizer") -> str:
             f"sublayers, draft cost {f(d['draft_cost'], '.2f')} of a full step, {speed}; {drafting}")
 
 
-def trace_record(opt: "SkipOptimizer", stats: "GenerationStats", accepted: int, drafted: int,
+def trace_record(opt: OptimizerView, stats: "GenerationStats", accepted: int, drafted: int,
                  step_time: float | None) -> dict[str, Any]:
     """One step of the per-step trace (``swiftsd plot-trace`` draws these)."""
     st, ev = opt.state, opt.step_evaluation

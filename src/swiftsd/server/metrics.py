@@ -13,14 +13,24 @@ import math
 import re
 import threading
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import Any, Iterator, Protocol
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-if TYPE_CHECKING:
-    from .engine import Engine
+
+class QueueView(Protocol):
+    """What /metrics reads live from the engine (``engine.Engine``), which itself writes :class:`Metrics`."""
+
+    @property
+    def waiting(self) -> int: ...
+
+    @property
+    def running(self) -> bool: ...
+
+    max_queue: int
+
 
 PHASES = ("prefill", "draft", "verify", "optimize", "other")
 OUTCOMES_HELP = ("generation requests by outcome (stop, length, cancelled, timeout_queued, timeout_running, "
@@ -74,7 +84,7 @@ def _gauge(name: str, help_text: str, value: float) -> GaugeMetricFamily:
 
 
 class _ServerCollector(Collector):
-    def __init__(self, metrics: Metrics, engine: "Engine") -> None:
+    def __init__(self, metrics: Metrics, engine: QueueView) -> None:
         self.m, self.engine = metrics, engine
 
     def collect(self) -> Iterator[Metric]:
@@ -145,7 +155,7 @@ class Exposition:
 
     content_type = CONTENT_TYPE_LATEST
 
-    def __init__(self, metrics: Metrics, engine: "Engine") -> None:
+    def __init__(self, metrics: Metrics, engine: QueueView) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(_ServerCollector(metrics, engine))
 

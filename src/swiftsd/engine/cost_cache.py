@@ -1,0 +1,93 @@
+"""The decoder's one cost model: read from the on-disk cache, else measured once, on first use.
+
+One owner, :class:`CostSource`, held by the decoder and handed to the planner and the optimiser,
+so the model is measured once, saved once and refused once when it was measured elsewhere.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+from .cost import CostModel, cost_key, measure_costs
+
+if TYPE_CHECKING:
+    from .models import DecoderAdapter
+
+
+class CostSource:
+    """A lazily measured :class:`CostModel` for one adapter.
+
+    ``directory()`` names the on-disk cache when the model is first needed (None: measure, keep
+    nothing on disk); asked late, so a cache folder set after the decoder was built is honoured.
+    """
+
+    def __init__(self, adapter: "DecoderAdapter", draft_vocab: int, directory: Callable[[], Path | None]) -> None:
+        self.adapter, self.draft_vocab, self.directory = adapter, draft_vocab, directory
+        self._model: CostModel | None = None
+
+    def get(self) -> CostModel:
+        """The cost model, measured (seconds) or read from the cache the first time."""
+        if self._model is None:
+            self._model = cached_costs(self.adapter, self.draft_vocab, self.directory())
+        return self._model
+
+    def peek(self) -> CostModel | None:
+        """The cost model if it is already known; never measures."""
+        return self._model
+
+    def set(self, costs: CostModel | None) -> None:
+        """Use ``costs`` (None: measure afresh on next use)."""
+        self._model = costs
+
+    def fits_here(self, costs: CostModel) -> bool:
+        """Whether ``costs`` was measured on this device and dtype (or says nothing of them)."""
+        here = (str(self.adapter.device), str(self.adapter.dtype).replace("torch.", ""))
+        return not any(got and got != want for got, want in zip((costs.device, costs.dtype), here))
+
+    def state_dict(self) -> dict[str, Any] | None:
+        return self._model.to_dict() if self._model is not None else None
+
+    def load_state_dict(self, state: dict[str, Any] | None) -> None:
+        """Restore a saved cost model; one measured on another device or dtype is ignored (this one times its own)."""
+        costs = CostModel.from_dict(state) if state is not None else None
+        if costs is not None and self.fits_here(costs):
+            self._model = costs
+
+
+def cached_costs(adapter: "DecoderAdapter", draft_vocab: int, directory: Any | None) -> CostModel:
+    """The cost model from ``directory`` (one JSON per :func:`cost_key`), measured and saved when absent.
+
+    Measuring takes seconds; every later decoder of the same (model, device, dtype,
+    threads) reads it back. A file that cannot be read is measured over.
+    """
+    import json
+    import os
+    import tempfile
+    from pathlib import Path
+
+    if directory is None:
+        return _measure_visibly(adapter, draft_vocab, "measuring this model's step costs")
+    path = Path(directory) / f"{cost_key(adapter, draft_vocab)}.json"
+    try:
+        return CostModel.from_dict(json.loads(path.read_text(encoding="utf-8")))
+    except (OSError, ValueError, TypeError, KeyError):
+        pass
+    costs = _measure_visibly(adapter, draft_vocab, f"measuring this model's step costs once (kept in {path.parent})")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(costs.to_dict(), f)
+        os.replace(tmp, path)
+    except OSError:
+        pass  # a read-only cache: measure again next time
+    return costs
+
+
+def _measure_visibly(adapter: "DecoderAdapter", draft_vocab: int, what: str) -> CostModel:
+    """:func:`measure_costs` under a status line: on a first run it takes seconds to a minute, unannounced."""
+    from ..progress import Ticker
+
+    with Ticker(what):
+        return measure_costs(adapter, draft_vocab=draft_vocab)
