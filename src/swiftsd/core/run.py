@@ -27,7 +27,6 @@ if TYPE_CHECKING:
     from ..engine.models import DecoderAdapter
 
 
-
 @dataclass
 class GenerationResult:
     """``sequences`` [1, prompt+new] is laid out exactly like ``model.generate``'s output."""

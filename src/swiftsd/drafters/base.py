@@ -156,7 +156,7 @@ class DraftTrie:
         return 1.0 + sum(self.score[1:])
 
 
-@dataclass
+@dataclass(frozen=True)
 class DraftContext:
     """What a model drafter needs for one step: passed by the loop to ``ModelDrafter.propose``."""
 
