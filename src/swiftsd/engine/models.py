@@ -279,6 +279,8 @@ class DecoderAdapter:
         h = self.base.norm(h)
         if hidden_only:
             return h
+        if weights is None:
+            return self.logits(h, head)  # the call as it was: code that wraps ``logits`` keeps working
         return self.logits(h, head, weights=weights)
 
     @torch.inference_mode()

@@ -62,7 +62,7 @@ class QuantizedWeights:
     """
 
     precision: str
-    group: int
+    group: int  # int4's group size; 0 for int8
     compute_dtype: torch.dtype
     packed: Mapping[nn.Module, PackedLinear]
     names: Mapping[nn.Module, str]
@@ -127,6 +127,7 @@ class QuantizedWeights:
               compute_dtype: torch.dtype = torch.bfloat16) -> "QuantizedWeights":
         """Quantize every projection of ``model``'s decoder layers and its LM head (seconds)."""
         check_settings(precision, group)
+        group = group if precision == "int4" else 0
         names = {m: n for n, m in model.named_modules()}
         targets, routed, notes = covered_modules(model)
         packed: dict[nn.Module, PackedLinear] = {}

@@ -78,8 +78,8 @@ class PackedLinear:
             y = torch._weight_int4pack_mm_for_cpu(x2, self.weight, self.group, self.scales)
         else:
             y = torch._weight_int4pack_mm(x2, self.weight, self.group, self.scales)
-        y = y.to(x.dtype).reshape(*lead, self.out_features)
-        return y + self.bias if self.bias is not None else y
+        y = y.to(x.dtype).reshape(*lead, self.out_features)  # a fresh tensor: the bias goes in in place
+        return y.add_(self.bias) if self.bias is not None else y
 
     @torch.no_grad()
     def dequantize(self) -> torch.Tensor:
