@@ -208,6 +208,20 @@ def test_weights_none_is_bitwise_the_plain_forward_and_the_target_is_untouched()
     assert attrs == {n: (set(vars(m)), set(m._parameters), set(m._buffers)) for n, m in model.named_modules()}
 
 
+def test_the_packed_copies_are_freed_with_their_owner() -> None:
+    """Nothing global (the kernel probe's cache, the model) keeps a quantized copy alive."""
+    import gc
+    import weakref
+
+    model = tiny_model("llama", seed=6)
+    qw = _build(model, "int4", torch.bfloat16)
+    get_adapter(model).forward(torch.arange(5), torch.arange(5), cache=SlotKVCache(6, 8), weights=qw)
+    refs = [weakref.ref(p.weight) for p in qw.packed.values()]
+    del qw
+    gc.collect()
+    assert all(r() is None for r in refs)
+
+
 def test_extra_memory_is_reported_as_a_share_of_the_linear_weights() -> None:
     model = tiny_model("llama", seed=7, vocab_size=112, dtype=torch.bfloat16)  # every shape fits int4
     int8, int4 = _build(model, "int8", torch.bfloat16), _build(model, "int4", torch.bfloat16)
