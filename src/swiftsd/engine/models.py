@@ -3,10 +3,10 @@
 No forked ``modeling_*.py`` files and no state on the model: each adapter walks
 the model's own decoder layers and calls their own submodules (norms, attention,
 MLP), wiring the residual stream the way that family does, and leaving out the
-sublayers named by the skip set. Given quantized weights (engine/quant.py), a draft
-forward runs each projection of the routed sublayers and the LM head on their packed
-int8/int4 copies instead (:meth:`DecoderAdapter.attend`, :meth:`DecoderAdapter.feed_forward`). ``tests/test_adapters.py`` checks every adapter
-against the stock model's forward.
+sublayers named by the skip set. ``tests/test_adapters.py`` checks every adapter
+against the stock model's forward. Given quantized weights (engine/quant.py), a draft
+forward runs the projections of attention and MLP and the LM head on their packed
+int8/int4 copies instead (:meth:`DecoderAdapter.attend`, :meth:`DecoderAdapter.feed_forward`).
 """
 
 from __future__ import annotations

@@ -135,8 +135,8 @@ def _check_entry(p: PackedLinear, key: dict[str, Any], device: torch.device) -> 
     if p.precision == "int8":
         ok = p.weight.dtype == torch.int8 and p.weight.shape == (n, k) and p.scales.shape == (n,)
     else:
-        ok = (p.group == key["group"] and p.weight.nbytes == n * k // 2 and p.weight.dtype in (torch.uint8, torch.int32)
-              and p.scales.shape == (k // p.group, n, 2))
+        ok = (p.group == key["group"] and p.weight.nbytes == n * k // 2
+              and p.weight.dtype in (torch.uint8, torch.int32) and p.scales.shape == (k // p.group, n, 2))
     if not ok:
         raise UnusableCacheFile("an entry whose shapes do not fit its matrix")
 
