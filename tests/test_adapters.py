@@ -306,8 +306,8 @@ def test_packed_attention_is_refused_when_it_disagrees_with_the_module(monkeypat
     assert get_adapter(model).packed_gqa
     original = attention._project
 
-    def skewed(attn, x):
-        q, k, v = original(attn, x)
+    def skewed(attn, x, *linear):
+        q, k, v = original(attn, x, *linear)
         return q * 1.5, k, v
 
     monkeypatch.setattr(attention, "_project", skewed)
@@ -318,7 +318,7 @@ def test_packed_attention_check_that_raises_keeps_the_stock_path(monkeypatch) ->
     """A module the packed path does not fit (it raises inside the check) loads on the stock path."""
     from swiftsd.engine import attention
 
-    def broken(attn, x):
+    def broken(attn, x, *linear):
         raise RuntimeError("shape mismatch")
 
     monkeypatch.setattr(attention, "_project", broken)

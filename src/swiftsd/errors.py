@@ -38,3 +38,8 @@ class StateFileError(SwiftSDError):
 
 class SlowDtypeWarning(UserWarning):
     """The requested dtype has no native matrix multiply on this device, so every forward is slow."""
+
+
+class QuantFallbackWarning(UserWarning):
+    """Some of a model's matrices have a shape the int4 / int8 kernels cannot take; those run at a
+    precision that can (int8, or the model's own weights) in the quantized draft."""

@@ -16,6 +16,13 @@ cache update. Only the product runs on the packed rows: the same sums, without
 the copy. An adapter uses this path only where :func:`packs` says the module
 has the known shape, and only after :func:`agrees` has checked it against the
 module's own forward on this model.
+
+A quantized draft (engine/quant.py) passes ``linear``: the projections then run on packed
+int8/int4 copies. Where the packed product does not apply (one query, eager attention, no
+grouped heads, a mask-free prefill), :func:`projected_attention` computes the module's forward
+from its parts: the same projections, norms, RoPE function, cache update and transformers
+attention function (``ALL_ATTENTION_FUNCTIONS``, or the family's ``eager_attention_forward``)
+the module itself calls, so only the projections change.
 """
 
 from __future__ import annotations
@@ -27,6 +34,13 @@ from typing import Callable
 import torch
 from torch import nn
 from torch.nn import functional as F
+
+
+Linear = Callable[[nn.Module, torch.Tensor], torch.Tensor]
+
+
+def _call(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return module(x)
 
 
 def _rope_function(attn: nn.Module) -> Callable | None:
@@ -50,16 +64,18 @@ def packs(attn: nn.Module) -> bool:
             and hasattr(attn, "q_norm") == hasattr(attn, "k_norm"))
 
 
-def _project(attn: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """x [b, n, hidden] -> q [b, H, n, d], k and v [b, KV, n, d], as the module computes them."""
+def _project(attn: nn.Module, x: torch.Tensor, linear: Linear = _call
+             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """x [b, n, hidden] -> q [b, H, n, d], k and v [b, KV, n, d], as the module computes them
+    (each projection run by ``linear(module, x)``)."""
     shape = (*x.shape[:-1], -1, attn.head_dim)
     if hasattr(attn, "qkv_proj"):  # Phi-3: one fused projection, query first
-        qkv = attn.qkv_proj(x)
+        qkv = linear(attn.qkv_proj, x)
         nq = attn.config.num_attention_heads * attn.head_dim
         nkv = attn.config.num_key_value_heads * attn.head_dim
         q, k, v = qkv[..., :nq], qkv[..., nq : nq + nkv], qkv[..., nq + nkv :]
     else:
-        q, k, v = attn.q_proj(x), attn.k_proj(x), attn.v_proj(x)
+        q, k, v = linear(attn.q_proj, x), linear(attn.k_proj, x), linear(attn.v_proj, x)
     q, k, v = q.view(shape), k.view(shape), v.view(shape)
     if hasattr(attn, "q_norm"):  # RMS norms over head_dim: the same before or after the transpose
         q, k = attn.q_norm(q), attn.k_norm(k)
@@ -67,13 +83,14 @@ def _project(attn: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tens
 
 
 def packed_attention(attn: nn.Module, x: torch.Tensor, position_embeddings: tuple[torch.Tensor, torch.Tensor],
-                     mask_rows: torch.Tensor, cache) -> torch.Tensor:
+                     mask_rows: torch.Tensor, cache, linear: Linear = _call) -> torch.Tensor:
     """``attn``'s output [b, n, hidden] for normed hidden states x [b, n, hidden].
 
     ``mask_rows``: the additive mask [1, 1, n, L] repeated once per query head of a group,
     [1, 1, groups * n, L] (:func:`pack_mask`), rows ordered (head in group, token).
+    ``linear``: runs each projection (the module itself by default).
     """
-    q, k, v = _project(attn, x)
+    q, k, v = _project(attn, x, linear)
     cos, sin = position_embeddings
     q, k = _rope_function(attn)(q, k, cos, sin)
     k, v = cache.update(k, v, attn.layer_idx)
@@ -83,7 +100,51 @@ def packed_attention(attn: nn.Module, x: torch.Tensor, position_embeddings: tupl
     out = F.scaled_dot_product_attention(q.reshape(b, k.shape[1], groups * n, d), k, v, attn_mask=mask_rows,
                                          scale=attn.scaling)
     out = out.reshape(b, heads, n, d).transpose(1, 2).reshape(b, n, heads * d)
-    return attn.o_proj(out)
+    return linear(attn.o_proj, out)
+
+
+def _eager_function(attn: nn.Module) -> Callable | None:
+    return getattr(sys.modules.get(type(attn).__module__), "eager_attention_forward", None)
+
+
+def routes_attention(attn: nn.Module) -> bool:
+    """Whether :func:`projected_attention` computes ``attn``'s forward: separate q/k/v projections
+    (or Phi-3's fused ``qkv_proj``) and ``o_proj``, optional per-head q/k norms, the family's RoPE
+    and eager attention functions in its modeling file."""
+    def linear(name: str) -> bool:
+        return isinstance(getattr(attn, name, None), nn.Linear)
+    has_proj = linear("qkv_proj") or all(linear(n) for n in ("q_proj", "k_proj", "v_proj"))
+    return (has_proj and linear("o_proj") and isinstance(getattr(attn, "head_dim", None), int)
+            and isinstance(getattr(attn, "layer_idx", None), int) and getattr(attn, "scaling", None) is not None
+            and _rope_function(attn) is not None and _eager_function(attn) is not None
+            and hasattr(attn, "q_norm") == hasattr(attn, "k_norm"))
+
+
+def projected_attention(attn: nn.Module, x: torch.Tensor, position_embeddings: tuple[torch.Tensor, torch.Tensor],
+                        attention_mask: torch.Tensor | None, cache, linear: Linear, **kwargs) -> torch.Tensor:
+    """``attn``'s forward for normed hidden states x [b, n, hidden], each projection run by ``linear``.
+
+    The steps of the stock module (transformers 5.2x): project, q/k norms, RoPE, cache update,
+    the attention function it would call (with its scaling, sliding window and soft-cap), o_proj.
+    ``kwargs`` (e.g. ``position_ids``) reach the attention function as the stock module passes them.
+    """
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    q, k, v = _project(attn, x, linear)
+    cos, sin = position_embeddings
+    q, k = _rope_function(attn)(q, k, cos, sin)
+    k, v = cache.update(k, v, attn.layer_idx)
+    impl = getattr(attn.config, "_attn_implementation", None) or "eager"
+    eager = _eager_function(attn)
+    if hasattr(ALL_ATTENTION_FUNCTIONS, "get_interface"):
+        function = ALL_ATTENTION_FUNCTIONS.get_interface(impl, eager)
+    else:  # older transformers: what their modules did inline
+        function = eager if impl == "eager" else ALL_ATTENTION_FUNCTIONS[impl]
+    extra = {"sliding_window": getattr(attn, "sliding_window", getattr(attn.config, "sliding_window", None))}
+    if getattr(attn, "attn_logit_softcapping", None) is not None:
+        extra["softcap"] = attn.attn_logit_softcapping
+    out, _ = function(attn, q, k, v, attention_mask, dropout=0.0, scaling=attn.scaling, **extra, **kwargs)
+    return linear(attn.o_proj, out.reshape(*x.shape[:-1], -1).contiguous())
 
 
 def pack_mask(mask: torch.Tensor, groups: int) -> torch.Tensor:

@@ -4,21 +4,25 @@ No forked ``modeling_*.py`` files and no state on the model: each adapter walks
 the model's own decoder layers and calls their own submodules (norms, attention,
 MLP), wiring the residual stream the way that family does, and leaving out the
 sublayers named by the skip set. ``tests/test_adapters.py`` checks every adapter
-against the stock model's forward.
+against the stock model's forward. Given quantized weights (engine/quant.py), a draft
+forward runs the projections of attention and MLP and the LM head on their packed
+int8/int4 copies instead (:meth:`DecoderAdapter.attend`, :meth:`DecoderAdapter.feed_forward`).
 """
 
 from __future__ import annotations
 
 import inspect
+import warnings
 from dataclasses import dataclass
 from typing import Callable
 
 import torch
 from torch import nn
 
-from .attention import agrees, pack_mask, packed_attention, packs
+from .attention import agrees, pack_mask, packed_attention, packs, projected_attention
 from .cache import SlotKVCache
 from ..errors import UnsupportedModelError
+from .quant import QuantizedWeights, mlp_forward
 from .skipset import SkipSet
 
 
@@ -131,19 +135,34 @@ class DecoderAdapter:
         pe = self.base.rotary_emb(h, position_ids)
         return lambda i: pe
 
-    def attn_block(self, layer: nn.Module, h: torch.Tensor, **kw) -> torch.Tensor:
-        return h + self.attend(layer.self_attn, layer.input_layernorm(h), **kw)
+    def attn_block(self, layer: nn.Module, h: torch.Tensor, weights: QuantizedWeights | None = None, **kw
+                   ) -> torch.Tensor:
+        return h + self.attend(layer.self_attn, layer.input_layernorm(h), weights=weights, **kw)
 
-    def attend(self, attn: nn.Module, x: torch.Tensor, packed_mask: torch.Tensor | None = None, **kw
-               ) -> torch.Tensor:
+    def attend(self, attn: nn.Module, x: torch.Tensor, packed_mask: torch.Tensor | None = None,
+               weights: QuantizedWeights | None = None, **kw) -> torch.Tensor:
         """The attention module's output for normed hidden states x; with ``packed_mask``
-        (several masked tokens, see attention.py) its product runs on packed query rows."""
+        (several masked tokens, see attention.py) its product runs on packed query rows.
+        With ``weights`` its projections run on their quantized copies (attention.py computes
+        the module's forward from its parts); without, the module runs as it is."""
+        if weights is not None and weights.routes(attn):
+            cache = kw.pop(self.cache_kwarg)
+            pe = kw.pop("position_embeddings")
+            if packed_mask is not None:
+                return packed_attention(attn, x, pe, packed_mask, cache, weights.linear)
+            return projected_attention(attn, x, pe, kw.pop("attention_mask"), cache, weights.linear, **kw)
         if packed_mask is not None:
             return packed_attention(attn, x, kw["position_embeddings"], packed_mask, kw[self.cache_kwarg])
         return attn(hidden_states=x, **kw)[0]
 
-    def mlp_block(self, layer: nn.Module, h: torch.Tensor) -> torch.Tensor:
-        return h + layer.mlp(layer.post_attention_layernorm(h))
+    def mlp_block(self, layer: nn.Module, h: torch.Tensor, weights: QuantizedWeights | None = None) -> torch.Tensor:
+        return h + self.feed_forward(layer.mlp, layer.post_attention_layernorm(h), weights)
+
+    def feed_forward(self, mlp: nn.Module, x: torch.Tensor, weights: QuantizedWeights | None) -> torch.Tensor:
+        """The MLP module's output; with ``weights``, its projections run on their quantized copies."""
+        if weights is not None and weights.routes(mlp):
+            return mlp_forward(mlp, x, weights.linear)
+        return mlp(x)
 
     # -- the forward ---------------------------------------------------------
     def build_masks(
@@ -217,6 +236,7 @@ class DecoderAdapter:
         head: DraftHead | None = None,
         past_visible: torch.Tensor | None = None,
         past_positions: torch.Tensor | None = None,
+        weights: QuantizedWeights | None = None,
     ) -> torch.Tensor:
         """Logits [rows, V] (float32) for ``input_ids`` [q] written at slots [slot_start, slot_start+q).
 
@@ -225,6 +245,8 @@ class DecoderAdapter:
         ``"hidden"`` returns the final-normed hidden states [q, H] instead, see :meth:`logits`);
         ``head`` scores only a vocabulary subset (columns follow ``head.token_ids``).
         ``past_visible`` / ``past_positions``: see :meth:`build_masks` (tree drafting).
+        ``weights``: a quantized draft's packed projections and LM head (``None``: the model's own);
+        with ``head``, pass ``weights.with_head(head)`` so the draft head is quantized too.
         """
         q = input_ids.numel()
         cache.begin_write(slot_start, q)
@@ -243,6 +265,7 @@ class DecoderAdapter:
                 h = self.attn_block(
                     layer,
                     h,
+                    weights=weights,
                     position_embeddings=pe(i),
                     attention_mask=masks[self.layer_types[i]],
                     packed_mask=packed.get(self.layer_types[i]),
@@ -250,24 +273,30 @@ class DecoderAdapter:
                     **{self.cache_kwarg: cache},
                 )
             if i not in skip_mlp:
-                h = self.mlp_block(layer, h)
+                h = self.mlp_block(layer, h, weights)
         hidden_only = isinstance(logits_rows, str)
         h = h[0] if logits_rows is None or hidden_only else h[0, logits_rows]
         h = self.base.norm(h)
         if hidden_only:
             return h
-        return self.logits(h, head)
+        if weights is None:
+            return self.logits(h, head)  # the call as it was: code that wraps ``logits`` keeps working
+        return self.logits(h, head, weights=weights)
 
     @torch.inference_mode()
-    def logits(self, h: torch.Tensor, head: DraftHead | None = None, transposed: bool = False) -> torch.Tensor:
+    def logits(self, h: torch.Tensor, head: DraftHead | None = None, transposed: bool = False,
+               weights: QuantizedWeights | None = None) -> torch.Tensor:
         """Float logits [rows, V] of final-normed hidden states [rows, H] (softcap applied).
 
         Split from :meth:`forward` so verification can score only the tree nodes it
         visits: the LM head is the largest matrix of a small model, and a tree's
         rejected branches never need it. ``transposed``: see :func:`head_product`
         (the cost model measures which product is faster on this device).
+        ``weights``: the LM head (or the draft head, see :meth:`forward`) runs on its quantized copy.
         """
-        if head is not None:
+        if weights is not None:
+            logits = self._quantized_head(h, head, weights, transposed)
+        elif head is not None:
             logits = head_product(h, head.weight, head.bias, transposed)
         elif transposed and h.shape[0] > 1 and isinstance(self.model.lm_head, nn.Linear):
             logits = head_product(h, self.model.lm_head.weight, self.model.lm_head.bias, True)
@@ -277,6 +306,18 @@ class DecoderAdapter:
         if self.softcap:
             logits = torch.tanh(logits / self.softcap) * self.softcap
         return logits
+
+    def _quantized_head(self, h: torch.Tensor, head: DraftHead | None, weights: QuantizedWeights,
+                        transposed: bool) -> torch.Tensor:
+        if head is None:
+            return weights.linear(self.model.lm_head, h)
+        packed = weights.head_linear(head)
+        if packed is not None:
+            return packed.matmul(h)
+        if weights.packed.get(self.model.lm_head) is not None:  # a head quantizing would have covered
+            warnings.warn("a draft head was given with quantized weights not made for it: it runs at full "
+                          "precision; pass weights.with_head(head)", RuntimeWarning, stacklevel=4)
+        return head_product(h, head.weight, head.bias, transposed)
 
 
 class GemmaAdapter(DecoderAdapter):
@@ -288,11 +329,13 @@ class GemmaAdapter(DecoderAdapter):
             return lambda i: pes[self.layer_types[i]]
         return super().rope(h, position_ids)
 
-    def attn_block(self, layer, h, **kw):
-        return h + layer.post_attention_layernorm(self.attend(layer.self_attn, layer.input_layernorm(h), **kw))
+    def attn_block(self, layer, h, weights=None, **kw):
+        x = self.attend(layer.self_attn, layer.input_layernorm(h), weights=weights, **kw)
+        return h + layer.post_attention_layernorm(x)
 
-    def mlp_block(self, layer, h):
-        return h + layer.post_feedforward_layernorm(layer.mlp(layer.pre_feedforward_layernorm(h)))
+    def mlp_block(self, layer, h, weights=None):
+        return h + layer.post_feedforward_layernorm(self.feed_forward(layer.mlp, layer.pre_feedforward_layernorm(h),
+                                                                      weights))
 
 
 ADAPTERS: dict[str, type[DecoderAdapter]] = {
