@@ -219,9 +219,19 @@ class SwiftConfig:
             return cls.paper(**kw)
         return cls(**kw)
 
+# Temperatures below this decode greedily (argmax), exactly as temperature 0 does; vLLM's
+# _SAMPLING_EPS is the same 1e-5. Why a threshold: as t -> 0 sampling tends to the argmax, but
+# logits / t overflows float32 once t is subnormal (1e-40 turned every logit into +-inf, and
+# softmax of those is NaN: garbage tokens), and 1e-300 is 0 in float32. At t = 1e-5 a runner-up
+# 1e-3 below the top logit keeps exp(-100) < 4e-44 of its mass, so the switch to argmax is
+# invisible unless two logits tie to within a few bf16/fp16 ulps (tests/test_sampling_threshold.py
+# checks this against the float range of fp32, bf16 and fp16).
+GREEDY_BELOW = 1e-5
+
+
 @dataclass(frozen=True)
 class SamplingParams:
-    """Per-request sampling settings, validated once. temperature 0 means greedy."""
+    """Per-request sampling settings, validated once. temperature below GREEDY_BELOW (0 included) is greedy."""
 
     temperature: float = 0.0
     top_p: float = 1.0
@@ -238,4 +248,4 @@ class SamplingParams:
 
     @property
     def greedy(self) -> bool:
-        return self.temperature == 0.0
+        return self.temperature < GREEDY_BELOW
