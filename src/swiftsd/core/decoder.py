@@ -29,6 +29,7 @@ from ..engine.verify import PositionNoise, coupled_sample, greedy_verify, multi_
     target_probs
 from ..optimize import SkipOptimizer
 from .learned import decoder_state_dict, load_decoder_state
+from .prefill import prefill_chunks
 from .planner import (SearchBudget, StepPlan, WallClockBound, choose_node_count, layerskip_ceiling, plan_layerskip,
                       relative_verify)
 from .run import GenerationResult, GenerationStream, LogitsProcessor, RunState, TargetScores
@@ -163,7 +164,8 @@ class SwiftDecoder:
 
     # -- the loop ------------------------------------------------------------------
     def _decode(self, run: RunState) -> Generator[list[int], None, GenerationResult]:
-        yield self._prefill(run)  # 1. the full model reads the prompt and picks the first token
+        first = yield from self._prefill(run)  # 1. the full model reads the prompt in chunks ([] between
+        yield first  # them: a consumer may stop there) and picks the first token
         while not run.done:
             self._optimise(run)  # 2. while searching, score one proposed skip set by matchness
             trie = self._draft_free(run)  # 3. lookup and suffix drafts: no model forward
@@ -192,10 +194,9 @@ class SwiftDecoder:
                     generator=gen, noise=noise, eos=eos, max_new=max_new, skip_override=a.skip, processor=processor,
                     stop=a.stop, stats=GenerationStats(prompt_tokens=len(ids)), t_start=time.perf_counter())
 
-    def _prefill(self, run: RunState) -> list[int]:
-        ad, dev, P = self.adapter, self.adapter.device, len(run.tokens)
-        logits = ad.forward(torch.tensor(run.tokens, device=dev), torch.arange(P, device=dev), cache=run.cache, logits_rows=slice(P - 1, P))
-        run.cache.rollback(P)
+    def _prefill(self, run: RunState) -> Generator[list[int], None, list[int]]:
+        dev, P = self.adapter.device, len(run.tokens)
+        logits = yield from prefill_chunks(self.adapter, run.cache, run.tokens, self.config.prefill_chunk)
         if run.processor is not None:
             logits = run.processor(torch.tensor([run.tokens], device=dev), logits)
         first = self._pick(logits[0], run, P)

@@ -3,6 +3,10 @@
     handler (event loop) --Engine.submit (False: 429)--> FIFO queue --> worker thread
         --per-step token ids via loop.call_soon_threadsafe--> Job.events --> handler
 
+The worker checks each job's deadline and cancellation after every step the stream
+yields, including the empty ones between prefill chunks, so a long prompt is given up
+within one chunk of its deadline or its client's departure.
+
 The worker is also the only thread that touches the decoder, so it is where the
 decoder's state is read: the optimiser's status for /metrics after each job, and
 the ``tick`` hook (the periodic ``--state`` save) between steps and when idle.
@@ -160,15 +164,17 @@ class Engine:
         stream = job.stream
         try:
             for new in stream:
-                steps += 1  # the first yield is the prefill's token
-                step_tokens += len(new) if steps else 0
-                tokens += len(new)
-                job.emit("tokens", new)
+                if new:  # [] is a pause between two prefill chunks: only the checks below
+                    steps += 1  # the first yield with tokens is the prefill's token
+                    step_tokens += len(new) if steps else 0
+                    tokens += len(new)
+                    job.emit("tokens", new)
                 if job.cancelled.is_set() or time.monotonic() > job.deadline:
                     stream.close()
                     job.emit("shutdown" if self._stopping.is_set() else "stopped")
                     return
-                self._tick(True)
+                if new:
+                    self._tick(True)
             job.emit("done", stream.result)
             stats = stream.result.stats
             with m.lock:
