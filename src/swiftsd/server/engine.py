@@ -184,7 +184,9 @@ class Engine:
                     m.phase_s[phase] = m.phase_s.get(phase, 0.0) + getattr(stats, f"time_{phase}")
             m.add_drafters(getattr(stats, "per_drafter", None) or {})
         except Exception as exc:  # noqa: BLE001 - handed to the request, which answers 500; the worker lives on
-            log.exception("generation failed")
+            log.error("generation failed: %s: %s (the traceback is logged at --log-level debug)",
+                      type(exc).__name__, " ".join(str(exc).split())[:300])
+            log.debug("traceback of the failed generation", exc_info=exc)
             job.emit("error", exc)
         finally:
             with m.lock:
