@@ -118,6 +118,30 @@ def test_just_above_the_threshold_sampling_is_finite_and_here_greedy(llama) -> N
         assert torch.equal(dec.generate(ids, max_new_tokens=24, temperature=t, seed=11).sequences, ref.sequences)
 
 
+@pytest.mark.parametrize("t", (1e-300, 1e-40))
+def test_model_generate_with_custom_generate_at_a_vanishing_temperature_is_greedy(llama, t) -> None:
+    """HF's own generate fails here (its temperature warper makes every positive logit +inf)."""
+    ids = _ids(12, seed=7)
+    dec = SwiftDecoder(llama, optimizer=False, skip_set=SkipSet(attn=[2]))
+    kw = dict(attention_mask=torch.ones_like(ids), max_new_tokens=16, pad_token_id=0)
+    with torch.no_grad():
+        out = llama.generate(ids, do_sample=True, temperature=t, top_k=5, custom_generate=dec.custom_generate, **kw)
+        want = llama.generate(ids, do_sample=False, **kw)
+    assert torch.equal(out, want)
+
+
+def test_generation_config_with_penalty_at_a_vanishing_temperature_is_greedy(llama) -> None:
+    from transformers import GenerationConfig
+
+    ids = _ids(12, seed=7)
+    with torch.no_grad():
+        want = llama.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, repetition_penalty=1.3,
+                              max_new_tokens=16, pad_token_id=0)
+    gc = GenerationConfig(do_sample=True, temperature=1e-300, repetition_penalty=1.3)
+    dec = SwiftDecoder(llama, optimizer=False, skip_set=SkipSet(attn=[2]))
+    assert torch.equal(dec.generate(ids, max_new_tokens=16, generation_config=gc, seed=2).sequences, want)
+
+
 @pytest.mark.parametrize("dtype", (torch.bfloat16, torch.float16), ids=str)
 def test_half_precision_models_at_a_vanishing_temperature(dtype) -> None:
     model = tiny_model("qwen2", seed=2, dtype=dtype)
