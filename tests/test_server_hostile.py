@@ -234,6 +234,11 @@ def test_a_vanishing_temperature_gives_the_greedy_text(srv, tiny, t):
     r = httpx.post(srv.base + "/v1/completions", timeout=TIMEOUT,
                    json={"model": srv.model, "prompt": ids, "max_tokens": 8, "temperature": t, "seed": 1})
     assert r.status_code == 200 and r.json()["choices"][0]["text"] == want
+    chat = {"model": srv.model, "messages": [{"role": "user", "content": "the cat"}], "max_tokens": 8}
+    answers = [httpx.post(srv.base + "/v1/chat/completions", json={**chat, "temperature": x}, timeout=TIMEOUT).json()
+               for x in (0, t)]
+    assert answers[0]["choices"][0]["message"] == answers[1]["choices"][0]["message"]
+    assert answers[1]["choices"][0]["message"]["content"]  # issue 32: 1e-300 gave empty content
 
 
 # ------------------------------------------------------------------------------ slow clients
