@@ -32,8 +32,8 @@ from ..errors import SwiftSDError
 from . import protocol as P
 from .body import EXTRA_VALUES, parse_body
 from .engine import Disconnected, Engine, Job, ShuttingDown, Timeout, next_event
-from .errors import APIError, from_swiftsd, install_handlers
-from .guard import Guard, one_line
+from .errors import APIError, from_swiftsd, install_handlers, one_line
+from .guard import Guard
 from .metrics import Exposition, Metrics
 from .settings import ServerSettings
 from .text import TextAssembler

@@ -23,6 +23,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from .errors import one_line
 from .metrics import PHASES, Metrics
 
 log = logging.getLogger("swiftsd.server")
@@ -184,8 +185,7 @@ class Engine:
                     m.phase_s[phase] = m.phase_s.get(phase, 0.0) + getattr(stats, f"time_{phase}")
             m.add_drafters(getattr(stats, "per_drafter", None) or {})
         except Exception as exc:  # noqa: BLE001 - handed to the request, which answers 500; the worker lives on
-            log.error("generation failed: %s: %s (the traceback is logged at --log-level debug)",
-                      type(exc).__name__, " ".join(str(exc).split())[:300])
+            log.error("generation failed: %s (the traceback is logged at --log-level debug)", one_line(exc))
             log.debug("traceback of the failed generation", exc_info=exc)
             job.emit("error", exc)
         finally:

@@ -38,6 +38,13 @@ class APIError(Exception):
         return JSONResponse(self.body(), status_code=self.status, headers=self.headers)
 
 
+def one_line(exc: BaseException, limit: int = 300) -> str:
+    """``Type: message`` on one line, cut to ``limit`` characters (for the log)."""
+    text = " ".join(str(exc).split())
+    text = text if len(text) <= limit else text[: limit - 3] + "..."
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
 def _printable(text: str) -> str:
     """``text`` with anything UTF-8 cannot encode (a lone surrogate quoted from a request) as ``\\udc00``,
     so the error can always be sent."""

@@ -24,7 +24,7 @@ import asyncio
 import logging
 from typing import Any, Awaitable, Callable
 
-from .errors import APIError
+from .errors import APIError, one_line
 from .metrics import Metrics
 
 log = logging.getLogger("swiftsd.server")
@@ -39,13 +39,6 @@ Send = Callable[[Message], Awaitable[None]]
 class _Refused(Exception):
     def __init__(self, error: APIError) -> None:
         self.error = error
-
-
-def one_line(exc: BaseException, limit: int = 300) -> str:
-    """``Type: message`` on one line, cut to ``limit`` characters (for the log)."""
-    text = " ".join(str(exc).split())
-    text = text if len(text) <= limit else text[: limit - 3] + "..."
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 class Guard:
