@@ -283,9 +283,10 @@ def test_a_prefill_past_the_timeout_frees_the_worker_within_one_chunk():
     tok = build_tokenizer()
     model = tiny_model("llama", vocab_size=len(tok), max_position_embeddings=32768, hidden_size=256,
                        intermediate_size=1024, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2)
+    dec = SwiftDecoder(model, tok, optimizer=False, drafters=("lookup",), prefill_chunk=512, cost_cache=False)
+    assert dec.costs.full_step > 0  # the device's costs measured now, not within a request's 1 s
     starts: list[float] = []  # one per chunk: the first layer's MLP runs once per forward
     hook = model.model.layers[0].mlp.register_forward_pre_hook(lambda *a: starts.append(time.monotonic()))
-    dec = SwiftDecoder(model, tok, optimizer=False, drafters=("lookup",), prefill_chunk=512, cost_cache=False)
     app = create_app(dec, tok, "big", ServerSettings(request_timeout=1.0, max_queue=4))
     ids = torch.randint(4, len(tok), (16_000,), generator=torch.Generator().manual_seed(0)).tolist()
     n = torch.get_num_threads()
