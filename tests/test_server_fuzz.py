@@ -108,6 +108,12 @@ CASES: list[tuple[str, str, str, object, dict, int]] = [
     ("max_completion_tokens zero", "POST", CH, _chat(max_completion_tokens=0), JSON, 400),
     ("chat unknown model", "POST", CH, _chat(model="llama"), JSON, 400),
     ("chat beyond context", "POST", CH, _chat(messages=[{"role": "user", "content": "cat " * 2000}]), JSON, 400),
+    # valid JSON that is no text: a lone UTF-16 surrogate (json.dumps writes the escape "\ud800")
+    ("lone surrogate in prompt", "POST", C, _completion(prompt="the \ud800 cat"), JSON, 400),
+    ("lone surrogate in chat content", "POST", CH, _chat(messages=[{"role": "user", "content": "\udfff"}]), JSON,
+     400),
+    ("lone surrogate in a key", "POST", C, _completion(**{"\ud800": 1}), JSON, 400),
+    ("more JSON values than any context", "POST", C, _completion(prompt=[1] * 200_000), JSON, 400),
     # routes, methods, auth
     ("unknown route", "POST", "/v1/engines", _completion(), JSON, 404),
     ("GET on a POST route", "GET", C, None, AUTH, 405),

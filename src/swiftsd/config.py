@@ -125,6 +125,11 @@ class SwiftConfig:
     tree_widths_greedy: tuple[int, ...] | None = None  # paper tree under greedy decoding (None: tree_widths)
     suffix_max_tokens: int = 262_144  # stream suffix index bound (oldest requests evicted first)
     cost_cache: bool = True  # keep the measured cost model on disk, per (model, device, dtype, threads)
+    # prompt tokens per prefill forward (core/prefill.py): a stream can be stopped between chunks, and
+    # attention memory is bounded by the chunk; 0 = the whole prompt in one forward. 256: on smollm2 bf16
+    # (2-core CPU) no slower than one forward at 1000-2000 tokens, peak memory 139 -> 61 MiB at 2000
+    # (docs/benchmarks/prefill-chunks.py)
+    prefill_chunk: int = 256
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.stop_threshold <= 1.0:
@@ -148,6 +153,9 @@ class SwiftConfig:
         if unknown or len(set(self.drafters)) != len(self.drafters):
             raise InvalidArgumentError(f"drafters must be distinct names among {list(DRAFTER_NAMES)}, "
                                        f"got {list(self.drafters)}")
+        if isinstance(self.prefill_chunk, bool) or not isinstance(self.prefill_chunk, int) or self.prefill_chunk < 0:
+            raise InvalidArgumentError(f"prefill_chunk must be an integer >= 0 (0 = the whole prompt in one "
+                                       f"forward), got {self.prefill_chunk!r}")
         if self.tree not in ("dynamic", "paper"):
             raise InvalidArgumentError(f"tree must be 'dynamic' or 'paper', got {self.tree!r}")
         for name in ("frontier", "max_nodes", "suffix_max_tokens"):
@@ -219,9 +227,20 @@ class SwiftConfig:
             return cls.paper(**kw)
         return cls(**kw)
 
+
+# Temperatures below this decode greedily (argmax), exactly as temperature 0 does; vLLM's
+# _SAMPLING_EPS is the same 1e-5. Why a threshold: as t -> 0 sampling tends to the argmax, but
+# logits / t overflows float32 once t is subnormal (1e-40 turned every logit into +-inf, and
+# softmax of those is NaN: garbage tokens), and 1e-300 is 0 in float32. At t = 1e-5 a runner-up
+# 1e-3 below the top logit keeps exp(-100) < 4e-44 of its mass, so the switch to argmax is
+# invisible unless two logits tie to within a few bf16/fp16 ulps (tests/test_sampling_threshold.py
+# checks this against the float range of fp32, bf16 and fp16).
+GREEDY_BELOW = 1e-5
+
+
 @dataclass(frozen=True)
 class SamplingParams:
-    """Per-request sampling settings, validated once. temperature 0 means greedy."""
+    """Per-request sampling settings, validated once. temperature below GREEDY_BELOW (0 included) is greedy."""
 
     temperature: float = 0.0
     top_p: float = 1.0
@@ -238,4 +257,4 @@ class SamplingParams:
 
     @property
     def greedy(self) -> bool:
-        return self.temperature == 0.0
+        return self.temperature < GREEDY_BELOW

@@ -35,6 +35,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--request-timeout", type=float, default=ServerSettings.request_timeout,
                    help="seconds from arrival before a request gets 503 (still queued) or 504 (running) "
                         "(default %(default)s)")
+    p.add_argument("--read-timeout", type=float, default=ServerSettings.read_timeout, metavar="S",
+                   help="seconds a client may take to send a request's headers, and again its body; slower "
+                        "ones get 408 and the connection is closed (default %(default)s)")
+    p.add_argument("--max-body-bytes", type=int, default=ServerSettings.max_body_bytes, metavar="N",
+                   help="larger request bodies get 413, whatever the transfer encoding (default %(default)s)")
     p.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on /v1/* and /metrics "
                                                    "(default: no key needed)")
     p.add_argument("--served-model-name", default=None,
@@ -52,6 +57,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def _settings(args: argparse.Namespace, aliases: tuple[str, ...]) -> ServerSettings:
     return ServerSettings(max_queue=args.max_queue, request_timeout=args.request_timeout, api_key=args.api_key,
+                          read_timeout=args.read_timeout, max_body_bytes=args.max_body_bytes,
                           skip_set_store=args.skip_set_store, task=args.task, aliases=aliases,
                           state_path=args.state, state_interval=args.state_interval)
 
@@ -77,6 +83,7 @@ def run(args: argparse.Namespace) -> int:
     from .common import build_decoder, load_model, start_skip_set
     from ..persist.identity import model_identity
     from ..server.app import create_app
+    from ..server.transport import uvicorn_config
 
     _check(args)
     name = args.served_model_name or args.model
@@ -101,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
     say(f"serving {name!r} on http://{args.host}:{args.port}/v1 (health: /health, metrics: /metrics)")
     # SIGINT/SIGTERM: requests may finish for DRAIN_S, the rest get a 503 / an in-stream error; then the
     # app's lifespan exit stops the engine and saves the learned state and the optimiser's best set.
-    config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level,
+    config = uvicorn_config(app, host=args.host, port=args.port, log_level=args.log_level,
                             timeout_graceful_shutdown=GRACE_S, access_log=args.log_level == "debug")
     _GracefulServer(config, app.state.ctx.engine).run()
     return 0

@@ -36,6 +36,7 @@ from ..stats import GenerationStats
 from .forecast import StepPlan
 from .learned import TokenCounts, compose, restore
 from .planner import Planner, StepOutcome
+from .prefill import prefill_chunks
 from .request import ModelFacts, Request, parse_skip
 from .run import GenerationResult, GenerationStream, Run, StepClock, TargetScores
 
@@ -170,7 +171,8 @@ class SwiftDecoder:
 
     # -- the loop ------------------------------------------------------------------
     def _decode(self, run: Run) -> Generator[list[int], None, GenerationResult]:
-        yield self._prefill(run)  # 1. the full model reads the prompt and picks the first token
+        first = yield from self._prefill(run)  # 1. the full model reads the prompt in chunks ([] between
+        yield first  # them: a consumer may stop there) and picks the first token
         while not run.done:
             clock = self._optimise(run)  # 2. while searching, score one proposed skip set by matchness
             trie = self._draft_free(run)  # 3. lookup and suffix drafts: no model forward
@@ -200,11 +202,9 @@ class SwiftDecoder:
                    stats=GenerationStats(prompt_tokens=len(ids)), t_start=time.perf_counter(),
                    probe=self.planner.new_probe())
 
-    def _prefill(self, run: Run) -> list[int]:
-        ad, dev, P = self.adapter, self.adapter.device, len(run.tokens)
-        logits = ad.forward(torch.tensor(run.tokens, device=dev), torch.arange(P, device=dev), cache=run.cache,
-                            logits_rows=slice(P - 1, P))
-        run.cache.rollback(P)
+    def _prefill(self, run: Run) -> Generator[list[int], None, list[int]]:
+        dev, P = self.adapter.device, len(run.tokens)
+        logits = yield from prefill_chunks(self.adapter, run.cache, run.tokens, self.config.prefill_chunk)
         if run.processor is not None:
             logits = run.processor(torch.tensor([run.tokens], device=dev), logits)
         first = self._pick(logits[0], run, P)

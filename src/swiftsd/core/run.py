@@ -40,7 +40,12 @@ class GenerationResult:
 
 
 class GenerationStream:
-    """Iterate to receive each step's accepted tokens; ``result`` is set when it ends."""
+    """Iterate to receive each step's accepted tokens; ``result`` is set when it ends.
+
+    A long prompt is prefilled in chunks (``SwiftConfig.prefill_chunk``) and the stream yields
+    ``[]`` between two of them: no tokens yet, but a point where the consumer may ``close()``
+    it (a deadline passed, a client left) instead of waiting for the whole prefill.
+    """
 
     def __init__(self, gen: Generator[list[int], None, GenerationResult]) -> None:
         self._gen = gen

@@ -32,9 +32,17 @@ from .tree import TreeLayout
 def warp_logits(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
     """Temperature, then top-k, then top-p: the order and tie rules of HF's warpers.
 
-    logits: [..., V] float -> [..., V] float with -inf on removed tokens.
+    logits: [..., V] any float dtype -> [..., V] float32 with -inf on removed tokens. Defined up
+    to a constant per row: each row's top logit is subtracted before the division, so
+    (x - max) / t <= 0 never overflows to +inf at a tiny t (1e-40 made logits / t all +-inf, and
+    a softmax of those NaN), and a huge logit is no tie with a smaller one. Computed in float32
+    whatever the model's dtype (1e-5 is subnormal in fp16). A greedy ``params`` (temperature under
+    GREEDY_BELOW) is not divided by. Softmax, top-k, top-p and argmax are unchanged by the shift.
     """
-    x = logits / params.temperature if params.temperature > 0 else logits.clone()
+    big = torch.finfo(torch.float32).max
+    x = logits.float().clamp(max=big)  # a copy; +inf (a broken model) would make inf - inf
+    if not params.greedy:
+        x = (x - x.amax(-1, keepdim=True).clamp(min=-big)) / params.temperature
     if params.top_k > 0:
         k = min(params.top_k, x.shape[-1])
         kth = torch.topk(x, k, dim=-1).values[..., -1:]

@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Protocol, Sequence
 
 import torch
 
+from ..config import GREEDY_BELOW
 from ..errors import InvalidArgumentError
 from .processors import TreeProcessors
 from .stopping import parse_stop_strings, stop_string_criteria
@@ -94,6 +95,13 @@ class CustomGenerate:
         check_call(dec, model, input_ids, gc, synced_gpus, found, model_kwargs)
         if parse_stop_strings(stop_strings):
             criteria.append(stop_string_criteria(dec.tokenizer, stop_strings))
+        sample = bool(gc.do_sample)
+        if sample and gc.temperature is not None and gc.temperature < GREEDY_BELOW:
+            # greedy, as swiftsd decodes any temperature under GREEDY_BELOW (HF's own warper would divide
+            # the scores by it: +inf for every positive logit, and generate itself fails on the NaN)
+            from transformers import TemperatureLogitsWarper
+
+            sample, processors = False, [p for p in processors if not isinstance(p, TemperatureLogitsWarper)]
         record = bool(gc.return_dict_in_generate and (gc.output_scores or gc.output_logits))
         procs = TreeProcessors(processors, record) if processors or record else None
         prompt = input_ids[0].tolist()
@@ -101,10 +109,10 @@ class CustomGenerate:
             procs.base = len(prompt)
         eos = gc._eos_token_tensor  # generate's resolved EOS ids (generation config, model defaults)
         kwargs: dict[str, Any] = dict(
-            max_new_tokens=gc.max_length - len(prompt), temperature=1.0 if gc.do_sample else 0.0,
+            max_new_tokens=gc.max_length - len(prompt), temperature=1.0 if sample else 0.0,
             eos_token_id=[] if eos is None else eos.reshape(-1).tolist(), stopping_criteria=criteria,
             # sampling draws its seed from torch's global generator, so torch.manual_seed(...) repeats a run
-            seed=int(torch.randint(0, 2**62, (1,))) if gc.do_sample else None)
+            seed=int(torch.randint(0, 2**62, (1,))) if sample else None)
         if procs is not None:
             kwargs["logits_processor"] = procs
         new = _decode(dec.stream(prompt, **kwargs), procs, streamer)

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 import torch
 
-from ..config import SamplingParams
+from ..config import GREEDY_BELOW, SamplingParams
 from ..errors import InvalidArgumentError
 from .eos import eos_ids
 from .processors import TreeProcessors
@@ -203,10 +203,11 @@ def resolve_options(args: GenerateArgs, prompt_len: int, tokenizer: Any, default
     proc = args.get("logits_processor")
     if before or gc.get("min_p") is not None:
         procs = before + ([proc] if proc is not None else [])
-        if temperature > 0:
+        greedy = temperature < GREEDY_BELOW  # as SamplingParams.greedy: 0 and any vanishing temperature
+        if not greedy:
             procs += _warpers(temperature, top_p, top_k, gc.get("min_p"))
         proc = TreeProcessors(procs)
-        temperature, top_p, top_k = (1.0 if temperature > 0 else 0.0), 1.0, 0  # the list holds the warpers
+        temperature, top_p, top_k = (0.0 if greedy else 1.0), 1.0, 0  # the list holds the warpers
     return Options(max_new_tokens=max_new, temperature=temperature, top_p=top_p, top_k=top_k, eos=frozenset(eos),
                    logits_processor=proc, stop=StopCheck(criteria) if criteria else None)
 

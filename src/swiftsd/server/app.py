@@ -3,20 +3,26 @@ through the engine (:func:`serve`).
 
 Every handler takes its context as a FastAPI dependency, so a test can call one
 directly with a context of its own; ``create_app`` only wires routes, error
-handlers, the body-size middleware and the engine's lifespan together.
+handlers, the guard (guard.py: body limit and read timeout, response counts, the
+last word on errors) and the engine's lifespan together. What costs CPU in a request
+before it queues (JSON parsing and validation, the chat template, tokenisation, the
+prompt checks) runs on a few worker threads (``ServerContext.off_loop``), never on the
+event loop, so ``/health`` and the streams of other clients stay prompt.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import hmac
 import logging
 import time
 import uuid
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Callable
+from typing import Annotated, Any, AsyncIterator, Callable, TypeVar
 
+import anyio
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.background import BackgroundTask
@@ -24,13 +30,19 @@ from starlette.background import BackgroundTask
 from ..hf.eos import resolve_eos
 from ..errors import SwiftSDError
 from . import protocol as P
+from .body import EXTRA_VALUES, parse_body
 from .engine import Disconnected, Engine, Job, ShuttingDown, Timeout, next_event
-from .errors import APIError, from_swiftsd, install_handlers
+from .errors import APIError, from_swiftsd, install_handlers, one_line
+from .guard import Guard
 from .metrics import Exposition, Metrics
 from .settings import ServerSettings
 from .text import TextAssembler
 
 log = logging.getLogger("swiftsd.server")
+
+PREP_THREADS = 4  # requests prepared at once off the event loop (tokenising a huge prompt takes seconds)
+DEFAULT_CONTEXT = 131_072  # tokens, for the JSON value bound when the model does not say its context
+T = TypeVar("T")
 
 
 @dataclass
@@ -52,6 +64,14 @@ class ServerContext:
         self.eos = resolve_eos(getattr(self.decoder, "model", None))
         self.names = {self.model_name, *self.settings.aliases}
         self.exposition = Exposition(self.metrics, self.engine)
+        self.max_values = (self.limit or DEFAULT_CONTEXT) + EXTRA_VALUES  # JSON values in one request body
+        self._limiter: anyio.CapacityLimiter | None = None
+
+    async def off_loop(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)`` on one of ``PREP_THREADS`` worker threads, so the event loop keeps serving."""
+        if self._limiter is None:
+            self._limiter = anyio.CapacityLimiter(PREP_THREADS)
+        return await anyio.to_thread.run_sync(functools.partial(fn, *args), limiter=self._limiter)
 
     def check_model(self, model: str) -> None:
         if model not in self.names:
@@ -78,8 +98,20 @@ async def authorize(request: Request, ctx: ServerContext = Depends(get_context))
                        {"WWW-Authenticate": "Bearer"})
 
 
+def json_body(schema: type[T]) -> Callable[..., Any]:
+    """A dependency: the request body as ``schema``, parsed and validated off the event loop (body.py)."""
+
+    async def parsed(request: Request, ctx: ServerContext = Depends(get_context)) -> T:
+        raw = await request.body()
+        return await ctx.off_loop(parse_body, raw, request.headers.get("content-type"), schema, ctx.max_values,
+                                  P.MAX_STOP)
+
+    return parsed
+
+
 router = APIRouter()
 _auth = [Depends(authorize)]
+_Ctx = Annotated[ServerContext, Depends(get_context)]
 
 
 @router.get("/health")
@@ -109,30 +141,42 @@ async def get_model(model_id: str, ctx: ServerContext = Depends(get_context)) ->
 
 
 @router.post("/v1/completions", dependencies=_auth)
-async def completions(req: P.CompletionRequest, request: Request,
-                      ctx: ServerContext = Depends(get_context)) -> Any:
+async def completions(req: Annotated[P.CompletionRequest, Depends(json_body(P.CompletionRequest))],
+                      request: Request, ctx: _Ctx) -> Any:
+    return await serve(ctx, await ctx.off_loop(prepare_completion, ctx, req), request.is_disconnected)
+
+
+@router.post("/v1/chat/completions", dependencies=_auth)
+async def chat(req: Annotated[P.ChatRequest, Depends(json_body(P.ChatRequest))], request: Request,
+               ctx: _Ctx) -> Any:
+    return await serve(ctx, await ctx.off_loop(prepare_chat, ctx, req), request.is_disconnected)
+
+
+def prepare_completion(ctx: ServerContext, req: P.CompletionRequest) -> P.Prepared:
+    """Checks, tokenisation and the prompt's checks of a completion (on a worker thread)."""
     ctx.check_model(req.model)
     P.check_unsupported(req)
     prompt = P.completion_prompt(req)
     ids = P.tokenize(ctx.tokenizer, prompt) if isinstance(prompt, str) else list(prompt)
-    return await serve(ctx, P.prepare(req, "completion", ids, req.max_tokens), request.is_disconnected)
+    P.check_prompt(ids, req.max_tokens, ctx.vocab, ctx.limit)
+    return P.prepare(req, "completion", ids, req.max_tokens)
 
 
-@router.post("/v1/chat/completions", dependencies=_auth)
-async def chat(req: P.ChatRequest, request: Request, ctx: ServerContext = Depends(get_context)) -> Any:
+def prepare_chat(ctx: ServerContext, req: P.ChatRequest) -> P.Prepared:
+    """The chat template, tokenisation and the prompt's checks of a chat request (on a worker thread)."""
     ctx.check_model(req.model)
     P.check_unsupported(req)
     ids = P.chat_prompt_ids(ctx.tokenizer, req.messages)
     max_tokens = req.max_completion_tokens or req.max_tokens
     if max_tokens is None:  # OpenAI: up to the rest of the context
         max_tokens = max(1, ctx.limit - len(ids)) if ctx.limit else 512
-    return await serve(ctx, P.prepare(req, "chat", ids, max_tokens), request.is_disconnected)
+    P.check_prompt(ids, max_tokens, ctx.vocab, ctx.limit)
+    return P.prepare(req, "chat", ids, max_tokens)
 
 
 # ---------------------------------------------------------------------------- one request
 async def serve(ctx: ServerContext, p: P.Prepared, is_disconnected: Callable[[], Any]) -> Any:
-    """Queue one request and answer it: a JSON body, or an SSE stream whose first event has arrived."""
-    P.check_prompt(p.prompt_ids, p.max_tokens, ctx.vocab, ctx.limit)
+    """Queue one checked request and answer it: a JSON body, or an SSE stream whose first event has arrived."""
     engine, metrics = ctx.engine, ctx.metrics
     try:
         gen = ctx.decoder.stream(p.prompt_ids, max_new_tokens=p.max_tokens, temperature=p.temperature,
@@ -218,7 +262,8 @@ async def stream_events(ctx: ServerContext, p: P.Prepared, job: Job, event: tupl
         if isinstance(exc, asyncio.CancelledError):
             raise
     except Exception as exc:  # noqa: BLE001 - a bug must not kill the server; report it in-stream
-        log.exception("streaming failed")
+        log.error("streaming failed: %s (the traceback is logged at --log-level debug)", one_line(exc))
+        log.debug("traceback of the streaming failure", exc_info=exc)
         outcome = "error"
         yield P.sse(APIError(500, f"internal error ({type(exc).__name__})").body())
     finally:
@@ -251,39 +296,12 @@ def wait_error(exc: BaseException, ctx: ServerContext | None) -> BaseException:
         return APIError(499, "client closed the request")
     if isinstance(exc, SwiftSDError):
         return from_swiftsd(exc)
+    if isinstance(exc, Exception):  # the generation failed (the worker logged it): counted above, so a 500 here
+        return APIError(500, f"internal error ({type(exc).__name__}); see the server log")
     return exc
 
 
 # ---------------------------------------------------------------------------- the app
-class _CountAndLimit:
-    """Pure-ASGI middleware: counts responses by status and refuses oversized bodies.
-
-    (Starlette's BaseHTTPMiddleware would wrap streaming responses in a task group
-    that hides client disconnects from the handler, so this stays plain ASGI.)
-    """
-
-    def __init__(self, app: Any, metrics: Metrics, max_body: int) -> None:
-        self.app, self.metrics, self.max_body = app, metrics, max_body
-
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        length = dict(scope.get("headers") or []).get(b"content-length")
-        if length is not None and (not length.isdigit() or int(length) > self.max_body):
-            self.metrics.add("http", "413")
-            resp = APIError(413, f"request body too large (limit {self.max_body} bytes)", None, "body_too_large")
-            await resp.response()(scope, receive, send)
-            return
-
-        async def counting_send(message: dict) -> None:
-            if message["type"] == "http.response.start":
-                self.metrics.add("http", str(message["status"]))
-            await send(message)
-
-        await self.app(scope, receive, counting_send)
-
-
 def create_app(decoder: Any, tokenizer: Any, model_name: str, settings: ServerSettings | None = None,
                metrics: Metrics | None = None, tick: Callable[[bool], None] | None = None,
                on_shutdown: Callable[[bool], None] | None = None) -> FastAPI:
@@ -313,6 +331,6 @@ def create_app(decoder: Any, tokenizer: Any, model_name: str, settings: ServerSe
                   description="OpenAI-compatible server for SWIFT self-speculative decoding")
     app.state.ctx = ServerContext(decoder, tokenizer, model_name, settings, engine, metrics)
     install_handlers(app, P.MAX_STOP)
-    app.add_middleware(_CountAndLimit, metrics=metrics, max_body=settings.max_body_bytes)
+    app.add_middleware(Guard, metrics=metrics, max_body=settings.max_body_bytes, read_timeout=settings.read_timeout)
     app.include_router(router)
     return app

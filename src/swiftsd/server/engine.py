@@ -3,6 +3,10 @@
     handler (event loop) --Engine.submit (False: 429)--> FIFO queue --> worker thread
         --per-step token ids via loop.call_soon_threadsafe--> Job.events --> handler
 
+The worker checks each job's deadline and cancellation after every step the stream
+yields, including the empty ones between prefill chunks, so a long prompt is given up
+within one chunk of its deadline or its client's departure.
+
 The worker is also the only thread that touches the decoder, so it is where the
 decoder's state is read: the optimiser's status for /metrics after each job, and
 the ``tick`` hook (the periodic ``--state`` save) between steps and when idle.
@@ -19,6 +23,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from .errors import one_line
 from .metrics import PHASES, Metrics
 
 log = logging.getLogger("swiftsd.server")
@@ -160,15 +165,17 @@ class Engine:
         stream = job.stream
         try:
             for new in stream:
-                steps += 1  # the first yield is the prefill's token
-                step_tokens += len(new) if steps else 0
-                tokens += len(new)
-                job.emit("tokens", new)
+                if new:  # [] is a pause between two prefill chunks: only the checks below
+                    steps += 1  # the first yield with tokens is the prefill's token
+                    step_tokens += len(new) if steps else 0
+                    tokens += len(new)
+                    job.emit("tokens", new)
                 if job.cancelled.is_set() or time.monotonic() > job.deadline:
                     stream.close()
                     job.emit("shutdown" if self._stopping.is_set() else "stopped")
                     return
-                self._tick(True)
+                if new:
+                    self._tick(True)
             job.emit("done", stream.result)
             stats = stream.result.stats
             with m.lock:
@@ -178,7 +185,8 @@ class Engine:
                     m.phase_s[phase] = m.phase_s.get(phase, 0.0) + getattr(stats, f"time_{phase}")
             m.add_drafters(getattr(stats, "per_drafter", None) or {})
         except Exception as exc:  # noqa: BLE001 - handed to the request, which answers 500; the worker lives on
-            log.exception("generation failed")
+            log.error("generation failed: %s (the traceback is logged at --log-level debug)", one_line(exc))
+            log.debug("traceback of the failed generation", exc_info=exc)
             job.emit("error", exc)
         finally:
             with m.lock:

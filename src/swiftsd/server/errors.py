@@ -7,7 +7,6 @@ errors map by their type. Nothing is recovered by parsing an exception's text.
 
 from __future__ import annotations
 
-import logging
 import re
 from typing import Any, Sequence
 
@@ -18,18 +17,16 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..errors import ContextLengthError, SwiftSDError
 
-log = logging.getLogger("swiftsd.server")
-
-
 class APIError(Exception):
     """An error answered as {"error": {message, type, param, code}}."""
 
     TYPES = {400: "invalid_request_error", 401: "invalid_request_error", 404: "invalid_request_error",
-             405: "invalid_request_error", 413: "invalid_request_error", 429: "rate_limit_exceeded",
+             405: "invalid_request_error", 408: "timeout", 413: "invalid_request_error", 429: "rate_limit_exceeded",
              499: "client_closed_request", 500: "server_error", 503: "server_error", 504: "timeout"}
 
     def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,
                  headers: dict[str, str] | None = None) -> None:
+        message, param = _printable(message), None if param is None else _printable(param)
         super().__init__(message)
         self.status, self.message, self.param, self.code, self.headers = status, message, param, code, headers
 
@@ -39,6 +36,19 @@ class APIError(Exception):
 
     def response(self) -> JSONResponse:
         return JSONResponse(self.body(), status_code=self.status, headers=self.headers)
+
+
+def one_line(exc: BaseException, limit: int = 300) -> str:
+    """``Type: message`` on one line, cut to ``limit`` characters (for the log)."""
+    text = " ".join(str(exc).split())
+    text = text if len(text) <= limit else text[: limit - 3] + "..."
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _printable(text: str) -> str:
+    """``text`` with anything UTF-8 cannot encode (a lone surrogate quoted from a request) as ``\\udc00``,
+    so the error can always be sent."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def from_swiftsd(exc: SwiftSDError) -> APIError:
@@ -97,7 +107,9 @@ def _describe(raw: list[str], union: int | None, name: str, kind: Any, err: dict
 
 
 def install_handlers(app: FastAPI, max_stop: int) -> None:
-    """Every error the app answers, in OpenAI's shape."""
+    """Every error the app answers, in OpenAI's shape. (An unexpected exception is guard.py's: a
+    handler for ``Exception`` here would run in Starlette's outermost middleware, which re-raises
+    to uvicorn after answering: a second traceback, and the connection closed.)"""
 
     async def api_error(request: Request, exc: APIError) -> JSONResponse:
         return exc.response()
@@ -114,11 +126,6 @@ def install_handlers(app: FastAPI, max_stop: int) -> None:
         return APIError(exc.status_code, msg, None, "invalid_request" if exc.status_code == 400 else None,
                         exc.headers).response()
 
-    async def crash(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled error")
-        return APIError(500, f"internal error ({type(exc).__name__}); see the server log").response()
-
     app.add_exception_handler(APIError, api_error)
     app.add_exception_handler(RequestValidationError, invalid)
     app.add_exception_handler(StarletteHTTPException, http)
-    app.add_exception_handler(Exception, crash)

@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass
 from typing import Annotated, Any, Callable, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from .errors import APIError
 
@@ -27,15 +27,29 @@ _Seed = Annotated[int, Field(ge=SEED_MIN, le=SEED_MAX)]
 _Stop = str | Annotated[list[str], Field(max_length=MAX_STOP)] | None
 
 
-class StreamOptions(BaseModel):
+class _Body(BaseModel):
+    """A strict schema in which ``null`` means "not given" for every optional field, as in OpenAI's
+    API (``"max_tokens": null`` on /v1/completions is its default, 16): the default applies.
+    A required field sent as null still gets the error naming it."""
+
     model_config = _Strict
+
+    @model_validator(mode="before")
+    @classmethod
+    def _null_is_not_given(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        fields = cls.model_fields
+        return {k: v for k, v in data.items() if v is not None or k not in fields or fields[k].is_required()}
+
+
+class StreamOptions(_Body):
     include_usage: bool = False
 
 
-class CommonRequest(BaseModel):
+class CommonRequest(_Body):
     """Fields shared by both endpoints."""
 
-    model_config = _Strict
     model: Annotated[str, Field(min_length=1)]
     max_tokens: Annotated[int, Field(ge=1)] | None = None
     temperature: _Temperature = 1.0  # OpenAI's default; 0 = greedy
@@ -61,14 +75,12 @@ class CompletionRequest(CommonRequest):
     suffix: str | None = None
 
 
-class TextPart(BaseModel):
-    model_config = _Strict
+class TextPart(_Body):
     type: Literal["text"]
     text: str
 
 
-class ChatMessage(BaseModel):
-    model_config = _Strict
+class ChatMessage(_Body):
     role: Literal["system", "developer", "user", "assistant"]
     content: str | list[TextPart] | None = None
     name: str | None = None
