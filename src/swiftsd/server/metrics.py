@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterator, Protocol
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 
@@ -33,6 +33,31 @@ class QueueView(Protocol):
 
 
 PHASES = ("prefill", "draft", "verify", "optimize", "other")
+QUEUE_WAIT_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)  # seconds
+
+
+@dataclass
+class Histogram:
+    """A Prometheus histogram's state: per-bucket counts (upper bounds ``buckets``), their sum and count."""
+
+    buckets: tuple[float, ...]
+    counts: list[int] = field(default_factory=list)  # one per bucket, then +Inf; not cumulative
+    total: float = 0.0
+    n: int = 0
+
+    def observe(self, value: float) -> None:
+        if not self.counts:
+            self.counts = [0] * (len(self.buckets) + 1)
+        self.counts[next((i for i, b in enumerate(self.buckets) if value <= b), len(self.buckets))] += 1
+        self.total += value
+        self.n += 1
+
+    def family(self, name: str, help_text: str) -> HistogramMetricFamily:
+        cumulative, running = [], 0
+        for bound, count in zip([*map(str, self.buckets), "+Inf"], self.counts or [0] * (len(self.buckets) + 1)):
+            running += count
+            cumulative.append((bound, running))
+        return HistogramMetricFamily(name, help_text, buckets=cumulative, sum_value=self.total)
 OUTCOMES_HELP = ("generation requests by outcome (stop, length, cancelled, timeout_queued, timeout_running, "
                  "rejected_queue_full, error)")
 
@@ -55,6 +80,7 @@ class Metrics:
     busy_s: float = 0.0  # wall time the engine spent generating
     phase_s: dict[str, float] = field(default_factory=dict)  # draft / verify / optimize / prefill / other
     optimizer: dict[str, Any] | None = None  # last snapshot of decoder.optimizer.status()
+    queue_wait: Histogram = field(default_factory=lambda: Histogram(QUEUE_WAIT_BUCKETS))  # seconds before decoding
 
     def add(self, table: str, key: str) -> None:
         with self.lock:
@@ -113,6 +139,8 @@ class _ServerCollector(Collector):
             yield _counter("swiftsd_drafter_accepted_tokens_total", "draft tokens each drafter proposed that were "
                            "accepted (completed requests)", {name: d["accepted"] for name, d in per.items()}, "drafter")
             yield _counter("swiftsd_phase_seconds_total", "engine time per decoding phase", dict(m.phase_s), "phase")
+            yield m.queue_wait.family("swiftsd_queue_wait_seconds", "seconds a request waited in the queue before "
+                                      "the engine started decoding it (admitted requests)")
             yield _counter("swiftsd_state_saves_total", "saves of the learned state (--state) by outcome",
                            dict(m.state_saves), "outcome")
             opt = m.optimizer
