@@ -12,6 +12,7 @@ from typing import Any
 import uvicorn
 
 from ..errors import InvalidArgumentError
+from ..server import access_log
 from ..server.metrics import Metrics
 from ..server.state_keeper import StateKeeper, check_before_load, say
 from ..server.settings import ServerSettings
@@ -79,6 +80,7 @@ def run(args: argparse.Namespace) -> int:
     from ..server.app import create_app
 
     _check(args)
+    access_log.configure(args.log_level)
     name = args.served_model_name or args.model
     model, tokenizer = load_model(args)
     identity = model_identity(model)
@@ -102,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
     # SIGINT/SIGTERM: requests may finish for DRAIN_S, the rest get a 503 / an in-stream error; then the
     # app's lifespan exit stops the engine and saves the learned state and the optimiser's best set.
     config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level,
-                            timeout_graceful_shutdown=GRACE_S, access_log=args.log_level == "debug")
+                            timeout_graceful_shutdown=GRACE_S, access_log=False)  # swiftsd's own: access_log.py
     _GracefulServer(config, app.state.ctx.engine).run()
     return 0
 

@@ -23,6 +23,7 @@ from starlette.background import BackgroundTask
 
 from ..hf.eos import resolve_eos
 from ..errors import SwiftSDError
+from . import access_log
 from . import protocol as P
 from .engine import Disconnected, Engine, Job, ShuttingDown, Timeout, next_event
 from .errors import APIError, from_swiftsd, install_handlers
@@ -147,6 +148,7 @@ async def serve(ctx: ServerContext, p: P.Prepared, is_disconnected: Callable[[],
                             "(--max-queue); retry later", None, "queue_full", {"Retry-After": "1"})
     with metrics.lock:
         metrics.prompt_tokens += len(p.prompt_ids)
+    access_log.note(prompt=len(p.prompt_ids))
     asm = TextAssembler(ctx.tokenizer, p.prompt_ids, p.stop, ctx.eos)
     rid = ("cmpl-" if p.kind == "completion" else "chatcmpl-") + uuid.uuid4().hex
     try:
@@ -154,6 +156,7 @@ async def serve(ctx: ServerContext, p: P.Prepared, is_disconnected: Callable[[],
     except BaseException as exc:
         engine.cancel(job)
         raise wait_error(exc, ctx) from None
+    access_log.note(queued=job.queue_wait)
     if p.stream:
         return StreamingResponse(stream_events(ctx, p, job, first, asm, rid, is_disconnected),
                                  media_type="text/event-stream",
@@ -165,6 +168,7 @@ async def serve(ctx: ServerContext, p: P.Prepared, is_disconnected: Callable[[],
         raise wait_error(exc, ctx) from None
     finally:
         engine.cancel(job)  # stops the generation early after a stop string; no-op when done
+        access_log.note(completion=asm.n_tokens)
     metrics.add("generations", asm.finish_reason or "length")
     return P.final_body(p, rid, ctx.model_name, text, asm.finish_reason or "length", asm.n_tokens)
 
@@ -224,6 +228,7 @@ async def stream_events(ctx: ServerContext, p: P.Prepared, job: Job, event: tupl
     finally:
         ctx.engine.cancel(job)
         ctx.metrics.add("generations", outcome)
+        access_log.note(completion=asm.n_tokens)
 
 
 def _outcome(exc: BaseException) -> str:
@@ -314,5 +319,6 @@ def create_app(decoder: Any, tokenizer: Any, model_name: str, settings: ServerSe
     app.state.ctx = ServerContext(decoder, tokenizer, model_name, settings, engine, metrics)
     install_handlers(app, P.MAX_STOP)
     app.add_middleware(_CountAndLimit, metrics=metrics, max_body=settings.max_body_bytes)
+    app.add_middleware(access_log.AccessLog)  # outermost: every request gets its line, refused ones too
     app.include_router(router)
     return app
