@@ -205,3 +205,16 @@ def test_a_first_cost_measurement_is_not_drawn_inside_the_token_bar(capsys, mode
     token_bar = err.index("tok/s") if "tok/s" in err else err.index("tok]")
     assert measuring < token_bar
     assert "\x1b[A" not in err[measuring:]  # no bar was drawn one row below another
+
+
+def test_compare_warm_up_teaches_the_timed_run_nothing(capsys, model_dir, monkeypatch, tmp_path) -> None:
+    """The timed swiftsd run of --compare drafts exactly as the same run without --compare: the warm-up on
+    the same prompt leaves the suffix index (and every other learned part) as it found it."""
+    monkeypatch.setenv("SWIFTSD_CACHE_DIR", str(tmp_path))  # one cost model, measured once, for both runs
+    args = ("--model", model_dir, "--prompt", PROMPT, "--max-new-tokens", "24", "--drafters", "lookup,suffix",
+            "--json")
+    alone = json.loads(cli(capsys, *args)[1])["stats"]
+    compared = json.loads(cli(capsys, *args, "--compare")[1])["stats"]
+    for key in ("steps", "mean_accepted_tokens", "accepted_tokens", "draft_tokens", "per_drafter"):
+        assert compared[key] == alone[key], key
+    assert alone["per_drafter"].get("suffix", {}).get("accepted", 0) == 0  # a fresh index knows nothing yet

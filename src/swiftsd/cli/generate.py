@@ -125,8 +125,7 @@ def run(args: argparse.Namespace) -> int:
     _say(doing_line(args, model, len(ids), decoder.optimizer is not None and not _costs_cached(decoder)))
     cli_common.costs_before_bars(decoder)
     if args.compare:
-        decoder.generate(ids, **dict(gen_kwargs, max_new_tokens=min(WARMUP_TOKENS, args.max_new_tokens)))
-        plain_generate(model, ids, min(WARMUP_TOKENS, args.max_new_tokens), params, _eos(model), args.seed)
+        warm_up(decoder, model, ids, gen_kwargs, params, args.seed)
     if args.stream:  # the text itself is the progress
         result = _print_stream(decoder, tokenizer, ids, gen_kwargs)
     else:
@@ -260,6 +259,20 @@ def drafting_line(stats: Any, optimizing: bool, layerskip: bool = True) -> str:
 
 
 # ---------------------------------------------------------------------------- pieces
+def warm_up(decoder: SwiftDecoder, model: Any, ids: list[int], gen_kwargs: dict, params: SamplingParams,
+            seed: int | None) -> None:
+    """``--compare``: run both methods untimed (first-call costs: kernels, allocations, lazy imports), then
+    give the decoder back what it knew before, so the timed run learns nothing from the warm-up that plain
+    ``generate`` cannot (the suffix index would replay the warm-up's tokens on the same prompt).
+
+    The device's cost model, once measured, is kept: it is timing, not learning."""
+    n = min(WARMUP_TOKENS, gen_kwargs["max_new_tokens"])
+    learned = decoder.state_dict()
+    decoder.generate(ids, **dict(gen_kwargs, max_new_tokens=n))
+    decoder.load_state_dict(learned)
+    plain_generate(model, ids, n, params, _eos(model), seed)
+
+
 def encode_prompt(tokenizer: Any, prompt: str, chat: bool) -> list[int]:
     """Token ids of the prompt, through the chat template (with the assistant header) if ``chat``."""
     if chat:
