@@ -73,7 +73,9 @@ def test_drafting_off_says_what_it_means_and_what_to_do() -> None:
     off = GenerationStats(new_tokens=5, steps=4)
     line = drafting_line(off, optimizing=True)
     assert line.startswith("drafting off:") and "decoded plainly" in line and "same either way" in line
-    assert "no skip set found so far" in line and "swiftsd tune" in line and "--skip-set-store" in line
+    assert "found no skip set" in line and "swiftsd tune --out" in line and "--skip-set-store" in line
+    assert "later requests" not in line  # a one-shot run has none: the advice names what will search
+    assert "built-in" in line  # tune needs no data file
     # the optimiser's current candidate is no draft: only what the layerskip drafter proposed counts
     searching = GenerationStats(new_tokens=9, steps=4, skip_set={"attn": [1], "mlp": []}, draft_lengths=[3, 0],
                                 accepted_lengths=[3, 0])

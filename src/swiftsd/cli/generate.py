@@ -252,9 +252,10 @@ def drafting_line(stats: Any, optimizing: bool, layerskip: bool = True) -> str:
                 f"too little over the other drafters), so the optimiser stopped searching{others} (the output "
                 "is the same either way)")
     if optimizing:
-        return (f"drafting off: on this device no skip set found so far makes a layer-skipped draft pay, so no "
-                f"step used one{others} (the output is the same either way). The optimiser keeps searching over "
-                "later requests; `swiftsd tune` learns a set once, then start from it with --skip-set-store")
+        return (f"drafting off: in this run the optimizer found no skip set that makes a layer-skipped draft pay, "
+                f"so no step used one{others} (the output is the same either way). One run is short for a search: "
+                "`swiftsd tune --out sets.json` searches over a stream of prompts (built-in ones, or --data FILE), "
+                "then pass --skip-set-store sets.json")
     return f"drafting off: the layer-skipped model drafted nothing{others} (the output is the same either way)"
 
 

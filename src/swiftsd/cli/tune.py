@@ -1,9 +1,11 @@
 """`swiftsd tune`: run a stream of prompts with the optimiser on, then store the tuned skip set.
 
+    swiftsd tune --model qwen2.5-coder-0.5b --out sets.json          # bench's built-in prompts
     swiftsd tune --model qwen2.5-coder-0.5b --data question.jsonl --category qa --n 20 --out sets.json
 
 Prompts use the Spec-Bench ``question.jsonl`` format (``question_id``, ``category``,
-``turns``); each question's first turn is sent through the model's chat template.
+``turns``), or without ``--data`` the built-in set ``swiftsd bench`` uses; each
+question's first turn is sent through the model's chat template.
 The result is stored under (model identity, ``--task``), ready for
 ``--skip-set-store sets.json --task qa`` in ``generate``, ``bench`` and ``serve``.
 """
@@ -25,10 +27,11 @@ _OPT_FIELDS = {f.name: f for f in fields(OptimizerConfig)}
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_model_arguments(p)
-    p.add_argument("--data", required=True, metavar="FILE",
+    p.add_argument("--data", default=None, metavar="FILE",
                    help="JSONL of prompts in Spec-Bench question.jsonl format (question_id, category, turns), "
                         "e.g. data/spec_bench/question.jsonl from github.com/hemingkx/Spec-Bench; 'spec-bench' "
-                        "reads the file named by $SWIFTSD_SPEC_BENCH")
+                        "reads the file named by $SWIFTSD_SPEC_BENCH (default: the built-in prompt set of "
+                        "swiftsd bench, 12 prompts in 7 groups)")
     p.add_argument("--category", default=None, help="only this category (Spec-Bench groups: mt_bench, translation, "
                                                     "summarization, qa, math_reasoning, rag; default: all)")
     p.add_argument("--n", type=int, default=20, help="number of prompts in the stream")
