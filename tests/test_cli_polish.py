@@ -9,7 +9,7 @@ import pytest
 
 from swiftsd import progress
 from swiftsd.cli.main import SUBCOMMANDS, build_parser, main
-from swiftsd.cli.generate import drafting_line, stats_line
+from swiftsd.cli.generate import drafting_line
 from swiftsd.stats import GenerationStats
 from tiny_cli import save_tiny_model_dir
 
@@ -59,12 +59,12 @@ def test_spec_bench_missing_says_where_it_comes_from(monkeypatch, tmp_path) -> N
 # ---------------------------------------------------------------------------- status lines
 def test_stats_line_pluralises_and_shows_acceptance_as_counts() -> None:
     one = GenerationStats(new_tokens=1, steps=1, wall_time=0.5)
-    line = stats_line(one)
+    line = one.summary()
     assert "1 token in" in line and "1 step " in line and "nothing drafted" in line
     many = GenerationStats(new_tokens=9, steps=4, wall_time=1.0, draft_lengths=[4, 4, 0, 2],
                            accepted_lengths=[2, 1, 0, 2])
     many.per_drafter = {"layerskip": {"proposed": 8, "accepted": 3}, "lookup": {"proposed": 2, "accepted": 2}}
-    line = stats_line(many)
+    line = many.summary()
     assert "9 tokens" in line and "4 steps" in line and "acceptance 5/10 draft positions (50%)" in line
     assert "(tree nodes accepted/proposed by drafter: layerskip 3/8, lookup 2/2" in line
 

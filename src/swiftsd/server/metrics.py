@@ -127,10 +127,12 @@ class _ServerCollector(Collector):
             yield _gauge("swiftsd_mean_accepted_tokens",
                          "tokens committed per decoding step, bonus token included (Spec-Bench tau)",
                          m.step_tokens / m.steps if m.steps else 0.0)
-            yield _counter("swiftsd_draft_tokens_total", "draft tokens proposed (completed requests)", m.drafted)
+            yield _counter("swiftsd_draft_tokens_total", "draft positions: the depth of each step's deepest draft, "
+                           "summed (completed requests)", m.drafted)
             yield _counter("swiftsd_accepted_draft_tokens_total", "draft tokens accepted (completed requests)",
                            m.accepted)
-            yield _gauge("swiftsd_acceptance_rate", "accepted / drafted tokens (completed requests)",
+            yield _gauge("swiftsd_acceptance_rate", "acceptance: accepted draft tokens / draft positions "
+                         "(completed requests)",
                          m.accepted / m.drafted if m.drafted else 0.0)
             per = m.per_drafter
             yield _counter("swiftsd_drafter_drafted_tokens_total", "draft tokens (tree nodes) each drafter proposed "
@@ -151,16 +153,16 @@ class _ServerCollector(Collector):
 
 
 def _optimizer_families(opt: dict[str, Any] | None) -> Iterator[Metric]:
-    yield _gauge("swiftsd_optimizer_enabled", "1 when the decoder has an on-the-fly optimiser", int(opt is not None))
+    yield _gauge("swiftsd_optimizer_enabled", "1 when the decoder has an on-the-fly optimizer", int(opt is not None))
     if not opt:
         return
     if isinstance(opt.get("phase"), str):
-        fam = GaugeMetricFamily("swiftsd_optimizer_phase", "the optimiser's current phase (1 = this one)",
+        fam = GaugeMetricFamily("swiftsd_optimizer_phase", "the optimizer's current phase (1 = this one)",
                                 labels=["phase"])
         fam.add_metric([opt["phase"]], 1)
         yield fam
     for key, value in _flat_numbers(opt):
-        yield _gauge(f"swiftsd_optimizer_{_metric_name(key)}", f"optimiser state field {key!r}", value)
+        yield _gauge(f"swiftsd_optimizer_{_metric_name(key)}", f"optimizer state field {key!r}", value)
 
 
 def _metric_name(key: str) -> str:
