@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 
 import httpx
 import pytest
@@ -35,6 +36,9 @@ def test_one_line_per_request_with_status_tokens_and_time(base, caplog) -> None:
     assert httpx.post(base + "/v1/completions", json={**body, "prompt": "x" * 5000}).status_code == 413
     assert httpx.get(base + "/nowhere").status_code == 404
     assert httpx.get(base + "/health").status_code == 200
+    deadline = time.monotonic() + 10  # a line is logged once the answer is sent: the client may see it first
+    while len(_lines(caplog)) < 6 and time.monotonic() < deadline:
+        time.sleep(0.02)
     lines = _lines(caplog)
     assert len(lines) == 6, lines
     done, streamed, unknown, big, missing, health = lines
@@ -61,4 +65,24 @@ def test_serve_shows_access_lines_at_the_default_level_and_hides_them_above(caps
         log = logging.getLogger("swiftsd.access")
         log.handlers.clear()
         log.setLevel(logging.NOTSET)
-        log.propagate = True
+
+
+def test_lines_still_reach_stderr_after_the_stream_they_started_on_is_gone(capsys) -> None:
+    """A server configured in-process (a test, a notebook) keeps logging after sys.stderr is swapped."""
+    import io
+    import sys
+
+    log = logging.getLogger("swiftsd.access")
+    first = io.StringIO()
+    old = sys.stderr
+    try:
+        sys.stderr = first
+        access_log.configure("info")
+        sys.stderr = old
+        first.close()
+        log.info("after")  # no "I/O operation on closed file"
+        assert capsys.readouterr().err == "swiftsd: after\n"
+    finally:
+        sys.stderr = old
+        log.handlers.clear()
+        log.setLevel(logging.NOTSET)

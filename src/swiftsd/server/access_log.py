@@ -69,10 +69,21 @@ class AccessLog:
                               status[0] if status else None, time.perf_counter() - t0, fields))
 
 
+class _Stderr(logging.StreamHandler):
+    """Writes to ``sys.stderr`` as it is when a line is logged (as logging's last-resort handler does), so a
+    server started in-process outlives a swapped stream (pytest's capture, a redirect)."""
+
+    def __init__(self) -> None:
+        logging.Handler.__init__(self)
+
+    @property
+    def stream(self) -> Any:  # type: ignore[override]
+        return sys.stderr
+
+
 def configure(level: str) -> None:
     """Show access lines on stderr at ``level`` (a ``--log-level`` name): shown at info and debug."""
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _Stderr()
     handler.setFormatter(logging.Formatter("swiftsd: %(message)s"))
     log.handlers[:] = [handler]
     log.setLevel(getattr(logging, level.upper()))
-    log.propagate = False
