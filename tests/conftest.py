@@ -2,9 +2,19 @@
 
 Tiny models run fastest on one thread, and on a shared 2-core machine several
 OpenMP thread pools oversubscribe the cores badly, so tests use one thread.
+
+The suite writes nothing into the user's caches: every cache it could write (swiftsd's
+cost models and model cache, and whatever honours ``XDG_CACHE_HOME``: Hugging Face,
+matplotlib) points at a temporary folder of this process, removed at the end. Packaged
+models the user has already dequantised (a minute each to rebuild) are linked into it,
+read-only in effect: loading reads a finished entry and never writes into it, and a
+rebuild would replace the link, not its target.
 """
 
 import os
+import shutil
+import tempfile
+from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
@@ -14,6 +24,31 @@ torch.set_num_threads(1)
 
 
 import pytest  # noqa: E402
+
+from swiftsd.loading import model_cache  # noqa: E402
+
+
+def _isolate_caches() -> Path:
+    """Point the caches at a fresh temporary folder; link the user's finished packaged models into it."""
+    user_models = model_cache.cache_dir() / "models"  # where the user's environment keeps them
+    root = Path(tempfile.mkdtemp(prefix="swiftsd-tests-"))
+    os.environ[model_cache.CACHE_ENV] = str(root / "swiftsd")
+    os.environ["XDG_CACHE_HOME"] = str(root / "xdg")
+    os.environ["MPLCONFIGDIR"] = str(root / "matplotlib")
+    models = root / "swiftsd" / "models"
+    models.mkdir(parents=True)
+    if user_models.is_dir():
+        for entry in user_models.iterdir():
+            if entry.is_dir() and not entry.name.startswith(".") and model_cache._read_marker(entry) is not None:
+                (models / entry.name).symlink_to(entry, target_is_directory=True)
+    return root
+
+
+TEST_CACHE_ROOT = _isolate_caches()
+
+
+def pytest_unconfigure(config) -> None:
+    shutil.rmtree(TEST_CACHE_ROOT, ignore_errors=True)  # removes the links, never what they point to
 
 
 @pytest.fixture(scope="session")

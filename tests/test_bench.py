@@ -509,7 +509,7 @@ def test_cli_end_to_end(tmp_path, capsys):
                     '{"question_id": 2, "category": "rag", "turns": ["one two one two"]}\n')
     out = tmp_path / "out"
     rc = main(["bench", "--model", str(model_dir), "--data", str(data), "--methods", "swiftsd,swiftsd-static,pld",
-               "--static-skip-set", '{"attn": [2], "mlp": [3]}', "--max-new-tokens", "6", "--out", str(out),
+               "--skip-set", '{"attn": [2], "mlp": [3]}', "--max-new-tokens", "6", "--out", str(out),
                "--name", "t", "--no-progress", "--device", "cpu", "--dtype", "float32"])
     assert rc == 0
     stdout = capsys.readouterr().out
@@ -622,7 +622,7 @@ def _two_category_data(tmp_path):
 
 
 def test_cli_interrupted_run_reports_the_prompts_that_finished(tmp_path, capsys, monkeypatch):
-    import swiftsd.cli.bench as bench_cli
+    import swiftsd.cli.bench_run as bench_cli
 
     real = bench_cli.run_stream
 

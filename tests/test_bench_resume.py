@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-import swiftsd.cli.bench as bench_cli
+import swiftsd.cli.bench_run as bench_cli
 from swiftsd.bench import resume
 from swiftsd.bench.base import RunParams
 from swiftsd.bench.data import BenchPrompt

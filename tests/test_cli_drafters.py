@@ -8,9 +8,8 @@ import json
 import pytest
 
 import swiftsd
-import swiftsd.cli.generate as cli_generate
 from swiftsd.cli.main import main
-from swiftsd.cli.generate import plain_generate, stats_line
+from swiftsd.cli.compare import plain_generate
 from swiftsd.config import SamplingParams
 from swiftsd.stats import GenerationStats
 from tiny_cli import save_tiny_model_dir
@@ -48,12 +47,14 @@ def record_decoders(monkeypatch, module, stop: type[Exception] | None = None) ->
 
 @pytest.fixture
 def built(monkeypatch) -> list:
-    """The decoders `generate` builds."""
-    return record_decoders(monkeypatch, cli_generate)
+    """The decoders `generate` builds (``cli/common.py: build_decoder`` takes the class from core.decoder)."""
+    import swiftsd.core.decoder as decoder_mod
+
+    return record_decoders(monkeypatch, decoder_mod)
 
 
 def cli(capsys, *argv: str) -> tuple[int, str, str]:
-    rc = main(["generate", *argv])
+    rc = main(["generate", "--raw", *argv])  # the prompt as is: `plain` decodes it untemplated
     out, err = capsys.readouterr()
     return rc, out, err
 
@@ -96,7 +97,7 @@ def test_stats_line_shows_each_drafters_counts(capsys, model_dir) -> None:
     assert "layer-skip drafting is off (not in --drafters)" in err
     one = GenerationStats(new_tokens=5, steps=2, wall_time=1.0, draft_lengths=[3, 1], accepted_lengths=[2, 0])
     one.per_drafter = {"suffix": {"proposed": 4, "accepted": 2}}
-    assert "(tree nodes accepted/proposed by drafter: suffix 2/4)" in stats_line(one)  # one drafter is shown too
+    assert "(tree nodes accepted/proposed by drafter: suffix 2/4)" in one.summary()  # one drafter is shown too
 
 
 @pytest.mark.parametrize("argv, words", [

@@ -10,7 +10,8 @@ import torch
 import swiftsd
 from swiftsd import SkipSet, SwiftDecoder
 from swiftsd.cli.main import main
-from swiftsd.cli.generate import incremental_text, plain_generate
+from swiftsd.cli.compare import plain_generate
+from swiftsd.cli.generate import incremental_text
 from swiftsd.config import SamplingParams
 from tiny_cli import byte_tokenizer, save_tiny_model_dir
 
@@ -40,7 +41,7 @@ def _plain_new(model, ids: list[int], n: int) -> list[int]:
 
 def test_greedy_prints_text_and_stats(capsys, model_dir, loaded) -> None:
     model, tok = loaded
-    rc, out, err = cli(capsys, "--model", model_dir, "--prompt", PROMPT, "--max-new-tokens", "30")
+    rc, out, err = cli(capsys, "--model", model_dir, "--prompt", PROMPT, "--raw", "--max-new-tokens", "30")
     assert rc == 0
     ids = tok(PROMPT)["input_ids"]
     assert out == tok.decode(_plain_new(model, ids, 30), skip_special_tokens=True) + "\n"
@@ -51,7 +52,7 @@ def test_greedy_prints_text_and_stats(capsys, model_dir, loaded) -> None:
 
 def test_json_compare_with_fixed_skip_set(capsys, model_dir, loaded) -> None:
     model, tok = loaded
-    rc, out, _ = cli(capsys, "--model", model_dir, "--prompt", PROMPT, "--max-new-tokens", "40",
+    rc, out, _ = cli(capsys, "--model", model_dir, "--prompt", PROMPT, "--raw", "--max-new-tokens", "40",
                      "--skip-set", '{"attn": [2], "mlp": [3]}', "--compare", "--json")
     assert rc == 0
     d = json.loads(out)
@@ -84,16 +85,31 @@ def test_stream_prints_the_same_text(capsys, model_dir) -> None:
     assert streamed == whole
 
 
-def test_chat_applies_the_template(capsys, model_dir, loaded) -> None:
+@pytest.mark.parametrize("flag", [(), ("--chat",)])
+def test_a_chat_model_gets_its_template_by_default(capsys, model_dir, loaded, flag) -> None:
+    """As `transformers chat`, mlx-lm and llama.cpp's CLI do: a bare prompt gives a chat model junk."""
     model, tok = loaded
-    rc, out, _ = cli(capsys, "--model", model_dir, "--prompt", "hello", "--chat", "--max-new-tokens", "12", "--json")
+    rc, out, err = cli(capsys, "--model", model_dir, "--prompt", "hello", *flag, "--max-new-tokens", "12", "--json")
     assert rc == 0
     d = json.loads(out)
     text = tok.apply_chat_template([{"role": "user", "content": "hello"}], tokenize=False, add_generation_prompt=True)
     ids = tok(text, add_special_tokens=False)["input_ids"]
     assert text.endswith("<|assistant|>")
-    assert d["prompt_tokens"] == len(ids)
+    assert d["chat"] is True and d["prompt_tokens"] == len(ids)
     assert d["tokens"] == _plain_new(model, ids, 12)
+    assert "prompt in the chat template (--raw: as is)" in err
+
+
+def test_raw_sends_the_prompt_as_is_and_a_model_without_a_template_gets_it_raw(capsys, model_dir, tmp_path) -> None:
+    rc, out, err = cli(capsys, "--model", model_dir, "--prompt", "hello", "--raw", "--max-new-tokens", "4", "--json")
+    d = json.loads(out)
+    assert rc == 0 and d["chat"] is False and d["prompt_tokens"] == len("hello") and "chat template" not in err
+    with pytest.raises(SystemExit) as info:
+        cli(capsys, "--model", model_dir, "--prompt", "hello", "--raw", "--chat")
+    assert info.value.code == 2 and "not allowed with argument" in capsys.readouterr().err
+    base = str(save_tiny_model_dir(tmp_path / "base", chat_template=False))
+    rc, out, _ = cli(capsys, "--model", base, "--prompt", "hello", "--max-new-tokens", "4", "--json")
+    assert rc == 0 and json.loads(out)["chat"] is False and json.loads(out)["prompt_tokens"] == len("hello")
 
 
 def test_sampling_is_seeded_and_compare_says_not_comparable(capsys, model_dir) -> None:
@@ -113,7 +129,7 @@ def test_skip_set_store_starts_from_the_stored_set(capsys, model_dir, loaded, tm
     model, tok = loaded
     path = tmp_path / "store.json"
     store.save_skip_set(path, store.model_key(model), "poems", SkipSet(attn=[2], mlp=[4]), matchness=0.5)
-    rc, out, _ = cli(capsys, "--model", model_dir, "--prompt", PROMPT, "--max-new-tokens", "20", "--json",
+    rc, out, _ = cli(capsys, "--model", model_dir, "--prompt", PROMPT, "--raw", "--max-new-tokens", "20", "--json",
                      "--skip-set-store", str(path), "--task", "poems")
     assert rc == 0
     assert json.loads(out)["tokens"] == _plain_new(model, tok(PROMPT)["input_ids"], 20)
@@ -205,3 +221,16 @@ def test_a_first_cost_measurement_is_not_drawn_inside_the_token_bar(capsys, mode
     token_bar = err.index("tok/s") if "tok/s" in err else err.index("tok]")
     assert measuring < token_bar
     assert "\x1b[A" not in err[measuring:]  # no bar was drawn one row below another
+
+
+def test_compare_warm_up_teaches_the_timed_run_nothing(capsys, model_dir, monkeypatch, tmp_path) -> None:
+    """The timed swiftsd run of --compare drafts exactly as the same run without --compare: the warm-up on
+    the same prompt leaves the suffix index (and every other learned part) as it found it."""
+    monkeypatch.setenv("SWIFTSD_CACHE_DIR", str(tmp_path))  # one cost model, measured once, for both runs
+    args = ("--model", model_dir, "--prompt", PROMPT, "--max-new-tokens", "24", "--drafters", "lookup,suffix",
+            "--json")
+    alone = json.loads(cli(capsys, *args)[1])["stats"]
+    compared = json.loads(cli(capsys, *args, "--compare")[1])["stats"]
+    for key in ("steps", "mean_accepted_tokens", "accepted_tokens", "draft_tokens", "per_drafter"):
+        assert compared[key] == alone[key], key
+    assert alone["per_drafter"].get("suffix", {}).get("accepted", 0) == 0  # a fresh index knows nothing yet

@@ -9,7 +9,7 @@ import pytest
 
 from swiftsd import progress
 from swiftsd.cli.main import SUBCOMMANDS, build_parser, main
-from swiftsd.cli.generate import drafting_line, stats_line
+from swiftsd.cli.generate import drafting_line
 from swiftsd.stats import GenerationStats
 from tiny_cli import save_tiny_model_dir
 
@@ -59,12 +59,12 @@ def test_spec_bench_missing_says_where_it_comes_from(monkeypatch, tmp_path) -> N
 # ---------------------------------------------------------------------------- status lines
 def test_stats_line_pluralises_and_shows_acceptance_as_counts() -> None:
     one = GenerationStats(new_tokens=1, steps=1, wall_time=0.5)
-    line = stats_line(one)
+    line = one.summary()
     assert "1 token in" in line and "1 step " in line and "nothing drafted" in line
     many = GenerationStats(new_tokens=9, steps=4, wall_time=1.0, draft_lengths=[4, 4, 0, 2],
                            accepted_lengths=[2, 1, 0, 2])
     many.per_drafter = {"layerskip": {"proposed": 8, "accepted": 3}, "lookup": {"proposed": 2, "accepted": 2}}
-    line = stats_line(many)
+    line = many.summary()
     assert "9 tokens" in line and "4 steps" in line and "acceptance 5/10 draft positions (50%)" in line
     assert "(tree nodes accepted/proposed by drafter: layerskip 3/8, lookup 2/2" in line
 
@@ -73,7 +73,9 @@ def test_drafting_off_says_what_it_means_and_what_to_do() -> None:
     off = GenerationStats(new_tokens=5, steps=4)
     line = drafting_line(off, optimizing=True)
     assert line.startswith("drafting off:") and "decoded plainly" in line and "same either way" in line
-    assert "no skip set found so far" in line and "swiftsd tune" in line and "--skip-set-store" in line
+    assert "found no skip set" in line and "swiftsd tune --out" in line and "--skip-set-store" in line
+    assert "later requests" not in line  # a one-shot run has none: the advice names what will search
+    assert "built-in" in line  # tune needs no data file
     # the optimiser's current candidate is no draft: only what the layerskip drafter proposed counts
     searching = GenerationStats(new_tokens=9, steps=4, skip_set={"attn": [1], "mlp": []}, draft_lengths=[3, 0],
                                 accepted_lengths=[3, 0])

@@ -6,6 +6,7 @@ test checks that every generate/stream call in the block has one, so nothing run
 
 from __future__ import annotations
 
+import ast
 import re
 from pathlib import Path
 
@@ -32,6 +33,37 @@ def test_readme_block_calls_are_all_budgeted() -> None:
     assert calls >= 3 and budgets == calls, "give every generate/stream call in the README a max_new_tokens"
 
 
+def _generate_call(node: ast.AST) -> bool:
+    return isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in (
+        "generate", "stream")
+
+
+def _printed(stmt: ast.stmt) -> set[str]:
+    """Names a statement passes (anywhere inside) to print()."""
+    return {n.id for call in ast.walk(stmt) if isinstance(call, ast.Call) and getattr(call.func, "id", "") == "print"
+            for n in ast.walk(call) if isinstance(n, ast.Name)}
+
+
+def test_readme_block_prints_every_result() -> None:
+    """Each generate call's result is printed before its name is reused, and the stream's loop prints."""
+    body = ast.parse(python_block()).body
+    pending: dict[str, int] = {}  # result name -> line of the call that made it
+    unprinted: list[str] = []
+    for stmt in body:
+        for name in _printed(stmt):
+            pending.pop(name, None)
+        if isinstance(stmt, ast.Assign) and _generate_call(stmt.value):
+            for target in stmt.targets:
+                if isinstance(target, ast.Name):
+                    if target.id in pending:
+                        unprinted.append(f"{target.id} (line {pending[target.id]})")
+                    pending[target.id] = stmt.lineno
+        if isinstance(stmt, ast.For) and _generate_call(stmt.iter):
+            assert any(_printed(s) for s in stmt.body), "the streaming loop prints nothing"
+    unprinted += [f"{n} (line {line})" for n, line in pending.items()]
+    assert unprinted == [], f"results the README computes but never prints: {unprinted}"
+
+
 @pytest.mark.real_model
 def test_readme_python_block_runs(capsys, monkeypatch, smollm2) -> None:
     model, tok = smollm2
@@ -51,5 +83,9 @@ def test_readme_python_block_runs(capsys, monkeypatch, smollm2) -> None:
     assert isinstance(ns["out"], GenerationResult) and ns["out"].stats.new_tokens == TOKENS
     assert ns["out"].stats.skip_set == {"attn": [10, 12], "mlp": [11]}
     lines = out.splitlines()
-    assert len(lines) >= 3 and lines[0].strip(), out  # the greedy answer, the stats, the streamed text
-    assert any("tokens in" in ln and "tok/s" in ln for ln in lines), out
+    summaries = [ln for ln in lines if " tokens in " in ln and "tok/s" in ln and "acceptance" in ln]
+    assert len(summaries) == python_block().count(".stats.summary()") == 3, out
+    assert all(f"{TOKENS} tokens in" in ln for ln in summaries), out
+    gen_text = tok.decode(ns["gen"][0, ns["n_prompt"]:], skip_special_tokens=True)
+    last_text = tok.decode(ns["out"].new_tokens, skip_special_tokens=True)
+    assert gen_text.strip() and gen_text in out and last_text in out  # the drop-in's answer and the last one

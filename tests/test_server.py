@@ -476,7 +476,7 @@ def test_store_read_at_start_and_written_on_sigterm(tiny_dir, tmp_path):
         assert _total(m, "swiftsd_optimizer_iterations") > 0
     finally:
         server.stop()  # SIGTERM: uvicorn shuts down gracefully, the app saves the optimiser's state
-    assert "saved the optimiser's skip set" in server.log_path.read_text()
+    assert "saved the optimizer's skip set" in server.log_path.read_text()
     entries = read_store(store)["entries"]
     after = entries[key]["qa"]
     assert after["iterations"] >= _total(m, "swiftsd_optimizer_iterations") > 0

@@ -130,4 +130,4 @@ def test_cli_stop_and_min_new_tokens(capsys, model_dir) -> None:
     assert out["text"].endswith(stop) and free["text"].startswith(out["text"]) and len(out["tokens"]) < 40
     assert out["compare"]["identical"] is True  # plain generate with the same stop strings ends on the same token
     assert main(["generate", "--model", model_dir, "--prompt", "x", "--min-new-tokens", "-1"]) != 0
-    assert "--min-new-tokens must be >= 0" in capsys.readouterr().err
+    assert "--min-new-tokens must be an integer >= 0" in capsys.readouterr().err

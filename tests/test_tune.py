@@ -88,3 +88,23 @@ def test_tune_bar_on_a_terminal_leaves_no_blank_lines(tmp_path, model_dir, monke
 def test_tune_keeps_a_wall_clock_cap_it_is_given(tmp_path, model_dir, built):
     assert _tune(tmp_path, model_dir, "--opt", "max_opt_share=0.2") == 0
     assert built[0].config.optimizer.max_opt_share == 0.2
+
+
+def test_tune_runs_without_a_data_file_on_the_built_in_prompts(tmp_path, model_dir, capsys, built):
+    """The advice after a run that found no set points to `swiftsd tune`: it must run as it is told to."""
+    from swiftsd.bench.data import BUILTIN_PROMPTS
+
+    out = tmp_path / "sets.json"
+    rc = main(["tune", "--model", str(model_dir), "--n", "3", "--max-new-tokens", "40", "--opt", "context_window=4",
+               "--out", str(out), "--device", "cpu", "--dtype", "float32"])
+    assert rc == 0
+    cap = capsys.readouterr()
+    assert "3 prompts" in cap.out and "stored under" in cap.out and out.is_file()
+    (dec,) = built
+    assert dec.optimizer.state.iterations > 0
+    groups = {p.category for p in BUILTIN_PROMPTS}
+    from swiftsd.cli.main import build_parser
+
+    tune = build_parser(only="tune")._subparsers._group_actions[0].choices["tune"]
+    entry = tune._option_string_actions["--data"].help
+    assert f"built-in prompt set of swiftsd bench, {len(BUILTIN_PROMPTS)} prompts in {len(groups)} groups" in entry

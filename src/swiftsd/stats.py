@@ -1,4 +1,11 @@
-"""Per-request statistics, recorded by the decode loop."""
+"""Per-request statistics, recorded by the decode loop, and the one line that says them.
+
+One vocabulary everywhere (CLI, ``summary()``, /metrics, docs; the README's glossary):
+*acceptance* is accepted draft tokens over draft positions, a position being one depth of
+the deepest draft of a step (Spec-Bench's measure); *tokens/step* counts every token a
+verification committed, bonus included; per drafter, counts are of *tree nodes* (a node two
+drafters proposed counts for both). Time spent searching skip sets is *optimize* time.
+"""
 
 from __future__ import annotations
 
@@ -47,6 +54,7 @@ class GenerationStats:
 
     @property
     def draft_tokens(self) -> int:
+        """Draft positions: the depth of each step's deepest draft, summed."""
         return sum(self.draft_lengths)
 
     @property
@@ -66,7 +74,7 @@ class GenerationStats:
 
     @property
     def acceptance_rate(self) -> float:
-        """Accepted draft tokens / drafted tokens."""
+        """Acceptance: accepted draft tokens / draft positions (``draft_tokens``)."""
         return self.accepted_tokens / self.draft_tokens if self.draft_tokens else 0.0
 
     @property
@@ -90,10 +98,21 @@ class GenerationStats:
         return d
 
     def summary(self) -> str:
-        return (
-            f"{self.new_tokens} tokens in {self.wall_time:.2f}s ({self.tokens_per_s:.1f} tok/s), "
-            f"{self.steps} steps, {self.mean_accepted_tokens:.2f} tokens/step, "
-            f"acceptance {self.acceptance_rate:.0%} of {self.draft_tokens} drafted; "
-            f"time draft {self.time_draft:.2f}s verify {self.time_verify:.2f}s "
-            f"optimize {self.time_optimize:.2f}s other {self.time_other + self.time_prefill:.2f}s"
-        )
+        """The request in one line (what ``swiftsd generate`` prints): speed, steps, acceptance, time per phase."""
+        drafted, accepted = self.draft_tokens, self.accepted_tokens
+        if drafted:
+            acceptance = f"acceptance {accepted}/{drafted} draft positions ({accepted / drafted:.0%})"
+            parts = [f"{name} {d.get('accepted', 0)}/{d.get('proposed', 0)}" for name, d in self.per_drafter.items()
+                     if d.get("proposed")]
+            if parts:
+                acceptance += f" (tree nodes accepted/proposed by drafter: {', '.join(parts)})"
+        else:
+            acceptance = "acceptance: nothing drafted"
+        return (f"{_plural(self.new_tokens, 'token')} in {self.wall_time:.2f}s ({self.tokens_per_s:.1f} tok/s), "
+                f"{_plural(self.steps, 'step')} ({self.mean_accepted_tokens:.2f} tokens/step), {acceptance}; "
+                f"time prefill {self.time_prefill:.2f}s draft {self.time_draft:.2f}s verify {self.time_verify:.2f}s "
+                f"optimize {self.time_optimize:.2f}s other {self.time_other:.2f}s")
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"

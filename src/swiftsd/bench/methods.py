@@ -11,6 +11,7 @@ from typing import Any, Mapping, Sequence
 from ..engine.skipset import SkipSet
 from ..errors import InvalidArgumentError
 from .base import AccountingError, Method, RunParams, TurnOutput, accounting_problems, eos_ids, trim_at_eos
+from .choices import DEFAULT_METHODS, METHOD_NAMES
 from .peers import PLD, EarlyExit, Plain, steps_from_log
 from .swift import Swift
 
@@ -18,13 +19,10 @@ SWIFT_METHODS: dict[str, dict[str, Any]] = {
     "swiftsd": {},  # the default decoder, every drafter; --method / --drafters change this entry only
     "swift-paper": {"method": "swift-paper"},  # the paper's algorithm: layer-skip chain plus siblings
     "lookup-only": {"drafters": ("lookup", "suffix")},  # copying drafters, no layer-skip draft
-    "swiftsd-static": {"optimizer": False},  # a fixed skip set (--static-skip-set / store), no optimiser
+    "swiftsd-static": {"optimizer": False},  # a fixed skip set (--skip-set / store), no optimiser
     "swiftsd-chain": {"use_tree": False},  # ablation: the layer-skip chain without a tree
 }
 HF_METHODS = ("plain", "pld", "early-exit")
-METHOD_NAMES = ("plain", "swiftsd", "swift-paper", "lookup-only", "pld", "swiftsd-static", "swiftsd-chain",
-                "early-exit")
-DEFAULT_METHODS = ("swiftsd", "swift-paper", "lookup-only", "pld")
 
 __all__ = [
     "AccountingError", "DEFAULT_METHODS", "METHOD_NAMES", "Method", "RunParams", "Swift", "TurnOutput",

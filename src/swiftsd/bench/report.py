@@ -27,7 +27,7 @@ def _identical(r: Row) -> str:
 
 
 HEADER = ("| method | category | turns | tokens | time s | tok/s | speed-up (total) | speed-up (mean/turn) "
-          "| repeats: range, unstable turns | tokens/step τ | acceptance | draft cost c | optimise % "
+          "| repeats: range, unstable turns | tokens/step τ | acceptance | draft cost c | optimize % "
           "| identical to plain |")
 _COLUMNS = HEADER.count("|") - 1
 
@@ -303,8 +303,8 @@ def render_markdown(records: Sequence[Record], rows: Sequence[Row], meta: dict[s
         f"{_drafter_text(records)}"
         "Columns: speed-up (total) = method tok/s ÷ plain tok/s over the same turns (the ratio of total times "
         "when outputs match); speed-up (mean/turn) = mean of per-turn ratios; τ = new tokens ÷ full-model "
-        "forwards (prefill counted); acceptance = accepted ÷ drafted tokens; c = mean draft-forward time ÷ "
-        "mean plain decode-forward time, measured in this run; repeats: the speed-up had every turn taken the "
+        "forwards (prefill counted); acceptance = accepted draft tokens ÷ draft positions; c = mean draft-forward "
+        "time ÷ mean plain decode-forward time, measured in this run; repeats: the speed-up had every turn taken the "
         "repeat least / most in the method's favour, and the turns whose repeats differ by more than the margin. "
         "Raw rows: "
         f"`{stem}.jsonl`; machine: `{stem}.machine.json`.\n\n"

@@ -17,10 +17,9 @@ from dataclasses import replace
 from typing import Any, Callable, Collection, Sequence
 
 from .base import Method, RunParams, TurnOutput, accounting_problems
+from .choices import NOISE_MARGIN
 from .data import BUILTIN_PROMPTS, BenchPrompt, build_input
 from .metrics import REFERENCE, Record, first_difference
-
-NOISE_MARGIN = 0.15  # repeats of one turn further apart than this (slower / faster - 1) are flagged
 
 
 def rotated(methods: Sequence[Method], i: int) -> list[Method]:

@@ -16,28 +16,33 @@ if TYPE_CHECKING:
 
 
 def add_model_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default="smollm2-135m",
-                   help="packaged short name (smollm2-135m, qwen2.5-coder-0.5b, ...), HF directory, .gguf file or hub id")
-    p.add_argument("--dtype", default=None, help="float32 | bfloat16 | float16 (default: fp32 on CPU, bf16 on GPU)")
-    p.add_argument("--device", default=None, help="cpu | cuda | cuda:N (default: cuda if available)")
+    p.add_argument("--model", default="smollm2-135m", metavar="NAME",
+                   help="packaged short name (smollm2-135m, qwen2.5-coder-0.5b, ...), HF directory, .gguf file or "
+                        "hub id")
+    p.add_argument("--dtype", default=None, metavar="DTYPE",
+                   help="fp32, bf16, fp16 or auto (the checkpoint's own); float32, bfloat16 and float16 work too "
+                        "(default: fp32 on a CPU, bf16 on a GPU)")
+    p.add_argument("--device", default=None, metavar="DEV", help="cpu, cuda or cuda:N (default: cuda if available)")
 
 
-def add_skip_arguments(p: argparse.ArgumentParser) -> None:
+def add_skip_arguments(p: argparse.ArgumentParser, what: str = "a fixed skip set, used as is",
+                       default: str = "none; the optimizer learns one while decoding") -> None:
+    """``what`` ``--skip-set`` is for this command, and what happens without it (``default``)."""
     p.add_argument("--skip-set", default=None, metavar="JSON",
-                   help='fixed skip set, e.g. \'{"attn": [3, 5], "mlp": [4]}\' or a path to such a JSON file '
-                        "(default: none; the optimiser learns one while decoding)")
+                   help=f"{what}: inline JSON such as '{{\"attn\": [3, 5], \"mlp\": [4]}}' or a path to such a file "
+                        f"(default: {default})")
     p.add_argument("--skip-set-store", default=None, metavar="FILE",
-                   help="JSON store of tuned skip sets (written by `swiftsd tune`) to start from (default: none)")
-    p.add_argument("--task", default="default", help="task name to look up in --skip-set-store")
+                   help="JSON store of tuned skip sets (written by swiftsd tune) to start from (default: none)")
+    p.add_argument("--task", default="default", metavar="NAME", help="task name to look up in --skip-set-store")
 
 
 def add_decoder_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--drafters", default=None, metavar="LIST",
-                   help=f"where drafts come from, comma-separated from {','.join(DRAFTER_NAMES)} "
+                   help=f"where drafts come from, comma-separated from {', '.join(DRAFTER_NAMES)} "
                         "(default: all three; with --method swift-paper, layerskip)")
     p.add_argument("--method", default="swiftsd", metavar="NAME",
                    help="swiftsd (every drafter, steps chosen by cost) or swift-paper (the paper's algorithm: "
-                        "layer-skip chain plus siblings, the reference optimiser)")
+                        "layer-skip chain plus siblings, the reference optimizer)")
 
 
 def decoder_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -83,7 +88,7 @@ def check_skip_choice(args: argparse.Namespace) -> SkipSet | None:
 
 def start_skip_set(args: argparse.Namespace, model: Any, missing_ok: bool = False) -> tuple[SkipSet | None, bool]:
     """The skip set a command starts from, and whether it is fixed (a hand-given ``--skip-set``, used as
-    is) or a start for the optimiser (the ``--skip-set-store`` set for this model and ``--task``).
+    is) or a start for the optimizer (the ``--skip-set-store`` set for this model and ``--task``).
 
     ``missing_ok``: an absent store, or none stored for this model and task, starts from the default
     (the server, which writes the store on shutdown); else that is an error naming the fix.

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import textwrap
 import warnings
 from typing import Any
 
@@ -16,26 +17,35 @@ from ..errors import SlowDtypeWarning, SwiftSDError
 
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "generate": ("swiftsd.cli.generate", "generate text with SWIFT (optionally --compare with plain decoding)"),
-    "tune": ("swiftsd.cli.tune", "run a prompt stream with the optimiser on and store the tuned skip set"),
+    "tune": ("swiftsd.cli.tune", "run a prompt stream with the optimizer on and store the tuned skip set"),
     "bench": ("swiftsd.cli.bench", "measure speed-up against plain decoding and peers on Spec-Bench-style data"),
     "serve": ("swiftsd.cli.serve", "OpenAI-compatible HTTP server"),
     "plot-trace": ("swiftsd.cli.trace", "draw a --trace JSON file as a PNG"),
 }
 
 
-class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows every default, except the ones that would read "None" or "False".
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """One style for every command's help.
 
-    An option whose default is None means "not given": its help says in words what
-    happens then (e.g. "default: cuda if available"), which "(default: None)" would not.
+    - Option help wraps at spaces only: never inside a word ("translati on") or after a
+      hyphen ("swift- paper"); a description keeps its own line breaks (lists).
+    - Every option that takes a value states its default once, at the end, as
+      "(default: X)": the value, or where it is None (nothing given) the help's own
+      words for what happens then, e.g. "(default: cuda if available)".
     """
+
+    def __init__(self, prog: str, indent_increment: int = 2, max_help_position: int = 26,
+                 width: int | None = None) -> None:
+        super().__init__(prog, indent_increment, max_help_position, width)
+
+    def _split_lines(self, text: str, width: int) -> list[str]:
+        text = self._whitespace_matcher.sub(" ", text).strip()
+        return textwrap.wrap(text, width, break_long_words=False, break_on_hyphens=False) or [""]
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
         default = action.default
-        if default is None or default is False or default == argparse.SUPPRESS or "default" in text.lower():
-            return text
-        if not action.option_strings and action.nargs not in (argparse.OPTIONAL, argparse.ZERO_OR_MORE):
+        if "(default: " in text or not takes_value(action) or default is None or default == argparse.SUPPRESS:
             return text
         if isinstance(default, (list, tuple)):
             if not default:
@@ -46,12 +56,9 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return f"{text} (default: {shown})"
 
 
-def _describe_defaults(parser: argparse.ArgumentParser) -> None:
-    """argparse formats only options that have a help text: give the bare ones one, so
-    the formatter can show their default too."""
-    for action in parser._actions:
-        if action.help is None and not any(action.default is x for x in (None, False, argparse.SUPPRESS)):
-            action.help = "default: %(default)s"
+def takes_value(action: argparse.Action) -> bool:
+    """An option given with a value (``--top-k 5``), not a switch (``--json``) or a positional."""
+    return bool(action.option_strings) and action.nargs != 0
 
 
 class _Parser(argparse.ArgumentParser):
@@ -62,16 +69,15 @@ class _Parser(argparse.ArgumentParser):
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     """The parser; with ``only``, import just that subcommand's module (fast start-up)."""
     parser = _Parser(prog="swiftsd", description="SWIFT on-the-fly self-speculative decoding",
-                     formatter_class=_HelpFormatter)
+                     formatter_class=HelpFormatter)
     parser.add_argument("--version", action="version", version=f"swiftsd {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for name, (module, help_text) in SUBCOMMANDS.items():
-        p = sub.add_parser(name, help=help_text, description=help_text, formatter_class=_HelpFormatter)
+        p = sub.add_parser(name, help=help_text, description=help_text, formatter_class=HelpFormatter)
         if only is not None and name != only:
             continue
         mod = importlib.import_module(module)
         mod.add_arguments(p)
-        _describe_defaults(p)
         p.set_defaults(_run=mod.run)
     return parser
 

@@ -1,4 +1,7 @@
-"""``swiftsd serve``: flags, start-up (model, skip-set store, learned state) and shutdown saves."""
+"""``swiftsd serve``: flags, start-up (model, skip-set store, learned state) and shutdown saves.
+
+uvicorn, FastAPI and the decoder are imported when the command runs, not for ``--help``.
+"""
 
 from __future__ import annotations
 
@@ -7,14 +10,13 @@ import ipaddress
 import logging
 import threading
 from types import FrameType
-from typing import Any
-
-import uvicorn
+from typing import TYPE_CHECKING, Any
 
 from ..errors import InvalidArgumentError
-from ..server.metrics import Metrics
-from ..server.state_keeper import StateKeeper, check_before_load, say
 from ..server.settings import ServerSettings
+
+if TYPE_CHECKING:
+    from ..server.state_keeper import StateKeeper
 
 log = logging.getLogger("swiftsd.server")
 
@@ -28,31 +30,34 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_model_arguments(p)
     add_skip_arguments(p)
     add_decoder_arguments(p)
-    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
-    p.add_argument("--port", type=int, default=8000, help="TCP port (default 8000)")
-    p.add_argument("--max-queue", type=int, default=ServerSettings.max_queue,
-                   help="requests that may wait behind the running one; more get 429 (default %(default)s)")
-    p.add_argument("--request-timeout", type=float, default=ServerSettings.request_timeout,
-                   help="seconds from arrival before a request gets 503 (still queued) or 504 (running) "
-                        "(default %(default)s)")
+    p.add_argument("--host", default="127.0.0.1", metavar="ADDR",
+                   help="address to bind; 127.0.0.1 serves this machine only, 0.0.0.0 every interface")
+    p.add_argument("--port", type=int, default=8000, metavar="PORT", help="TCP port to listen on")
+    p.add_argument("--max-queue", type=int, default=ServerSettings.max_queue, metavar="N",
+                   help="requests that may wait behind the running one; more get 429")
+    p.add_argument("--request-timeout", type=float, default=ServerSettings.request_timeout, metavar="S",
+                   help="seconds from arrival before a request gets 503 (still queued) or 504 (running)")
     p.add_argument("--read-timeout", type=float, default=ServerSettings.read_timeout, metavar="S",
                    help="seconds a client may take to send a request's headers, and again its body; slower "
-                        "ones get 408 and the connection is closed (default %(default)s)")
+                        "ones get 408 and the connection is closed")
     p.add_argument("--max-body-bytes", type=int, default=ServerSettings.max_body_bytes, metavar="N",
-                   help="larger request bodies get 413, whatever the transfer encoding (default %(default)s)")
-    p.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on /v1/* and /metrics "
-                                                   "(default: no key needed)")
-    p.add_argument("--served-model-name", default=None,
+                   help="larger request bodies get 413, whatever the transfer encoding")
+    p.add_argument("--api-key", default=None, metavar="KEY",
+                   help="require 'Authorization: Bearer KEY' on /v1/* and /metrics (default: no key needed)")
+    p.add_argument("--served-model-name", default=None, metavar="NAME",
                    help="the model id clients send and /v1/models lists (default: the --model value)")
     p.add_argument("--state", default=None, metavar="FILE",
                    help="keep what the decoder learns across restarts: restored from FILE at start, saved to it "
                         "atomically every --state-interval seconds and on SIGINT/SIGTERM (default: not kept)")
     p.add_argument("--state-interval", type=float, default=ServerSettings.state_interval, metavar="S",
-                   help="seconds between saves of --state; 0 saves only on shutdown (default %(default)s)")
+                   help="seconds between saves of --state; 0 saves only on shutdown")
     p.add_argument("--state-reset", action="store_true",
                    help="ignore what --state FILE holds (even if it is corrupt) and start fresh; FILE is "
                         "overwritten at the first save")
-    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    p.add_argument("--log-level", default="info", metavar="LEVEL",
+                   choices=["critical", "error", "warning", "info", "debug"],
+                   help="critical, error, warning, info or debug; info and debug show one access line per "
+                        "request")
 
 
 def _settings(args: argparse.Namespace, aliases: tuple[str, ...]) -> ServerSettings:
@@ -65,6 +70,7 @@ def _settings(args: argparse.Namespace, aliases: tuple[str, ...]) -> ServerSetti
 def _check(args: argparse.Namespace) -> dict[str, Any]:
     """Everything that needs no model, so a typo fails before a model load; returns --method / --drafters
     as SwiftDecoder options (``build_decoder`` reads them again)."""
+    from ..server.state_keeper import check_before_load
     from .common import check_skip_choice, decoder_options
 
     options = decoder_options(args)
@@ -82,10 +88,13 @@ def _check(args: argparse.Namespace) -> dict[str, Any]:
 def run(args: argparse.Namespace) -> int:
     from .common import build_decoder, load_model, start_skip_set
     from ..persist.identity import model_identity
+    from ..server import access_log
     from ..server.app import create_app
-    from ..server.transport import uvicorn_config
+    from ..server.metrics import Metrics
+    from ..server.state_keeper import StateKeeper, say
 
     _check(args)
+    access_log.configure(args.log_level)
     name = args.served_model_name or args.model
     model, tokenizer = load_model(args)
     identity = model_identity(model)
@@ -107,30 +116,36 @@ def run(args: argparse.Namespace) -> int:
                      on_shutdown=lambda stopped: _shutdown(stopped, decoder, settings, keeper))
     say(f"serving {name!r} on http://{args.host}:{args.port}/v1 (health: /health, metrics: /metrics)")
     # SIGINT/SIGTERM: requests may finish for DRAIN_S, the rest get a 503 / an in-stream error; then the
-    # app's lifespan exit stops the engine and saves the learned state and the optimiser's best set.
-    config = uvicorn_config(app, host=args.host, port=args.port, log_level=args.log_level,
-                            timeout_graceful_shutdown=GRACE_S, access_log=args.log_level == "debug")
-    _GracefulServer(config, app.state.ctx.engine).run()
+    # app's lifespan exit stops the engine and saves the learned state and the optimizer's best set.
+    _serve(app, args)
     return 0
 
 
-class _GracefulServer(uvicorn.Server):
-    """uvicorn's server, which also tells the engine to wind down on the first SIGINT/SIGTERM."""
+def _serve(app: Any, args: argparse.Namespace) -> None:
+    """Run uvicorn until SIGINT/SIGTERM; the first signal also tells the engine to wind down."""
+    import uvicorn
 
-    def __init__(self, config: uvicorn.Config, engine: Any) -> None:
-        super().__init__(config)
-        self.engine = engine
+    engine = app.state.ctx.engine
 
-    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        if not self.should_exit:
-            timer = threading.Timer(DRAIN_S, self.engine.stop)
-            timer.daemon = True  # an idle server exits at once, without waiting for it
-            timer.start()
-        super().handle_exit(sig, frame)
+    class GracefulServer(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+            if not self.should_exit:
+                timer = threading.Timer(DRAIN_S, engine.stop)
+                timer.daemon = True  # an idle server exits at once, without waiting for it
+                timer.start()
+            super().handle_exit(sig, frame)
+
+    from ..server.transport import uvicorn_config  # the header read timeout wired in
+
+    config = uvicorn_config(app, host=args.host, port=args.port, log_level=args.log_level,
+                            timeout_graceful_shutdown=GRACE_S, access_log=False)  # swiftsd's own: access_log.py
+    GracefulServer(config).run()
 
 
-def _shutdown(stopped: bool, decoder: Any, settings: ServerSettings, keeper: StateKeeper | None) -> None:
+def _shutdown(stopped: bool, decoder: Any, settings: ServerSettings, keeper: "StateKeeper | None") -> None:
     """After the engine stopped: the final saves (the decoder is idle, so reading it is safe)."""
+    from ..server.state_keeper import say
+
     if not stopped:
         say("the engine did not stop within 10 s; the learned state and store are left as last saved")
         return
@@ -141,22 +156,24 @@ def _shutdown(stopped: bool, decoder: Any, settings: ServerSettings, keeper: Sta
 
 
 def save_optimizer_state(decoder: Any, store: str, task: str) -> None:
-    """On shutdown: write the optimiser's best set to the store, keyed by model and task."""
+    """On shutdown: write the optimizer's best set to the store, keyed by model and task."""
+    from ..server.state_keeper import say
+
     opt = getattr(decoder, "optimizer", None)
     if opt is None:
-        say(f"no on-the-fly optimiser ran (fixed skip set); nothing saved to {store}")
+        say(f"no on-the-fly optimizer ran (fixed skip set); nothing saved to {store}")
         return
     from ..persist.store import save_optimizer_result
 
     try:
         saved = save_optimizer_result(store, decoder.model, task, opt)
     except Exception:  # noqa: BLE001 - shutdown must finish; say what went wrong
-        log.exception("could not save the optimiser's state to %s", store)
+        log.exception("could not save the optimizer's state to %s", store)
         return
     if saved:
-        say(f"saved the optimiser's skip set to {store} (task {task!r})")
+        say(f"saved the optimizer's skip set to {store} (task {task!r})")
     else:
-        say(f"the optimiser has not scored a skip set yet; nothing saved to {store}")
+        say(f"the optimizer has not scored a skip set yet; nothing saved to {store}")
 
 
 def _is_loopback(host: str) -> bool:

@@ -1,8 +1,8 @@
-"""Optimiser traces: write the per-step records as JSON (``--trace FILE``) and draw them.
+"""Optimizer traces: write the per-step records as JSON (``--trace FILE``) and draw them.
 
 ``swiftsd plot-trace FILE --out PNG`` draws three panels over decoding steps:
 matchness of every scored proposal with the best so far, rolling acceptance,
-and predicted vs measured speed-up, with the optimiser's phase shaded and
+and predicted vs measured speed-up, with the optimizer's phase shaded and
 request boundaries marked.
 """
 
@@ -42,7 +42,7 @@ def trace_document(runs: Iterable["GenerationStats | GenerationResult"], meta: d
 
 def write_trace(path: str | Path, runs: Iterable["GenerationStats | GenerationResult"],
                 meta: dict[str, Any] | None = None) -> None:
-    """Write ``--trace FILE``: per-request summaries and per-step optimiser records."""
+    """Write ``--trace FILE``: per-request summaries and per-step optimizer records."""
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     p.write_text(json.dumps(trace_document(runs, meta), indent=1) + "\n")
@@ -91,7 +91,7 @@ def plot_trace(doc: dict[str, Any], out: str | Path, title: str | None = None) -
 
     steps = doc["steps"]
     if not steps:
-        raise InvalidArgumentError("the trace has no steps to draw (did the optimiser run? it needs generations "
+        raise InvalidArgumentError("the trace has no steps to draw (did the optimizer run? it needs generations "
                                    "longer than its context window)")
     x = list(range(1, len(steps) + 1))
     fig, axes = plt.subplots(3, 1, figsize=(11, 8), sharex=True, constrained_layout=True)
@@ -133,7 +133,7 @@ def plot_trace(doc: dict[str, Any], out: str | Path, title: str | None = None) -
 
     meta = doc.get("meta") or {}
     fig.suptitle(title or " · ".join(str(v) for v in (meta.get("model"), meta.get("dtype"), meta.get("label"))
-                                     if v) or "swiftsd optimiser trace")
+                                     if v) or "swiftsd optimizer trace")
     p = Path(out)
     p.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(p, dpi=110)
@@ -143,9 +143,10 @@ def plot_trace(doc: dict[str, Any], out: str | Path, title: str | None = None) -
 
 # -- `swiftsd plot-trace` --------------------------------------------------------------
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("trace", metavar="FILE", help="trace JSON written by --trace")
+    p.add_argument("trace", metavar="FILE", help="trace JSON written by tune --trace")
     p.add_argument("--out", default=None, metavar="PNG", help="output image (default: FILE with .png)")
-    p.add_argument("--title", default=None)
+    p.add_argument("--title", default=None, metavar="TEXT",
+                   help="the figure's title (default: the trace's model, dtype and label)")
 
 
 def run(args: argparse.Namespace) -> int:

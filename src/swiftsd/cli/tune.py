@@ -1,9 +1,11 @@
-"""`swiftsd tune`: run a stream of prompts with the optimiser on, then store the tuned skip set.
+"""`swiftsd tune`: run a stream of prompts with the optimizer on, then store the tuned skip set.
 
+    swiftsd tune --model qwen2.5-coder-0.5b --out sets.json          # bench's built-in prompts
     swiftsd tune --model qwen2.5-coder-0.5b --data question.jsonl --category qa --n 20 --out sets.json
 
 Prompts use the Spec-Bench ``question.jsonl`` format (``question_id``, ``category``,
-``turns``); each question's first turn is sent through the model's chat template.
+``turns``), or without ``--data`` the built-in set ``swiftsd bench`` uses; each
+question's first turn is sent through the model's chat template.
 The result is stored under (model identity, ``--task``), ready for
 ``--skip-set-store sets.json --task qa`` in ``generate``, ``bench`` and ``serve``.
 """
@@ -25,25 +27,31 @@ _OPT_FIELDS = {f.name: f for f in fields(OptimizerConfig)}
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_model_arguments(p)
-    p.add_argument("--data", required=True, metavar="FILE",
+    p.add_argument("--data", default=None, metavar="FILE",
                    help="JSONL of prompts in Spec-Bench question.jsonl format (question_id, category, turns), "
                         "e.g. data/spec_bench/question.jsonl from github.com/hemingkx/Spec-Bench; 'spec-bench' "
-                        "reads the file named by $SWIFTSD_SPEC_BENCH")
-    p.add_argument("--category", default=None, help="only this category (Spec-Bench groups: mt_bench, translation, "
-                                                    "summarization, qa, math_reasoning, rag; default: all)")
-    p.add_argument("--n", type=int, default=20, help="number of prompts in the stream")
-    p.add_argument("--out", required=True, metavar="STORE", help="skip-set store JSON to write (entries are merged)")
-    p.add_argument("--task", default=None, help="task name to store under (default: --category, else 'default')")
-    p.add_argument("--max-new-tokens", type=int, default=128)
+                        "reads the file named by $SWIFTSD_SPEC_BENCH (default: the built-in prompt set of "
+                        "swiftsd bench, 12 prompts in 7 groups)")
+    p.add_argument("--category", default=None, metavar="NAME",
+                   help="only this category, e.g. a Spec-Bench group: mt_bench, translation, summarization, qa, "
+                        "math_reasoning, rag (default: all)")
+    p.add_argument("--n", type=int, default=20, metavar="N", help="prompts in the stream")
+    p.add_argument("--out", required=True, metavar="FILE",
+                   help="skip-set store (JSON) to write; entries for other models and tasks are kept")
+    p.add_argument("--task", default=None, metavar="NAME",
+                   help="task name to store under (default: --category, else 'default')")
+    p.add_argument("--max-new-tokens", type=int, default=128, metavar="N", help="new tokens per prompt at most")
     p.add_argument("--reference", action="store_true",
-                   help="the paper's optimiser: fixed skip ratio, matchness objective, no fallback, no drift")
+                   help="the paper's optimizer: fixed skip ratio, matchness objective, no fallback, no drift")
     p.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE",
-                   help="set an optimizer option, e.g. --opt skip_ratio=0.3 --opt max_opt_iter=300 (repeatable); "
-                        "tune searches with no wall-clock cap (max_opt_share=1) unless told otherwise")
+                   help="set an optimizer option, repeatable, e.g. --opt skip_ratio=0.3; KEY is one of "
+                        f"{', '.join(k for k in _OPT_FIELDS if k != 'enabled')} (docs/optimizer.md says what each "
+                        "does) (default: the optimizer's defaults, except max_opt_share=1: tune searches with no "
+                        "cap on its share of the time)")
     p.add_argument("--resume", action="store_true", help="start from the set already stored in --out for this task")
     p.add_argument("--trace", default=None, metavar="FILE",
-                   help="write the per-step optimiser trace as JSON (default: no trace)")
-    p.add_argument("--seed", type=int, default=0)
+                   help="write the per-step optimizer trace as JSON (default: no trace)")
+    p.add_argument("--seed", type=int, default=0, metavar="S", help="seed of the optimizer's proposals")
     p.add_argument("--no-progress", action="store_true",
                    help="no progress bar (there is none anyway when stderr is not a terminal)")
 
@@ -130,14 +138,14 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace, opt: Any, runs: list, wall: float, stored: str) -> None:
-    """The result on stdout: the optimiser's state, the best set, the stream's totals, where it went."""
+    """The result on stdout: the optimizer's state, the best set, the stream's totals, where it went."""
     tokens = sum(s.new_tokens for s in runs)
     t_opt = sum(s.time_optimize for s in runs)
     t_gen = sum(s.wall_time for s in runs)
     print(opt.summary())
     print(f"best set: {opt.best()[0].to_json()}")
     print(f"{len(runs)} prompts, {tokens} tokens in {wall:.1f}s ({tokens / t_gen if t_gen else 0:.1f} tok/s while "
-          f"generating), {100 * t_opt / t_gen if t_gen else 0:.1f}% of generation time optimising")
+          f"generating), {100 * t_opt / t_gen if t_gen else 0:.1f}% of generation time optimizing")
     print(stored)
     if args.trace:
         print(f"trace written to {args.trace} (draw it with: swiftsd plot-trace {args.trace})")

@@ -102,8 +102,12 @@ class SwiftDecoder:
         return self.decode(Request.build(self.facts, input_ids, GenerateArgs.from_kwargs(kwargs)))
 
     def decode(self, request: Request) -> GenerationStream:
-        """Decode a request already built with :meth:`Request.build` (``self.facts``)."""
-        return GenerationStream(self._decode(self._start(request)))
+        """Decode a request already built with :meth:`Request.build` (``self.facts``).
+
+        The request's state (cache, clock) is built at the first iteration, not here: a server
+        creates the stream before queueing it, and the wait in the queue is neither prefill time
+        nor memory held."""
+        return GenerationStream(self._decode(request))
 
     @property
     def custom_generate(self) -> "CustomGenerate":
@@ -170,7 +174,8 @@ class SwiftDecoder:
         restore(state, self.num_layers, self.adapter.vocab_size, self._learners(), self.drafters)
 
     # -- the loop ------------------------------------------------------------------
-    def _decode(self, run: Run) -> Generator[list[int], None, GenerationResult]:
+    def _decode(self, request: Request) -> Generator[list[int], None, GenerationResult]:
+        run = self._start(request)  # the request's clock starts here, when decoding does
         first = yield from self._prefill(run)  # 1. the full model reads the prompt in chunks ([] between
         yield first  # them: a consumer may stop there) and picks the first token
         while not run.done:

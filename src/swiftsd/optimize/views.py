@@ -82,12 +82,13 @@ def summary(opt: OptimizerView) -> str:
     pred, meas = d["predicted_speedup"], d["measured_speedup"]
     speed = f"speed-up predicted {f(pred, '.2f', 'x')}" if pred is not None else "speed-up not predicted yet"
     speed += f", measured {meas:.2f}x" if meas is not None else ", not measured yet"
+    # the optimiser offers its set; the planner still runs the draft only on steps where it pays
     if d["current_set"]:
-        drafting = "layer-skip drafting on"
+        drafting = "its best set is offered to the planner, which drafts with it on steps where it pays"
     else:
-        drafting = "layer-skip drafting off (no skip set pays yet on this device)"
+        drafting = "no set offered for drafting (none pays yet on this device)"
     return (f"optimizer {d['phase']} (round {d['round']}, {its} iteration{'' if its == 1 else 's'}{stopped}), "
-            f"best matchness {f(d['best_matchness'], '.2f')} skipping {len(opt.state.best)}/{opt.n_flags} "
+            f"best matchness {f(d['best_matchness'], '.2f')}, skipping {len(opt.state.best)}/{opt.n_flags} "
             f"sublayers, draft cost {f(d['draft_cost'], '.2f')} of a full step, {speed}; {drafting}")
 
 

@@ -19,7 +19,21 @@ restarts (state_keeper.py); with ``--skip-set-store`` the optimiser's best set i
 on shutdown. ``/metrics`` is Prometheus text from ``prometheus_client`` (metrics.py).
 """
 
-from .app import ServerContext, create_app
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from .settings import ServerSettings
 
+if TYPE_CHECKING:
+    from .app import ServerContext, create_app
+
 __all__ = ["ServerContext", "ServerSettings", "create_app"]
+
+
+def __getattr__(name: str) -> Any:
+    """The app (FastAPI, the decoder) on first use, so ``swiftsd serve --help`` imports neither (PEP 562)."""
+    if name not in ("ServerContext", "create_app"):
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(".app", __name__), name)

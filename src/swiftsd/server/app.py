@@ -29,6 +29,7 @@ from starlette.background import BackgroundTask
 
 from ..hf.eos import resolve_eos
 from ..errors import SwiftSDError
+from . import access_log
 from . import protocol as P
 from .body import EXTRA_VALUES, parse_body
 from .engine import Disconnected, Engine, Job, ShuttingDown, Timeout, next_event
@@ -191,6 +192,7 @@ async def serve(ctx: ServerContext, p: P.Prepared, is_disconnected: Callable[[],
                             "(--max-queue); retry later", None, "queue_full", {"Retry-After": "1"})
     with metrics.lock:
         metrics.prompt_tokens += len(p.prompt_ids)
+    access_log.note(prompt=len(p.prompt_ids))
     asm = TextAssembler(ctx.tokenizer, p.prompt_ids, p.stop, ctx.eos)
     rid = ("cmpl-" if p.kind == "completion" else "chatcmpl-") + uuid.uuid4().hex
     try:
@@ -198,6 +200,7 @@ async def serve(ctx: ServerContext, p: P.Prepared, is_disconnected: Callable[[],
     except BaseException as exc:
         engine.cancel(job)
         raise wait_error(exc, ctx) from None
+    access_log.note(queued=job.queue_wait)
     if p.stream:
         return StreamingResponse(stream_events(ctx, p, job, first, asm, rid, is_disconnected),
                                  media_type="text/event-stream",
@@ -209,6 +212,7 @@ async def serve(ctx: ServerContext, p: P.Prepared, is_disconnected: Callable[[],
         raise wait_error(exc, ctx) from None
     finally:
         engine.cancel(job)  # stops the generation early after a stop string; no-op when done
+        access_log.note(completion=asm.n_tokens)
     metrics.add("generations", asm.finish_reason or "length")
     return P.final_body(p, rid, ctx.model_name, text, asm.finish_reason or "length", asm.n_tokens)
 
@@ -269,6 +273,7 @@ async def stream_events(ctx: ServerContext, p: P.Prepared, job: Job, event: tupl
     finally:
         ctx.engine.cancel(job)
         ctx.metrics.add("generations", outcome)
+        access_log.note(completion=asm.n_tokens)
 
 
 def _outcome(exc: BaseException) -> str:
@@ -332,5 +337,6 @@ def create_app(decoder: Any, tokenizer: Any, model_name: str, settings: ServerSe
     app.state.ctx = ServerContext(decoder, tokenizer, model_name, settings, engine, metrics)
     install_handlers(app, P.MAX_STOP)
     app.add_middleware(Guard, metrics=metrics, max_body=settings.max_body_bytes, read_timeout=settings.read_timeout)
+    app.add_middleware(access_log.AccessLog)  # outermost: every request gets its line, refused ones too
     app.include_router(router)
     return app

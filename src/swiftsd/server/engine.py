@@ -48,6 +48,8 @@ class Job:
     ready: asyncio.Event = field(default_factory=asyncio.Event)
     cancelled: threading.Event = field(default_factory=threading.Event)
     state: str = "queued"  # queued -> running -> done, or queued -> cancelled
+    queued_at: float = field(default_factory=time.monotonic)
+    queue_wait: float | None = None  # seconds from submit to the start of decoding (set when admitted)
 
     def emit(self, kind: str, payload: Any = None) -> None:
         """Called on the worker thread."""
@@ -158,7 +160,10 @@ class Engine:
                 job.emit("expired" if expired else "shutdown")
                 return False
             job.state, self._current = "running", job
-            return True
+        job.queue_wait = time.monotonic() - job.queued_at
+        with self.metrics.lock:
+            self.metrics.queue_wait.observe(job.queue_wait)
+        return True
 
     def _run(self, job: Job) -> None:
         m, t0, steps, step_tokens, tokens = self.metrics, time.perf_counter(), -1, 0, 0

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterator, Protocol
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 
@@ -33,6 +33,31 @@ class QueueView(Protocol):
 
 
 PHASES = ("prefill", "draft", "verify", "optimize", "other")
+QUEUE_WAIT_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)  # seconds
+
+
+@dataclass
+class Histogram:
+    """A Prometheus histogram's state: per-bucket counts (upper bounds ``buckets``), their sum and count."""
+
+    buckets: tuple[float, ...]
+    counts: list[int] = field(default_factory=list)  # one per bucket, then +Inf; not cumulative
+    total: float = 0.0
+    n: int = 0
+
+    def observe(self, value: float) -> None:
+        if not self.counts:
+            self.counts = [0] * (len(self.buckets) + 1)
+        self.counts[next((i for i, b in enumerate(self.buckets) if value <= b), len(self.buckets))] += 1
+        self.total += value
+        self.n += 1
+
+    def family(self, name: str, help_text: str) -> HistogramMetricFamily:
+        cumulative, running = [], 0
+        for bound, count in zip([*map(str, self.buckets), "+Inf"], self.counts or [0] * (len(self.buckets) + 1)):
+            running += count
+            cumulative.append((bound, running))
+        return HistogramMetricFamily(name, help_text, buckets=cumulative, sum_value=self.total)
 OUTCOMES_HELP = ("generation requests by outcome (stop, length, cancelled, timeout_queued, timeout_running, "
                  "rejected_queue_full, error)")
 
@@ -55,6 +80,7 @@ class Metrics:
     busy_s: float = 0.0  # wall time the engine spent generating
     phase_s: dict[str, float] = field(default_factory=dict)  # draft / verify / optimize / prefill / other
     optimizer: dict[str, Any] | None = None  # last snapshot of decoder.optimizer.status()
+    queue_wait: Histogram = field(default_factory=lambda: Histogram(QUEUE_WAIT_BUCKETS))  # seconds before decoding
 
     def add(self, table: str, key: str) -> None:
         with self.lock:
@@ -101,10 +127,12 @@ class _ServerCollector(Collector):
             yield _gauge("swiftsd_mean_accepted_tokens",
                          "tokens committed per decoding step, bonus token included (Spec-Bench tau)",
                          m.step_tokens / m.steps if m.steps else 0.0)
-            yield _counter("swiftsd_draft_tokens_total", "draft tokens proposed (completed requests)", m.drafted)
+            yield _counter("swiftsd_draft_tokens_total", "draft positions: the depth of each step's deepest draft, "
+                           "summed (completed requests)", m.drafted)
             yield _counter("swiftsd_accepted_draft_tokens_total", "draft tokens accepted (completed requests)",
                            m.accepted)
-            yield _gauge("swiftsd_acceptance_rate", "accepted / drafted tokens (completed requests)",
+            yield _gauge("swiftsd_acceptance_rate", "acceptance: accepted draft tokens / draft positions "
+                         "(completed requests)",
                          m.accepted / m.drafted if m.drafted else 0.0)
             per = m.per_drafter
             yield _counter("swiftsd_drafter_drafted_tokens_total", "draft tokens (tree nodes) each drafter proposed "
@@ -113,6 +141,8 @@ class _ServerCollector(Collector):
             yield _counter("swiftsd_drafter_accepted_tokens_total", "draft tokens each drafter proposed that were "
                            "accepted (completed requests)", {name: d["accepted"] for name, d in per.items()}, "drafter")
             yield _counter("swiftsd_phase_seconds_total", "engine time per decoding phase", dict(m.phase_s), "phase")
+            yield m.queue_wait.family("swiftsd_queue_wait_seconds", "seconds a request waited in the queue before "
+                                      "the engine started decoding it (admitted requests)")
             yield _counter("swiftsd_state_saves_total", "saves of the learned state (--state) by outcome",
                            dict(m.state_saves), "outcome")
             opt = m.optimizer
@@ -123,16 +153,16 @@ class _ServerCollector(Collector):
 
 
 def _optimizer_families(opt: dict[str, Any] | None) -> Iterator[Metric]:
-    yield _gauge("swiftsd_optimizer_enabled", "1 when the decoder has an on-the-fly optimiser", int(opt is not None))
+    yield _gauge("swiftsd_optimizer_enabled", "1 when the decoder has an on-the-fly optimizer", int(opt is not None))
     if not opt:
         return
     if isinstance(opt.get("phase"), str):
-        fam = GaugeMetricFamily("swiftsd_optimizer_phase", "the optimiser's current phase (1 = this one)",
+        fam = GaugeMetricFamily("swiftsd_optimizer_phase", "the optimizer's current phase (1 = this one)",
                                 labels=["phase"])
         fam.add_metric([opt["phase"]], 1)
         yield fam
     for key, value in _flat_numbers(opt):
-        yield _gauge(f"swiftsd_optimizer_{_metric_name(key)}", f"optimiser state field {key!r}", value)
+        yield _gauge(f"swiftsd_optimizer_{_metric_name(key)}", f"optimizer state field {key!r}", value)
 
 
 def _metric_name(key: str) -> str:

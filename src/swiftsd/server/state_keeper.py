@@ -67,7 +67,7 @@ class StateKeeper:
             raise _reset_hint(exc) from None
         self.decoder.load_state_dict(state)
         opt = self.decoder.optimizer
-        learned = (f" (optimiser: {opt.state.phase}, {opt.state.iterations} proposals scored over "
+        learned = (f" (optimizer: {opt.state.phase}, {opt.state.iterations} proposals scored over "
                    f"{opt.state.requests} requests)") if opt is not None else ""
         say(f"restored the learned state from {self.path}{learned}")
 
