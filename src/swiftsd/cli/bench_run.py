@@ -1,12 +1,5 @@
-"""`swiftsd bench`, the run: Spec-Bench-style speed measurement against plain decoding and training-free peers.
-
-Every method runs on the same prompts in the same process after a warm-up; each
-(method, turn) runs ``--repeats`` times, interleaved in rounds (order rotated), and
-the faster run counts, so load on a shared machine cannot make a headline (the
-report flags turns whose repeats disagree and warns when that spread could undo
-a speed-up). Output: a markdown table (stdout and ``--out``), raw per-turn JSONL
-from which every number can be recomputed, a machine description and two PNG plots.
-"""
+"""`swiftsd bench`, the run: load the model, build the methods, measure, report (the method is in
+``bench.py``'s docstring; its flags are there too, so ``--help`` needs no torch)."""
 
 from __future__ import annotations
 
