@@ -46,6 +46,7 @@ class StepPlan:
     min_mass: float  # dynamic tree: stop when the frontier's mass, times acceptance, falls under this
     priced: float = 0.0  # the forecast's time for the step (plain steps), for the wall-clock bound
     free_rate: float = 1.0  # what the free drafts alone would have given (tokens per plain-step time)
+    precision: str = "full"  # the model draft's weights: "full" (the model's own), "int8" or "int4"
 
 
 def relative_verify(costs: CostModel, nodes: int) -> float:

@@ -22,6 +22,7 @@ import torch
 from ..config import SamplingParams
 from ..engine.cache import SlotKVCache
 from ..engine.models import DecoderAdapter, DraftHead
+from ..engine.quant import QuantizedWeights
 from ..engine.skipset import SkipSet
 from ..engine.verify import PositionNoise
 
@@ -173,7 +174,10 @@ class DraftContext:
     min_mass: float  # dynamic tree: stop when the frontier's total score falls under this
     widths: tuple[tuple[float, ...], tuple[int, ...]]  # paper tree: (thresholds, widths)
     stop_threshold: float
-
+    # a quantized draft's packed weights (already ``with_head(head)`` for the request's draft head);
+    # None: the model's own weights. A quantized draft drafts narrow (``frontier`` 1 or 2, siblings
+    # from each depth's top-k by confidence) and stops by confidence, as the paper does.
+    weights: QuantizedWeights | None = None
 
 
 class Learner(Protocol):

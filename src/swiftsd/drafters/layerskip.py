@@ -11,6 +11,13 @@ Two shapes:
   from that depth's confidence. Used by ``method="swift-paper"`` and by the
   rejection sampler, whose exactness needs a tree shape fixed before the
   draws (children are sampled from q without replacement, flagged ``keep``).
+
+A quantized draft (``DraftContext.weights``: int8 / int4 copies of the same
+weights) runs its forwards on the packed copies. Weight-only kernels pay at one
+or two rows and lose their edge at eight (MODELS.md), so it drafts narrow: the
+paper's tree at frontier 1, or ``narrow`` frontier 2 (the two best nodes expanded
+per depth, each with siblings from its top-k by confidence); either stops by
+confidence, as the paper does.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ import torch
 
 from ..engine.cache import SlotKVCache
 from ..engine.models import DecoderAdapter, DraftHead
+from ..engine.quant import QuantizedWeights
 from ..engine.skipset import SkipSet
 from ..engine.tree import widths_from_confidence
 from ..engine.verify import target_probs, warp_logits
@@ -64,10 +72,11 @@ class LayerSkipDrafter:
         """Draft a tree of at most ``budget`` new nodes with ``ctx``'s skip set; returns the draft forwards run."""
         if ctx.skip is None or budget <= 0 or ctx.max_depth <= 0:
             return 0
-        if self.shape == "paper" or ctx.rejection:
+        quantized = ctx.weights is not None
+        if self.shape == "paper" or ctx.rejection or (quantized and ctx.frontier == 1):
             depths = self._paper(req, trie, budget, ctx)
         else:
-            depths = self._dynamic(req, trie, budget, ctx)
+            depths = self._dynamic(req, trie, budget, ctx, narrow=quantized)
         self.depths_drafted = 0.98 * self.depths_drafted + depths
         self.steps_drafted = 0.98 * self.steps_drafted + 1.0
         return depths
@@ -145,10 +154,10 @@ class LayerSkipDrafter:
         node, tok, used, d = 0, req.tokens[-1], 0, 0
         while d < ctx.max_depth and used < budget:
             logits = ad.forward(torch.tensor([tok], device=dev), torch.tensor([pos + d], device=dev), cache=ctx.cache,
-                                slot_start=pos + d, visible_prefix=pos + d, block_mask=one, skip=ctx.skip, head=ctx.head)
+                                slot_start=pos + d, visible_prefix=pos + d, block_mask=one, skip=ctx.skip, head=ctx.head,
+                                weights=ctx.weights)
             toks, p, q = self._children(logits, max_w, ctx, pos + d + 1)
-            conf = float(q.max()) if q is not None else float(p[0, 0]) if ctx.params.greedy else float(
-                warp_logits(logits, ctx.params).softmax(-1).max())
+            conf = _confidence(logits, p, q, ctx)[0]
             w = widths_from_confidence([conf], thresholds, widths, max_w)[0]
             w = min(w, toks.shape[-1], budget - used)
             if q is not None:
@@ -167,43 +176,38 @@ class LayerSkipDrafter:
             node, tok = chain, trie.tokens[chain]
         return d
 
-    def _dynamic(self, req: DraftRequest, trie: DraftTrie, budget: int, ctx: DraftContext) -> int:
-        """EAGLE-2-style: expand the best ``frontier`` nodes per depth, one forward per depth."""
+    def _dynamic(self, req: DraftRequest, trie: DraftTrie, budget: int, ctx: DraftContext,
+                 narrow: bool = False) -> int:
+        """EAGLE-2-style: expand the best ``frontier`` nodes per depth, one forward per depth.
+
+        ``narrow`` (a quantized draft): each expanded node gets siblings by its confidence (the
+        paper's widths) instead of ``frontier`` children, and drafting stops by confidence."""
         ad, dev = ctx.adapter, ctx.adapter.device
         root_slot = len(req.tokens) - 1  # = the root's position
         tags = trie.tags.setdefault(self.name, {})
         slot_of = {0: root_slot}
+        thresholds, widths = ctx.widths
         frontier, next_slot, used, d = [0], root_slot, 0, 0
         while d < ctx.max_depth and used < budget and frontier:
             k = len(frontier)
             toks = torch.tensor([trie.tokens[f] for f in frontier], device=dev)
             positions = torch.full((k,), root_slot + d, dtype=torch.long, device=dev)
-            past_vis = past_pos = None
-            if d > 0:
-                n_past = next_slot - root_slot
-                past_vis = torch.zeros(k, n_past, dtype=torch.bool)
-                for j, f in enumerate(frontier):
-                    a = trie.parents[f]
-                    while a >= 0:
-                        past_vis[j, slot_of[a] - root_slot] = True
-                        a = trie.parents[a]
-                past_vis = past_vis.to(dev)
-                past_pos = torch.empty(n_past, dtype=torch.long)
-                for node, slot in slot_of.items():
-                    past_pos[slot - root_slot] = root_slot + trie.depth(node)
-                past_pos = past_pos.to(dev)
+            past_vis, past_pos = _past_masks(trie, frontier, slot_of, root_slot, next_slot, dev) if d else (None, None)
             block = torch.eye(k, dtype=torch.bool, device=dev)
             logits = ad.forward(toks, positions, cache=ctx.cache, slot_start=next_slot, visible_prefix=root_slot,
                                 block_mask=block, skip=ctx.skip, head=ctx.head, past_visible=past_vis,
-                                past_positions=past_pos)
+                                past_positions=past_pos, weights=ctx.weights)
             for j, f in enumerate(frontier):
                 slot_of[f] = next_slot + j
             next_slot += k
-            cand_toks, cand_p, _ = self._children(logits, ctx.frontier, ctx, root_slot + d + 1)
+            cand_toks, cand_p, _ = self._children(logits, max(widths) if narrow else ctx.frontier, ctx,
+                                                  root_slot + d + 1)
+            confs = _confidence(logits, cand_p, None, ctx)
+            n_kids = widths_from_confidence(confs, thresholds, widths, max(widths)) if narrow else [ctx.frontier] * k
             new: list[int] = []
             b = bucket(0, d + 1)
             for j, f in enumerate(frontier):
-                for t, pj in zip(cand_toks[j].tolist(), cand_p[j].tolist()):
+                for t, pj in zip(cand_toks[j, : n_kids[j]].tolist(), cand_p[j, : n_kids[j]].tolist()):
                     if used >= budget:
                         break
                     existed = trie.child(f, t) is not None
@@ -214,14 +218,41 @@ class LayerSkipDrafter:
             d += 1
             new.sort(key=lambda i: -trie.score[i])
             frontier = new[: ctx.frontier]
-            if sum(trie.score[i] for i in frontier) < ctx.min_mass:
+            if (max(confs) < ctx.stop_threshold) if narrow else sum(trie.score[i] for i in frontier) < ctx.min_mass:
                 break
         return d
 
 
+def _past_masks(trie: DraftTrie, frontier: list[int], slot_of: dict[int, int], root_slot: int, next_slot: int,
+                dev: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Which drafted slots each frontier node attends (its ancestors), and every drafted slot's position."""
+    n_past = next_slot - root_slot
+    past_vis = torch.zeros(len(frontier), n_past, dtype=torch.bool)
+    for j, f in enumerate(frontier):
+        a = trie.parents[f]
+        while a >= 0:
+            past_vis[j, slot_of[a] - root_slot] = True
+            a = trie.parents[a]
+    past_pos = torch.empty(n_past, dtype=torch.long)
+    for node, slot in slot_of.items():
+        past_pos[slot - root_slot] = root_slot + trie.depth(node)
+    return past_vis.to(dev), past_pos.to(dev)
+
+
+def _confidence(logits: torch.Tensor, p: torch.Tensor, q: torch.Tensor | None, ctx: DraftContext) -> list[float]:
+    """Each row's top-1 draft probability (the paper's confidence): of q when sampled, of the
+    warped distribution when coupled, the top candidate's when greedy."""
+    if q is not None:
+        return q.max(-1).values.tolist()
+    if ctx.params.greedy:
+        return p[:, 0].tolist()
+    return warp_logits(logits, ctx.params).softmax(-1).max(-1).values.tolist()
+
+
 def matchness(adapter: DecoderAdapter, skip: SkipSet, tokens: list[int], prompt_len: int, cache: SlotKVCache,
-              window: int, head: DraftHead | None = None) -> float:
-    """Share of the first ``window`` generated tokens the draft predicts from the prompt cache.
+              window: int, head: DraftHead | None = None, weights: QuantizedWeights | None = None) -> float:
+    """Share of the first ``window`` generated tokens the draft predicts from the prompt cache
+    (``weights``: a quantized draft's, made for ``head``).
 
     One parallel draft forward over generated tokens g_1..g_w at their own
     positions, attending the prompt's cached KV; written in scratch slots past
@@ -233,7 +264,8 @@ def matchness(adapter: DecoderAdapter, skip: SkipSet, tokens: list[int], prompt_
     if w < 1:
         return 0.0
     logits = adapter.forward(torch.tensor(gen_toks[:-1], device=dev), torch.arange(prompt_len, prompt_len + w, device=dev),
-                             cache=cache, slot_start=cache.length, visible_prefix=prompt_len, skip=skip, head=head)
+                             cache=cache, slot_start=cache.length, visible_prefix=prompt_len, skip=skip, head=head,
+                             weights=weights)
     pred = logits.argmax(-1)
     if head is not None:
         pred = head.token_ids[pred]
