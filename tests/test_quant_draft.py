@@ -138,3 +138,44 @@ def test_drafting_stops_by_confidence(llama) -> None:
                               drafters=("layerskip",)), ids, 40)
     assert max(eager.stats.draft_lengths) == 6
     assert max(wary.stats.draft_lengths) == 1  # no top-1 probability exceeds 1: one depth a step
+
+
+# -- cost per precision ----------------------------------------------------------------------------------
+def _synthetic_costs():
+    from swiftsd.engine.cost import CostModel, PrecisionCost
+
+    q8 = PrecisionCost("int8", step=0.006, attn=0.0002, mlp=0.0003, head=0.001, extra=0.0, wide=1.3)
+    q4 = PrecisionCost("int4", step=0.004, attn=0.0001, mlp=0.0002, head=0.0006, extra=0.0, wide=1.1)
+    return CostModel(full_step=0.01, attn=0.0005, mlp=0.0008, lm_head=0.002, fixed=0.001, draft_extra=0.0,
+                     verify_sizes=(1, 8), verify_times=(0.01, 0.012), num_layers=6, context=64, long_context=512,
+                     long_times=(0.02, 0.03), precisions=(q8, q4))
+
+
+def test_the_cost_model_prices_each_precision_and_round_trips() -> None:
+    from swiftsd.engine.cost import CostModel
+
+    costs = _synthetic_costs()
+    skip = SkipSet(mlp=[1, 2])
+    assert costs.measured_precisions() == ("full", "int8", "int4")
+    assert costs.draft_cost(skip, "int4") < costs.draft_cost(skip, "int8") < costs.draft_cost(skip)
+    assert costs.draft_cost(skip, "int8") == pytest.approx((0.006 - 2 * 0.0003) / 0.01)
+    assert CostModel.from_dict(costs.to_dict()) == costs
+    longer = costs.at_context(512)  # attention grows with the context at every precision alike
+    grown = longer.full_step - costs.full_step
+    assert grown > 0 and longer.precision_cost("int8").step == pytest.approx(0.006 + grown)
+    with pytest.raises(KeyError):
+        CostModel.from_dict({**costs.to_dict(), "precisions": []}).draft_cost(skip, "int4")
+
+
+def test_a_decoder_measures_the_precisions_it_may_draft_at(llama) -> None:
+    from swiftsd.engine.cost import COST_FORMAT
+
+    assert COST_FORMAT >= 7
+    dec = _decoder(llama, draft_precision="int8")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", QuantFallbackWarning)
+        costs = dec.costs
+    q = costs.precision_cost("int8")
+    assert costs.measured_precisions() == ("full", "int8")
+    assert q.step > 0 and q.head > 0 and q.wide >= 1.0 and q.attn >= 0 and q.mlp >= 0
+    assert _decoder(llama, draft_precision="full").costs.measured_precisions() == ("full",)

@@ -25,7 +25,7 @@ from ..drafters import DraftContext, DraftRequest, DraftTrie, ModelDrafter, make
 from ..drafters.layerskip import draft_head, matchness
 from ..engine.cache import SlotKVCache
 from ..engine.cost import CostModel
-from ..engine.cost_cache import CostSource
+from ..engine.cost_cache import CostSource, QuantDrafts
 from ..engine.models import DraftHead, get_adapter
 from ..engine.quant import QuantizedWeights
 from ..engine.skipset import SkipSet
@@ -77,7 +77,9 @@ class SwiftDecoder:
                          else SkipSet() if quantized_only else SkipSet.uniform(self.num_layers))
         # the quantized draft's packed weights, built on first use of a precision (never on the model)
         self.draft_weights = DraftWeights(model, self.config.quant_group, self.config.cost_cache)
-        self.cost_source = CostSource(self.adapter, self.config.draft_vocab, self._cost_dir)
+        quant = QuantDrafts(tuple(p for p in self.config.precisions if p != FULL), self.config.quant_group,
+                            self.draft_weights.get)
+        self.cost_source = CostSource(self.adapter, self.config.draft_vocab, self._cost_dir, quant)
         self.drafters = make_drafters(self.config)
         self.model_drafter: ModelDrafter | None = self.drafters.get("layerskip")  # type: ignore[assignment]
         self.optimizer: SkipOptimizer | None = None
