@@ -179,3 +179,63 @@ def test_a_decoder_measures_the_precisions_it_may_draft_at(llama) -> None:
     assert costs.measured_precisions() == ("full", "int8")
     assert q.step > 0 and q.head > 0 and q.wide >= 1.0 and q.attn >= 0 and q.mlp >= 0
     assert _decoder(llama, draft_precision="full").costs.measured_precisions() == ("full",)
+
+
+# -- the planner chooses the precision -----------------------------------------------------------------------
+def _costs_where_quantized(pays: bool):
+    """Full drafts dear (c about 0.9); the quantized step either cheap (c 0.2) or dearer than a plain step."""
+    from dataclasses import replace
+
+    from swiftsd.engine.cost import PrecisionCost
+
+    base = replace(_synthetic_costs(), attn=0.0001, mlp=0.0001, long_context=0, long_times=(),
+                   verify_sizes=(1, 8, 32, 64), verify_times=(0.01, 0.0105, 0.012, 0.016))
+    step = 0.002 if pays else 0.02
+    quant = tuple(PrecisionCost(p, step=step * f, attn=0.00001, mlp=0.00001, head=step / 4, extra=0.0, wide=1.1)
+                  for p, f in (("int8", 1.0), ("int4", 0.7)))
+    return replace(base, precisions=quant)
+
+
+@pytest.mark.parametrize("pays", [False, True])
+def test_the_planner_runs_a_quantized_draft_only_where_it_pays(llama, pays) -> None:
+    dec = SwiftDecoder(llama, optimizer=False, cost_cache=False, drafters=("layerskip",))  # auto, planner on
+    dec.costs = _costs_where_quantized(pays)
+    before = dec.plan(_root(), 20, 10)  # no counts yet: both copies equally trusted, int4 the cheaper
+    assert (before.run_model, before.precision) == ((True, "int4") if pays else (False, before.precision))
+    ids = _ids(20, 8)
+    res = _generate(dec, ids, 40)
+    assert torch.equal(res.sequences, plain_generate(llama, ids, 40))
+    built = dec.draft_weights.built()
+    if pays:
+        assert "int4" in built and res.stats.per_drafter["layerskip"]["proposed"] > 0
+    else:
+        assert built == {}  # never ran, so never even built
+        assert not dec.plan(_root(), 20, 10).run_model
+
+
+def _root():
+    from swiftsd.drafters import DraftTrie
+
+    return DraftTrie.rooted(3)
+
+
+def test_the_choice_does_not_hang_on_wall_clock_noise(llama) -> None:
+    dec = SwiftDecoder(llama, optimizer=False, cost_cache=False, drafters=("layerskip",))
+    dec.costs = _costs_where_quantized(True)
+    first = dec.plan(_root(), 20, 10)
+    for _ in range(40):  # steps that ran faster than priced: the bound only lowers, it never raises
+        dec.planner.wall.record(True, 1e-4, 5.0)
+        dec.planner.wall.record(False, 1e-4, 1.0)
+    again = dec.plan(_root(), 20, 10)
+    assert (again.run_model, again.precision, again.max_depth) == (first.run_model, first.precision, first.max_depth)
+
+
+def test_acceptance_counts_are_kept_per_precision_and_round_trip(llama) -> None:
+    dec = _decoder(llama, draft_precision="int8", drafters=("layerskip",))
+    _generate(dec, _ids(20, 9), 30)
+    ls = dec.drafters["layerskip"]
+    assert ls.trials.get("int8", 0) > 0 and ls.trials.get("full", 0) == 0
+    fresh = _decoder(llama, draft_precision="int8", drafters=("layerskip",))
+    fresh.load_state_dict(dec.state_dict())
+    again = fresh.drafters["layerskip"]
+    assert (again.hits, again.trials, again.skips) == (ls.hits, ls.trials, ls.skips)

@@ -13,7 +13,6 @@ from each component's own ``state_dict`` (``learned.py``).
 
 from __future__ import annotations
 
-import dataclasses
 import inspect
 import time
 from typing import TYPE_CHECKING, Any, Generator
@@ -35,10 +34,10 @@ from ..engine.verify import PositionNoise, coupled_sample, greedy_verify, multi_
 from ..hf.options import GenerateArgs
 from ..optimize import SkipOptimizer
 from ..stats import GenerationStats
-from .draft_weights import FULL, DraftWeights
+from .draft_weights import FULL, DraftWeights, prior
 from .forecast import StepPlan
 from .learned import TokenCounts, compose, restore
-from .planner import Planner, StepOutcome
+from .planner import DraftCandidate, Planner, StepOutcome
 from .request import ModelFacts, Request, parse_skip
 from .run import GenerationResult, GenerationStream, Run, StepClock, TargetScores
 
@@ -137,21 +136,22 @@ class SwiftDecoder:
     def plan(self, trie: DraftTrie, context: int, remaining: int, skip_override: SkipSet | None = None) -> StepPlan:
         """What the planner decides for a step over ``trie`` after ``context`` committed tokens with
         ``remaining`` to generate: the skip set the draft would use, and whether it runs."""
-        ls, precision = self.model_drafter, self.precision
+        ls = self.model_drafter
         depth = max(0, min(self.config.max_draft, remaining - 1))
-        skip = self._skip_for(skip_override, precision) if ls is not None else None
-        if ls is None or skip is None or depth == 0:
+        if ls is None or depth == 0:
             return self.planner.plan(trie, None, 0.0, depth, context)
-        ls.use_skip(skip)
-        prior, opt = 0.5, self.optimizer if skip_override is None else None
-        if opt is not None and opt.best()[1] is not None:
-            prior = opt.acceptance(opt.best()[1])
-        return dataclasses.replace(self.planner.plan(trie, skip, ls.acceptance(prior), depth, context),
-                                   precision=precision)
+        cands = []
+        for p in self.config.precisions if self.config.planner else (self.precision,):
+            skip = self._skip_for(skip_override, p)
+            ls.use_skip(skip, p)
+            opt = self.optimizer if skip_override is None and p == self.precision else None
+            cands.append(DraftCandidate(p, skip, ls.acceptance(prior(opt, p, skip_override is not None), p)))
+        return self.planner.plan(trie, None, 0.0, depth, context, cands)
 
     @property
     def precision(self) -> str:
-        """The precision the model draft runs at: the forced one, else the model's own ("full")."""
+        """The precision the optimiser scores skip sets at: the forced one, else the model's own ("full").
+        With ``draft_precision="auto"`` the planner also weighs int8 and int4 drafts of the whole model."""
         p = self.config.draft_precision
         return p if p in ("int8", "int4") else FULL
 
@@ -246,9 +246,12 @@ class SwiftDecoder:
 
     def _skip_for(self, override: SkipSet | None, precision: str = FULL) -> SkipSet | None:
         """The draft's skip set: the request's own, else the optimiser's choice (None: no draft; at full
-        precision an empty set is the target itself, while a quantized draft may skip nothing)."""
+        precision an empty set is the target itself, while a quantized draft may skip nothing). A
+        quantized draft the optimiser does not score at (``auto``) skips nothing."""
         if override is not None:
             return override
+        if precision != self.precision:
+            return SkipSet()
         if self.optimizer is None:
             return self.skip_set
         if not self.config.planner:

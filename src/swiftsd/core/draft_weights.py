@@ -20,8 +20,20 @@ if TYPE_CHECKING:
     from torch import nn
 
     from ..engine.models import DraftHead
+    from ..optimize import SkipOptimizer
 
 FULL = "full"
+# Acceptance of a quantized copy of the whole model before the loop has counted any: such copies agree
+# 0.93-1.0 with the model, teacher-forced (MODELS.md); the drafter's counts correct it within a few steps.
+QUANT_PRIOR = 0.8
+
+
+def prior(opt: "SkipOptimizer | None", precision: str, overridden: bool) -> float:
+    """A draft's per-depth acceptance before any count: the optimiser's estimate for its best set
+    (``opt``: the optimiser, when it scores at ``precision``), else a quantized copy's, else 0.5."""
+    if opt is not None and opt.best()[1] is not None:
+        return opt.acceptance(opt.best()[1])
+    return QUANT_PRIOR if precision != FULL and not overridden and opt is None else 0.5
 
 
 class DraftWeights:

@@ -224,10 +224,11 @@ class ModelDrafter(Learner, Protocol):
         """Add at most ``budget`` nodes to ``trie``; return the number of draft forwards run."""
         ...
 
-    def acceptance(self, prior: float) -> float:
-        """P(a depth's candidate is accepted | its parent was), from counts, ``prior`` before any."""
+    def acceptance(self, prior: float, precision: str = "full") -> float:
+        """P(a depth's candidate drafted at ``precision`` is accepted | its parent was), from counts,
+        ``prior`` before any."""
         ...
 
-    def use_skip(self, skip: SkipSet | None) -> None:
-        """The skip set this step drafts with (a new one resets the acceptance counts)."""
+    def use_skip(self, skip: SkipSet | None, precision: str = "full") -> None:
+        """The skip set a draft at ``precision`` uses (a new one resets that precision's acceptance counts)."""
         ...

@@ -48,24 +48,30 @@ class LayerSkipDrafter:
 
     def reset(self) -> None:
         self.calib = Calibration(prior=0.7)
-        self.hits = 0.0  # per-depth acceptance of the layer-skip draft (decayed counts)
-        self.trials = 0.0
-        self.skip: SkipSet | None = None
+        # per draft precision ("full", "int8", "int4"): per-depth acceptance (decayed counts) and its skip set
+        self.hits: dict[str, float] = {}
+        self.trials: dict[str, float] = {}
+        self.skips: dict[str, SkipSet | None] = {}
+        self.drafted_at = "full"  # the precision of the last draft (what ``observe`` learns about)
         self.depths_drafted = 0.0  # mean draft forwards per drafted step (decayed)
         self.steps_drafted = 0.0
 
+    @property
+    def skip(self) -> SkipSet | None:
+        return self.skips.get("full")
+
     # -- what the planner reads ---------------------------------------------------------
-    def acceptance(self, prior: float) -> float:
-        """P(a depth's layer-skip candidate is accepted | the parent was), from counts, with a prior."""
-        return (self.hits + 4.0 * prior) / (self.trials + 4.0)
+    def acceptance(self, prior: float, precision: str = "full") -> float:
+        """P(a depth's candidate drafted at ``precision`` is accepted | the parent was), from counts, with a prior."""
+        return (self.hits.get(precision, 0.0) + 4.0 * prior) / (self.trials.get(precision, 0.0) + 4.0)
 
     def mean_depth(self, default: float) -> float:
         return self.depths_drafted / self.steps_drafted if self.steps_drafted > 0.5 else default
 
-    def use_skip(self, skip: SkipSet | None) -> None:
-        """A new skip set: its acceptance is not this one's."""
-        if skip != self.skip:
-            self.skip, self.hits, self.trials = skip, 0.0, 0.0
+    def use_skip(self, skip: SkipSet | None, precision: str = "full") -> None:
+        """A new skip set at ``precision``: its acceptance is not this one's."""
+        if precision not in self.skips or skip != self.skips[precision]:
+            self.skips[precision], self.hits[precision], self.trials[precision] = skip, 0.0, 0.0
 
     # -- the drafter interface ----------------------------------------------------------
     def propose(self, req: DraftRequest, trie: DraftTrie, budget: int, ctx: DraftContext) -> int:
@@ -73,6 +79,7 @@ class LayerSkipDrafter:
         if ctx.skip is None or budget <= 0 or ctx.max_depth <= 0:
             return 0
         quantized = ctx.weights is not None
+        self.drafted_at = ctx.weights.precision if quantized else "full"
         if self.shape == "paper" or ctx.rejection or (quantized and ctx.frontier == 1):
             depths = self._paper(req, trie, budget, ctx)
         else:
@@ -86,13 +93,13 @@ class LayerSkipDrafter:
         if not tags:
             return
         learn(self.calib, trie, accepted, self.name)
-        on_path = [0, *accepted]
+        on_path, p = [0, *accepted], self.drafted_at
         for parent, child in zip(on_path, on_path[1:] + [None]):
             if not any(trie.parents[n] == parent for n in tags):
                 break  # the draft proposed nothing under this node
-            self.trials = 0.995 * self.trials + 1.0
+            self.trials[p] = 0.995 * self.trials.get(p, 0.0) + 1.0
             hit = child is not None and child in tags
-            self.hits = 0.995 * self.hits + float(hit)
+            self.hits[p] = 0.995 * self.hits.get(p, 0.0) + float(hit)
             if not hit:
                 break
 
@@ -100,14 +107,20 @@ class LayerSkipDrafter:
         """Nothing per request: what the draft learns is stream-level (calibration, acceptance counts)."""
 
     def state_dict(self) -> dict[str, Any]:
-        return {"calibration": self.calib.state_dict(), "hits": self.hits, "trials": self.trials,
-                "skip": self.skip.to_dict() if self.skip is not None else None,
+        return {"calibration": self.calib.state_dict(), "hits": dict(self.hits), "trials": dict(self.trials),
+                "skips": {p: s.to_dict() if s is not None else None for p, s in self.skips.items()},
+                "drafted_at": self.drafted_at,
                 "depths_drafted": self.depths_drafted, "steps_drafted": self.steps_drafted}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`; a state from before per-precision counts (floats, one skip set) is "full"."""
         self.calib.load_state_dict(state["calibration"])
-        self.hits, self.trials = float(state["hits"]), float(state["trials"])
-        self.skip = SkipSet.from_dict(state["skip"]) if state["skip"] is not None else None
+        hits, trials = state["hits"], state["trials"]
+        self.hits = {p: float(v) for p, v in hits.items()} if isinstance(hits, dict) else {"full": float(hits)}
+        self.trials = {p: float(v) for p, v in trials.items()} if isinstance(trials, dict) else {"full": float(trials)}
+        skips = state["skips"] if "skips" in state else {"full": state["skip"]}
+        self.skips = {p: SkipSet.from_dict(s) if s is not None else None for p, s in skips.items()}
+        self.drafted_at = str(state.get("drafted_at", "full"))
         self.depths_drafted, self.steps_drafted = float(state["depths_drafted"]), float(state["steps_drafted"])
 
     # -- draft forwards -------------------------------------------------------------------
