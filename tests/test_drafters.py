@@ -294,7 +294,7 @@ def test_measured_draft_bias_stops_the_draft_and_the_search() -> None:
     dec.costs = replace(_costs(verify_rel=CHEAP_NODES), attn=0.005, mlp=0.005)
     ls = dec.drafters["layerskip"]
     ls.use_skip(dec.skip_set)
-    ls.hits, ls.trials = 95.0, 100.0
+    ls.hits["full"], ls.trials["full"] = 95.0, 100.0
     ids = torch.arange(12)[None]
     assert dec.planner.search_pays()
     assert dec.plan(DraftTrie.rooted(3), context=ids.shape[1], remaining=20).run_model
@@ -354,7 +354,7 @@ def test_planner_stays_out_of_a_losing_layerskip_draft_under_noisy_timings() -> 
     dec.costs = _costs()
     ls = dec.drafters["layerskip"]
     ls.use_skip(dec.skip_set)
-    ls.hits, ls.trials = 26.0, 100.0  # what verification counted
+    ls.hits["full"], ls.trials["full"] = 26.0, 100.0  # what verification counted
     for _ in range(40):  # timings that flatter the draft
         dec.planner.wall.record(True, 0.001, 5.0)
         dec.planner.wall.record(False, 1.0, 1.0)

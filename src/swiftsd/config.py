@@ -11,6 +11,8 @@ from .errors import InvalidArgumentError
 
 DRAFTER_NAMES = ("layerskip", "lookup", "suffix")
 METHODS = ("swiftsd", "swift-paper")
+DRAFT_PRECISIONS = ("auto", "full", "int8", "int4")  # "full": the model's own dtype (the paper's draft)
+QUANT_GROUPS = (32, 64, 128, 256)  # int4 group sizes PyTorch's kernels take (engine/quant_pack.INT4_GROUPS)
 
 
 @dataclass(frozen=True)
@@ -130,6 +132,13 @@ class SwiftConfig:
     # (2-core CPU) no slower than one forward at 1000-2000 tokens, peak memory 139 -> 61 MiB at 2000
     # (docs/benchmarks/prefill-chunks.py)
     prefill_chunk: int = 256
+    # -- the quantized self-draft (issue 33): the layer-skip draft over int8 / int4 copies of the model's own
+    # weights. "auto" lets the cost model choose per step; "full" never quantizes; "int8" / "int4" always do.
+    draft_precision: str = "auto"
+    quant_group: int = 32  # int4: inputs per quantization group
+    # a quantized draft drafts narrow (weight-only kernels pay at 1-2 rows): nodes expanded per depth, each
+    # with siblings from its top-k by confidence (the paper's tree); 1 is the paper's chain
+    quant_frontier: int = 1
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.stop_threshold <= 1.0:
@@ -162,10 +171,24 @@ class SwiftConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise InvalidArgumentError(f"{name} must be an integer >= 1, got {v!r}")
+        if self.draft_precision not in DRAFT_PRECISIONS:
+            raise InvalidArgumentError(f"draft_precision must be one of {list(DRAFT_PRECISIONS)}, "
+                                       f"got {self.draft_precision!r}")
+        if isinstance(self.quant_group, bool) or self.quant_group not in QUANT_GROUPS:
+            raise InvalidArgumentError(f"quant_group must be one of {list(QUANT_GROUPS)} (what PyTorch's int4 "
+                                       f"kernels take), got {self.quant_group!r}")
+        if isinstance(self.quant_frontier, bool) or self.quant_frontier not in (1, 2):
+            raise InvalidArgumentError(f"quant_frontier must be 1 or 2 (weight-only kernels lose their edge on "
+                                       f"wider frontiers), got {self.quant_frontier!r}")
         if self.tree_widths_greedy is not None and (len(self.tree_widths_greedy) != len(self.tree_widths)
                                                     or min(self.tree_widths_greedy) < 1):
             raise InvalidArgumentError(f"tree_widths_greedy needs {len(self.tree_widths)} entries >= 1, "
                                        f"got {self.tree_widths_greedy}")
+
+    @property
+    def precisions(self) -> tuple[str, ...]:
+        """The draft precisions this decoder may draft with ("auto": all three; the planner chooses)."""
+        return ("full", "int8", "int4") if self.draft_precision == "auto" else (self.draft_precision,)
 
     @property
     def max_width(self) -> int:
@@ -182,7 +205,12 @@ class SwiftConfig:
         """SWIFT as published: the layer-skip chain plus siblings, the paper's thresholds, the
         reference optimiser, no planner, no draft vocabulary subset, multi-candidate speculative
         sampling. Where paper and reference code differ, the reference code is followed: greedy
-        decoding uses its tree widths 3/5/8/10, sampling the paper's 1/3/5/10."""
+        decoding uses its tree widths 3/5/8/10, sampling the paper's 1/3/5/10. The draft runs on the
+        model's own weights: a quantized precision is refused (``auto`` means ``full`` here)."""
+        if changes.get("draft_precision", "auto") not in ("auto", "full"):
+            raise InvalidArgumentError(f"method 'swift-paper' drafts at full precision (the paper's draft); "
+                                       f"draft_precision={changes['draft_precision']!r} needs method 'swiftsd'")
+        changes = {**changes, "draft_precision": "full"}
         ref: dict[str, Any] = dict(drafters=("layerskip",), tree="paper", planner=False, draft_vocab=0,
                                    sampler="rejection", tree_widths=(1, 3, 5, 10), tree_widths_greedy=(3, 5, 8, 10),
                                    optimizer=OptimizerConfig.reference())

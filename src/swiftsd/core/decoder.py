@@ -13,7 +13,6 @@ from each component's own ``state_dict`` (``learned.py``).
 
 from __future__ import annotations
 
-import inspect
 import time
 from typing import TYPE_CHECKING, Any, Generator
 
@@ -24,8 +23,9 @@ from ..drafters import DraftContext, DraftRequest, DraftTrie, ModelDrafter, make
 from ..drafters.layerskip import draft_head, matchness
 from ..engine.cache import SlotKVCache
 from ..engine.cost import CostModel
-from ..engine.cost_cache import CostSource
+from ..engine.cost_cache import CostSource, QuantDrafts
 from ..engine.models import DraftHead, get_adapter
+from ..engine.quant import QuantizedWeights
 from ..engine.skipset import SkipSet
 from ..engine.tree import TreeLayout, build_tree
 from ..engine.verify import PositionNoise, coupled_sample, greedy_verify, multi_candidate_speculative_sampling, \
@@ -33,9 +33,10 @@ from ..engine.verify import PositionNoise, coupled_sample, greedy_verify, multi_
 from ..hf.options import GenerateArgs
 from ..optimize import SkipOptimizer
 from ..stats import GenerationStats
+from .draft_weights import FULL, DraftWeights, prior
 from .forecast import StepPlan
 from .learned import TokenCounts, compose, restore
-from .planner import Planner, StepOutcome
+from .planner import DraftCandidate, Planner, StepOutcome
 from .prefill import prefill_chunks
 from .request import ModelFacts, Request, parse_skip
 from .run import GenerationResult, GenerationStream, Run, StepClock, TargetScores
@@ -70,9 +71,14 @@ class SwiftDecoder:
         self.config = SwiftConfig.from_kwargs(config)
         self.num_layers = self.adapter.num_layers
         self.facts = ModelFacts.of(model, tokenizer, self.adapter)
+        quantized_only = self.config.draft_precision in ("int8", "int4")  # a quantized draft may skip nothing
         self.skip_set = (parse_skip(skip_set, self.num_layers) if skip_set is not None
-                         else SkipSet.uniform(self.num_layers))
-        self.cost_source = CostSource(self.adapter, self.config.draft_vocab, self._cost_dir)
+                         else SkipSet() if quantized_only else SkipSet.uniform(self.num_layers))
+        # the quantized draft's packed weights, built on first use of a precision (never on the model)
+        self.draft_weights = DraftWeights(model, self.config.quant_group, self.config.cost_cache)
+        quant = QuantDrafts(tuple(p for p in self.config.precisions if p != FULL), self.config.quant_group,
+                            self.draft_weights.get)
+        self.cost_source = CostSource(self.adapter, self.config.draft_vocab, self._cost_dir, quant)
         self.drafters = make_drafters(self.config)
         self.model_drafter: ModelDrafter | None = self.drafters.get("layerskip")  # type: ignore[assignment]
         self.optimizer: SkipOptimizer | None = None
@@ -136,14 +142,22 @@ class SwiftDecoder:
         ``remaining`` to generate: the skip set the draft would use, and whether it runs."""
         ls = self.model_drafter
         depth = max(0, min(self.config.max_draft, remaining - 1))
-        skip = self._skip_for(skip_override) if ls is not None else None
-        if ls is None or skip is None or depth == 0:
+        if ls is None or depth == 0:
             return self.planner.plan(trie, None, 0.0, depth, context)
-        ls.use_skip(skip)
-        prior, opt = 0.5, self.optimizer if skip_override is None else None
-        if opt is not None and opt.best()[1] is not None:
-            prior = opt.acceptance(opt.best()[1])
-        return self.planner.plan(trie, skip, ls.acceptance(prior), depth, context)
+        cands = []
+        for p in self.config.precisions if self.config.planner else (self.precision,):
+            skip = self._skip_for(skip_override, p)
+            ls.use_skip(skip, p)
+            opt = self.optimizer if skip_override is None and p == self.precision else None
+            cands.append(DraftCandidate(p, skip, ls.acceptance(prior(opt, p, skip_override is not None), p)))
+        return self.planner.plan(trie, None, 0.0, depth, context, cands)
+
+    @property
+    def precision(self) -> str:
+        """The precision the optimiser scores skip sets at: the forced one, else the model's own ("full").
+        With ``draft_precision="auto"`` the planner also weighs int8 and int4 drafts of the whole model."""
+        p = self.config.draft_precision
+        return p if p in ("int8", "int4") else FULL
 
     def draft_head(self, prompt: list[int], eos: set[int]) -> DraftHead | None:
         """The draft's vocabulary for a request (None: the full head; see ``drafters.layerskip.draft_head``)."""
@@ -152,9 +166,10 @@ class SwiftDecoder:
         return draft_head(self.adapter, self.token_counts.counts, prompt, eos, self.config.draft_vocab)
 
     def matchness(self, skip: SkipSet, tokens: list[int], prompt_len: int, cache: SlotKVCache,
-                  window: int, head: DraftHead | None = None) -> float:
-        """The paper's matchness of ``skip`` on this request's first ``window`` tokens (layerskip.py)."""
-        return matchness(self.adapter, skip, tokens, prompt_len, cache, window, head)
+                  window: int, head: DraftHead | None = None, weights: QuantizedWeights | None = None) -> float:
+        """The paper's matchness of ``skip`` on this request's first ``window`` tokens (layerskip.py),
+        with ``weights`` (made for ``head``) for a quantized draft."""
+        return matchness(self.adapter, skip, tokens, prompt_len, cache, window, head, weights)
 
     def reset(self) -> None:
         """Forget what the stream taught: the optimiser's search, every drafter's state, the planner's, token counts."""
@@ -224,23 +239,29 @@ class SwiftDecoder:
         opt = self.optimizer if run.skip_override is None else None
         n, P = len(run.tokens), run.draft_req.prompt_len
         if opt is not None and opt.wants_proposal(n - P) and self.planner.search_pays():
-            cand = opt.propose()
-            opt.observe(cand, self.matchness(cand, run.tokens, P, run.cache, opt.config.context_window, run.head))
+            cand = opt.propose()  # scored at the precision the draft runs at
+            weights = self.draft_weights.for_request(run.weights, self.precision, run.head)
+            opt.observe(cand, self.matchness(cand, run.tokens, P, run.cache, opt.config.context_window, run.head,
+                                             weights))
             self.planner.searched(time.perf_counter() - t0)
         clock = StepClock(start=t0, drafting=time.perf_counter())
         run.stats.time_optimize += clock.drafting - t0
         return clock
 
-    def _skip_for(self, override: SkipSet | None) -> SkipSet | None:
-        """The draft's skip set: the request's own, else the optimiser's choice (None: no draft)."""
+    def _skip_for(self, override: SkipSet | None, precision: str = FULL) -> SkipSet | None:
+        """The draft's skip set: the request's own, else the optimiser's choice (None: no draft; at full
+        precision an empty set is the target itself, while a quantized draft may skip nothing). A
+        quantized draft the optimiser does not score at (``auto``) skips nothing."""
         if override is not None:
             return override
+        if precision != self.precision:
+            return SkipSet()
         if self.optimizer is None:
             return self.skip_set
         if not self.config.planner:
             return self.optimizer.current()  # the paper's loop: the optimiser alone decides
         best = self.optimizer.best()[0]
-        return None if best.is_empty() else best
+        return None if best.is_empty() and precision == FULL else best
 
     def _draft_free(self, run: Run) -> DraftTrie:
         trie = DraftTrie.rooted(run.tokens[-1])
@@ -264,11 +285,14 @@ class SwiftDecoder:
 
     def _draft_context(self, run: Run, plan: StepPlan) -> DraftContext:
         cfg = self.config
+        weights = self.draft_weights.for_request(run.weights, plan.precision, run.head)
+        frontier = (cfg.quant_frontier if weights is not None else cfg.frontier) if cfg.use_tree else 1
         return DraftContext(
             adapter=self.adapter, cache=run.cache, skip=plan.skip, head=run.head, params=run.draft_params,
             generator=run.generator, noise=run.noise, rejection=not run.params.greedy and run.noise is None,
-            max_depth=plan.max_depth, frontier=cfg.frontier if cfg.use_tree else 1, min_mass=plan.min_mass,
-            widths=(cfg.tree_thresholds, cfg.widths_for(run.params.greedy)), stop_threshold=cfg.stop_threshold)
+            max_depth=plan.max_depth, frontier=frontier, min_mass=plan.min_mass,
+            widths=(cfg.tree_thresholds, cfg.widths_for(run.params.greedy)), stop_threshold=cfg.stop_threshold,
+            weights=weights)
 
     def _tree(self, run: Run, trie: DraftTrie, clock: StepClock) -> tuple[DraftTrie, TreeLayout]:
         """Keep the node count that maximises expected tokens per time; the layout is memoised by shape."""
@@ -339,7 +363,7 @@ class SwiftDecoder:
         stats.wall_time = time.perf_counter() - run.t_start
         stats.time_other = stats.wall_time - (stats.time_prefill + stats.time_draft + stats.time_verify
                                               + stats.time_optimize)
-        last = self._skip_for(run.skip_override) if self.model_drafter is not None else None
+        last = self._skip_for(run.skip_override, self.precision) if self.model_drafter is not None else None
         stats.skip_set = last.to_dict() if last is not None else None
         opt = self.optimizer if run.skip_override is None else None
         stats.optimizer = opt.status() if opt is not None else None
@@ -370,7 +394,4 @@ class SwiftDecoder:
 
 
 # ``generate`` and ``stream`` show GenerateArgs' fields, the one copy of their signature.
-_SELF = [inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD),
-         inspect.Parameter("input_ids", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=Any)]
-SwiftDecoder.generate.__signature__ = GenerateArgs.signature(_SELF, GenerationResult)  # type: ignore[attr-defined]
-SwiftDecoder.stream.__signature__ = GenerateArgs.signature(_SELF, GenerationStream)  # type: ignore[attr-defined]
+GenerateArgs.bind(SwiftDecoder, {"generate": GenerationResult, "stream": GenerationStream})

@@ -46,6 +46,8 @@ class StepPlan:
     min_mass: float  # dynamic tree: stop when the frontier's mass, times acceptance, falls under this
     priced: float = 0.0  # the forecast's time for the step (plain steps), for the wall-clock bound
     free_rate: float = 1.0  # what the free drafts alone would have given (tokens per plain-step time)
+    precision: str = "full"  # the model draft's weights: "full" (the model's own), "int8" or "int4"
+    rate: float = 0.0  # the forecast's tokens per plain-step time (how candidate drafts are compared)
 
 
 def relative_verify(costs: CostModel, nodes: int) -> float:
@@ -86,7 +88,7 @@ def choose_node_count(trie: "DraftTrie", costs: CostModel, spent: float, max_nod
 
 
 def forecast_layerskip(costs: CostModel, skip: SkipSet, alpha: float, frontier: int, max_depth: int,
-                       free_gain: float, free_nodes: int = 1) -> LayerSkipForecast:
+                       free_gain: float, free_nodes: int = 1, precision: str = "full") -> LayerSkipForecast:
     """Best depth k for a layer-skip draft with per-depth acceptance ``alpha``.
 
     Tokens: 1 + Σ_{i≤k} α^i (a chain; the tree's siblings are already in α, which is
@@ -95,9 +97,13 @@ def forecast_layerskip(costs: CostModel, skip: SkipSet, alpha: float, frontier: 
     draft forwards over ``frontier`` tokens plus verifying those nodes and ``2k`` more
     (the planner keeps about two nodes per depth of a tree). Pricing only the ``1 + 2k``
     while crediting the free gain made the draft look good where nodes are dear (smollm2
-    bf16 on AVX2: 8 nodes cost 3.4 steps), and it ran there, for about 1 s a turn.
+    bf16 on AVX2: 8 nodes cost 3.4 steps), and it ran there, for about 1 s a turn. A quantized draft
+    (``precision``) costs its own measured step, times its measured frontier-of-two factor.
     """
-    c = costs.draft_cost(skip) * relative_verify(costs, frontier)
+    if precision == "full":
+        c = costs.draft_cost(skip) * relative_verify(costs, frontier)
+    else:
+        c = costs.draft_cost(skip, precision) * (costs.precision_cost(precision).wide if frontier > 1 else 1.0)
     best = LayerSkipForecast(0.0, 0, c)
     e, a_i = 1.0, 1.0
     for k in range(1, max(1, max_depth) + 1):
@@ -111,7 +117,7 @@ def forecast_layerskip(costs: CostModel, skip: SkipSet, alpha: float, frontier: 
 
 
 def plan_layerskip(costs: CostModel, trie: "DraftTrie", skip: SkipSet, alpha: float, frontier: int, depth: int,
-                   max_nodes: int, wall: "WallClockBound") -> StepPlan:
+                   max_nodes: int, wall: "WallClockBound", precision: str = "full") -> StepPlan:
     """Run the layer-skip draft only when its forecast, bounded by the wall clock, beats the free drafts.
 
     The draft runs at most the depth the forecast priced. The dynamic tree stops early when the
@@ -124,10 +130,11 @@ def plan_layerskip(costs: CostModel, trie: "DraftTrie", skip: SkipSet, alpha: fl
     if len(trie) > 1:  # what the free drafts alone would verify now, and give
         free_n, free_rate = best_node_count(trie.score[1:], costs, 0.0, max_nodes)
         free_gain = 1.0 + sum(sorted(trie.score[1:], reverse=True)[: free_n - 1])
-    fc = forecast_layerskip(costs, skip, alpha, frontier, depth, free_gain, free_n)
+    fc = forecast_layerskip(costs, skip, alpha, frontier, depth, free_gain, free_n, precision)
     run_model = wall.bound(fc.rate) > max(1.0, free_rate) * 1.02
     min_mass = fc.cost_per_depth * max(1.0, free_rate) / max(alpha, 1e-3)
-    return StepPlan(run_model, skip, min(depth, max(1, fc.depth)), min_mass, fc.time, max(1.0, free_rate))
+    return StepPlan(run_model, skip, min(depth, max(1, fc.depth)), min_mass, fc.time, max(1.0, free_rate), precision,
+                    fc.rate)
 
 
 # Per-depth acceptance, optimistic for a draft that skips 60 % of the sublayers: on smollm2-135m the

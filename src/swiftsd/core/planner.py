@@ -25,6 +25,15 @@ if TYPE_CHECKING:
 
 
 @dataclass(frozen=True)
+class DraftCandidate:
+    """A model draft the planner may run this step: its precision, skip set and per-depth acceptance."""
+
+    precision: str
+    skip: SkipSet | None
+    alpha: float
+
+
+@dataclass(frozen=True)
 class StepOutcome:
     """What verification made of one step, for :meth:`Planner.record`."""
 
@@ -74,16 +83,30 @@ class Planner:
         """The optimiser spent ``seconds`` scoring a proposal: charge the budget."""
         self.budget.spend(seconds / self.costs.get().full_step)
 
-    def plan(self, trie: "DraftTrie", skip: SkipSet | None, alpha: float, depth: int, context: int) -> StepPlan:
-        """Run the layer-skip draft this step? ``skip`` None or ``depth`` 0: no; ``alpha`` is its per-depth
-        acceptance, ``context`` the committed length. The paper's loop always drafts."""
-        if skip is None or depth <= 0:
+    def plan(self, trie: "DraftTrie", skip: SkipSet | None, alpha: float, depth: int, context: int,
+             candidates: "list[DraftCandidate] | None" = None) -> StepPlan:
+        """Run the layer-skip draft this step, and at which precision? ``skip`` None or ``depth`` 0: no;
+        ``alpha`` is its per-depth acceptance, ``context`` the committed length. ``candidates``: the
+        drafts to choose among, (precision, skip set, acceptance) each (default: ``skip`` at full
+        precision); the best forecast wins, and runs only if it beats the free drafts. The paper's loop
+        always drafts, with the first candidate."""
+        cands = [c for c in (candidates or [DraftCandidate("full", skip, alpha)]) if c.skip is not None]
+        if not cands or depth <= 0:
             return StepPlan(False, None, max(0, depth), 0.0)
         if not self.config.planner:
-            return StepPlan(True, skip, depth, 0.0)
+            return StepPlan(True, cands[0].skip, depth, 0.0, precision=cands[0].precision)
+        cfg, costs = self.config, self.costs.get().at_context(context)
+        measured = costs.measured_precisions()
+        plans = [plan_layerskip(costs, trie, c.skip, c.alpha, self.frontier(c.precision), depth, cfg.max_nodes,
+                                self.wall, c.precision) for c in cands if c.precision in measured]
+        if not plans:
+            return StepPlan(False, None, depth, 0.0)
+        return max(plans, key=lambda p: (p.run_model, p.rate))  # ties: the first (full precision before int8)
+
+    def frontier(self, precision: str) -> int:
+        """Nodes a draft at ``precision`` expands per depth: a quantized draft drafts narrow."""
         cfg = self.config
-        return plan_layerskip(self.costs.get().at_context(context), trie, skip, alpha, cfg.frontier, depth,
-                              cfg.max_nodes, self.wall)
+        return 1 if not cfg.use_tree else cfg.frontier if precision == "full" else cfg.quant_frontier
 
     def keep_nodes(self, trie: "DraftTrie", context: int, draft_seconds: float, probe: CopyProbe | None
                    ) -> tuple[int, bool]:

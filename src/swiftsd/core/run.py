@@ -6,7 +6,7 @@ The decode loop (``decoder.py``) reads and writes these; they hold no policy.
 from __future__ import annotations
 
 import heapq
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Generator, Iterator
 
 import torch
@@ -25,6 +25,7 @@ from ..stats import GenerationStats
 if TYPE_CHECKING:
     from ..engine.cost import CostModel
     from ..engine.models import DecoderAdapter
+    from ..engine.quant import QuantizedWeights
 
 
 @dataclass
@@ -79,6 +80,8 @@ class Run:
     t_start: float
     probe: CopyProbe | None  # retries copy drafts the planner stopped trusting (one per request)
     done: bool = False
+    # the quantized draft weights by precision, made for this request's draft head (``with_head``, once)
+    weights: dict[str, "QuantizedWeights"] = field(default_factory=dict)
 
     @property
     def tokens(self) -> list[int]:

@@ -22,6 +22,7 @@ import torch
 from ..config import SamplingParams
 from ..engine.cache import SlotKVCache
 from ..engine.models import DecoderAdapter, DraftHead
+from ..engine.quant import QuantizedWeights
 from ..engine.skipset import SkipSet
 from ..engine.verify import PositionNoise
 
@@ -173,7 +174,10 @@ class DraftContext:
     min_mass: float  # dynamic tree: stop when the frontier's total score falls under this
     widths: tuple[tuple[float, ...], tuple[int, ...]]  # paper tree: (thresholds, widths)
     stop_threshold: float
-
+    # a quantized draft's packed weights (already ``with_head(head)`` for the request's draft head);
+    # None: the model's own weights. A quantized draft drafts narrow (``frontier`` 1 or 2, siblings
+    # from each depth's top-k by confidence) and stops by confidence, as the paper does.
+    weights: QuantizedWeights | None = None
 
 
 class Learner(Protocol):
@@ -220,10 +224,11 @@ class ModelDrafter(Learner, Protocol):
         """Add at most ``budget`` nodes to ``trie``; return the number of draft forwards run."""
         ...
 
-    def acceptance(self, prior: float) -> float:
-        """P(a depth's candidate is accepted | its parent was), from counts, ``prior`` before any."""
+    def acceptance(self, prior: float, precision: str = "full") -> float:
+        """P(a depth's candidate drafted at ``precision`` is accepted | its parent was), from counts,
+        ``prior`` before any."""
         ...
 
-    def use_skip(self, skip: SkipSet | None) -> None:
-        """The skip set this step drafts with (a new one resets the acceptance counts)."""
+    def use_skip(self, skip: SkipSet | None, precision: str = "full") -> None:
+        """The skip set a draft at ``precision`` uses (a new one resets that precision's acceptance counts)."""
         ...

@@ -11,6 +11,13 @@ Two shapes:
   from that depth's confidence. Used by ``method="swift-paper"`` and by the
   rejection sampler, whose exactness needs a tree shape fixed before the
   draws (children are sampled from q without replacement, flagged ``keep``).
+
+A quantized draft (``DraftContext.weights``: int8 / int4 copies of the same
+weights) runs its forwards on the packed copies. Weight-only kernels pay at one
+or two rows and lose their edge at eight (MODELS.md), so it drafts narrow: the
+paper's tree at frontier 1, or ``narrow`` frontier 2 (the two best nodes expanded
+per depth, each with siblings from its top-k by confidence); either stops by
+confidence, as the paper does.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ import torch
 
 from ..engine.cache import SlotKVCache
 from ..engine.models import DecoderAdapter, DraftHead
+from ..engine.quant import QuantizedWeights
 from ..engine.skipset import SkipSet
 from ..engine.tree import widths_from_confidence
 from ..engine.verify import target_probs, warp_logits
@@ -40,34 +48,42 @@ class LayerSkipDrafter:
 
     def reset(self) -> None:
         self.calib = Calibration(prior=0.7)
-        self.hits = 0.0  # per-depth acceptance of the layer-skip draft (decayed counts)
-        self.trials = 0.0
-        self.skip: SkipSet | None = None
+        # per draft precision ("full", "int8", "int4"): per-depth acceptance (decayed counts) and its skip set
+        self.hits: dict[str, float] = {}
+        self.trials: dict[str, float] = {}
+        self.skips: dict[str, SkipSet | None] = {}
+        self.drafted_at = "full"  # the precision of the last draft (what ``observe`` learns about)
         self.depths_drafted = 0.0  # mean draft forwards per drafted step (decayed)
         self.steps_drafted = 0.0
 
+    @property
+    def skip(self) -> SkipSet | None:
+        return self.skips.get("full")
+
     # -- what the planner reads ---------------------------------------------------------
-    def acceptance(self, prior: float) -> float:
-        """P(a depth's layer-skip candidate is accepted | the parent was), from counts, with a prior."""
-        return (self.hits + 4.0 * prior) / (self.trials + 4.0)
+    def acceptance(self, prior: float, precision: str = "full") -> float:
+        """P(a depth's candidate drafted at ``precision`` is accepted | the parent was), from counts, with a prior."""
+        return (self.hits.get(precision, 0.0) + 4.0 * prior) / (self.trials.get(precision, 0.0) + 4.0)
 
     def mean_depth(self, default: float) -> float:
         return self.depths_drafted / self.steps_drafted if self.steps_drafted > 0.5 else default
 
-    def use_skip(self, skip: SkipSet | None) -> None:
-        """A new skip set: its acceptance is not this one's."""
-        if skip != self.skip:
-            self.skip, self.hits, self.trials = skip, 0.0, 0.0
+    def use_skip(self, skip: SkipSet | None, precision: str = "full") -> None:
+        """A new skip set at ``precision``: its acceptance is not this one's."""
+        if precision not in self.skips or skip != self.skips[precision]:
+            self.skips[precision], self.hits[precision], self.trials[precision] = skip, 0.0, 0.0
 
     # -- the drafter interface ----------------------------------------------------------
     def propose(self, req: DraftRequest, trie: DraftTrie, budget: int, ctx: DraftContext) -> int:
         """Draft a tree of at most ``budget`` new nodes with ``ctx``'s skip set; returns the draft forwards run."""
         if ctx.skip is None or budget <= 0 or ctx.max_depth <= 0:
             return 0
-        if self.shape == "paper" or ctx.rejection:
+        quantized = ctx.weights is not None
+        self.drafted_at = ctx.weights.precision if quantized else "full"
+        if self.shape == "paper" or ctx.rejection or (quantized and ctx.frontier == 1):
             depths = self._paper(req, trie, budget, ctx)
         else:
-            depths = self._dynamic(req, trie, budget, ctx)
+            depths = self._dynamic(req, trie, budget, ctx, narrow=quantized)
         self.depths_drafted = 0.98 * self.depths_drafted + depths
         self.steps_drafted = 0.98 * self.steps_drafted + 1.0
         return depths
@@ -77,13 +93,13 @@ class LayerSkipDrafter:
         if not tags:
             return
         learn(self.calib, trie, accepted, self.name)
-        on_path = [0, *accepted]
+        on_path, p = [0, *accepted], self.drafted_at
         for parent, child in zip(on_path, on_path[1:] + [None]):
             if not any(trie.parents[n] == parent for n in tags):
                 break  # the draft proposed nothing under this node
-            self.trials = 0.995 * self.trials + 1.0
+            self.trials[p] = 0.995 * self.trials.get(p, 0.0) + 1.0
             hit = child is not None and child in tags
-            self.hits = 0.995 * self.hits + float(hit)
+            self.hits[p] = 0.995 * self.hits.get(p, 0.0) + float(hit)
             if not hit:
                 break
 
@@ -91,14 +107,20 @@ class LayerSkipDrafter:
         """Nothing per request: what the draft learns is stream-level (calibration, acceptance counts)."""
 
     def state_dict(self) -> dict[str, Any]:
-        return {"calibration": self.calib.state_dict(), "hits": self.hits, "trials": self.trials,
-                "skip": self.skip.to_dict() if self.skip is not None else None,
+        return {"calibration": self.calib.state_dict(), "hits": dict(self.hits), "trials": dict(self.trials),
+                "skips": {p: s.to_dict() if s is not None else None for p, s in self.skips.items()},
+                "drafted_at": self.drafted_at,
                 "depths_drafted": self.depths_drafted, "steps_drafted": self.steps_drafted}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`; a state from before per-precision counts (floats, one skip set) is "full"."""
         self.calib.load_state_dict(state["calibration"])
-        self.hits, self.trials = float(state["hits"]), float(state["trials"])
-        self.skip = SkipSet.from_dict(state["skip"]) if state["skip"] is not None else None
+        hits, trials = state["hits"], state["trials"]
+        self.hits = {p: float(v) for p, v in hits.items()} if isinstance(hits, dict) else {"full": float(hits)}
+        self.trials = {p: float(v) for p, v in trials.items()} if isinstance(trials, dict) else {"full": float(trials)}
+        skips = state["skips"] if "skips" in state else {"full": state["skip"]}
+        self.skips = {p: SkipSet.from_dict(s) if s is not None else None for p, s in skips.items()}
+        self.drafted_at = str(state.get("drafted_at", "full"))
         self.depths_drafted, self.steps_drafted = float(state["depths_drafted"]), float(state["steps_drafted"])
 
     # -- draft forwards -------------------------------------------------------------------
@@ -145,10 +167,10 @@ class LayerSkipDrafter:
         node, tok, used, d = 0, req.tokens[-1], 0, 0
         while d < ctx.max_depth and used < budget:
             logits = ad.forward(torch.tensor([tok], device=dev), torch.tensor([pos + d], device=dev), cache=ctx.cache,
-                                slot_start=pos + d, visible_prefix=pos + d, block_mask=one, skip=ctx.skip, head=ctx.head)
+                                slot_start=pos + d, visible_prefix=pos + d, block_mask=one, skip=ctx.skip, head=ctx.head,
+                                weights=ctx.weights)
             toks, p, q = self._children(logits, max_w, ctx, pos + d + 1)
-            conf = float(q.max()) if q is not None else float(p[0, 0]) if ctx.params.greedy else float(
-                warp_logits(logits, ctx.params).softmax(-1).max())
+            conf = _confidence(logits, p, q, ctx)[0]
             w = widths_from_confidence([conf], thresholds, widths, max_w)[0]
             w = min(w, toks.shape[-1], budget - used)
             if q is not None:
@@ -167,43 +189,38 @@ class LayerSkipDrafter:
             node, tok = chain, trie.tokens[chain]
         return d
 
-    def _dynamic(self, req: DraftRequest, trie: DraftTrie, budget: int, ctx: DraftContext) -> int:
-        """EAGLE-2-style: expand the best ``frontier`` nodes per depth, one forward per depth."""
+    def _dynamic(self, req: DraftRequest, trie: DraftTrie, budget: int, ctx: DraftContext,
+                 narrow: bool = False) -> int:
+        """EAGLE-2-style: expand the best ``frontier`` nodes per depth, one forward per depth.
+
+        ``narrow`` (a quantized draft): each expanded node gets siblings by its confidence (the
+        paper's widths) instead of ``frontier`` children, and drafting stops by confidence."""
         ad, dev = ctx.adapter, ctx.adapter.device
         root_slot = len(req.tokens) - 1  # = the root's position
         tags = trie.tags.setdefault(self.name, {})
         slot_of = {0: root_slot}
+        thresholds, widths = ctx.widths
         frontier, next_slot, used, d = [0], root_slot, 0, 0
         while d < ctx.max_depth and used < budget and frontier:
             k = len(frontier)
             toks = torch.tensor([trie.tokens[f] for f in frontier], device=dev)
             positions = torch.full((k,), root_slot + d, dtype=torch.long, device=dev)
-            past_vis = past_pos = None
-            if d > 0:
-                n_past = next_slot - root_slot
-                past_vis = torch.zeros(k, n_past, dtype=torch.bool)
-                for j, f in enumerate(frontier):
-                    a = trie.parents[f]
-                    while a >= 0:
-                        past_vis[j, slot_of[a] - root_slot] = True
-                        a = trie.parents[a]
-                past_vis = past_vis.to(dev)
-                past_pos = torch.empty(n_past, dtype=torch.long)
-                for node, slot in slot_of.items():
-                    past_pos[slot - root_slot] = root_slot + trie.depth(node)
-                past_pos = past_pos.to(dev)
+            past_vis, past_pos = _past_masks(trie, frontier, slot_of, root_slot, next_slot, dev) if d else (None, None)
             block = torch.eye(k, dtype=torch.bool, device=dev)
             logits = ad.forward(toks, positions, cache=ctx.cache, slot_start=next_slot, visible_prefix=root_slot,
                                 block_mask=block, skip=ctx.skip, head=ctx.head, past_visible=past_vis,
-                                past_positions=past_pos)
+                                past_positions=past_pos, weights=ctx.weights)
             for j, f in enumerate(frontier):
                 slot_of[f] = next_slot + j
             next_slot += k
-            cand_toks, cand_p, _ = self._children(logits, ctx.frontier, ctx, root_slot + d + 1)
+            cand_toks, cand_p, _ = self._children(logits, max(widths) if narrow else ctx.frontier, ctx,
+                                                  root_slot + d + 1)
+            confs = _confidence(logits, cand_p, None, ctx)
+            n_kids = widths_from_confidence(confs, thresholds, widths, max(widths)) if narrow else [ctx.frontier] * k
             new: list[int] = []
             b = bucket(0, d + 1)
             for j, f in enumerate(frontier):
-                for t, pj in zip(cand_toks[j].tolist(), cand_p[j].tolist()):
+                for t, pj in zip(cand_toks[j, : n_kids[j]].tolist(), cand_p[j, : n_kids[j]].tolist()):
                     if used >= budget:
                         break
                     existed = trie.child(f, t) is not None
@@ -214,14 +231,41 @@ class LayerSkipDrafter:
             d += 1
             new.sort(key=lambda i: -trie.score[i])
             frontier = new[: ctx.frontier]
-            if sum(trie.score[i] for i in frontier) < ctx.min_mass:
+            if (max(confs) < ctx.stop_threshold) if narrow else sum(trie.score[i] for i in frontier) < ctx.min_mass:
                 break
         return d
 
 
+def _past_masks(trie: DraftTrie, frontier: list[int], slot_of: dict[int, int], root_slot: int, next_slot: int,
+                dev: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Which drafted slots each frontier node attends (its ancestors), and every drafted slot's position."""
+    n_past = next_slot - root_slot
+    past_vis = torch.zeros(len(frontier), n_past, dtype=torch.bool)
+    for j, f in enumerate(frontier):
+        a = trie.parents[f]
+        while a >= 0:
+            past_vis[j, slot_of[a] - root_slot] = True
+            a = trie.parents[a]
+    past_pos = torch.empty(n_past, dtype=torch.long)
+    for node, slot in slot_of.items():
+        past_pos[slot - root_slot] = root_slot + trie.depth(node)
+    return past_vis.to(dev), past_pos.to(dev)
+
+
+def _confidence(logits: torch.Tensor, p: torch.Tensor, q: torch.Tensor | None, ctx: DraftContext) -> list[float]:
+    """Each row's top-1 draft probability (the paper's confidence): of q when sampled, of the
+    warped distribution when coupled, the top candidate's when greedy."""
+    if q is not None:
+        return q.max(-1).values.tolist()
+    if ctx.params.greedy:
+        return p[:, 0].tolist()
+    return warp_logits(logits, ctx.params).softmax(-1).max(-1).values.tolist()
+
+
 def matchness(adapter: DecoderAdapter, skip: SkipSet, tokens: list[int], prompt_len: int, cache: SlotKVCache,
-              window: int, head: DraftHead | None = None) -> float:
-    """Share of the first ``window`` generated tokens the draft predicts from the prompt cache.
+              window: int, head: DraftHead | None = None, weights: QuantizedWeights | None = None) -> float:
+    """Share of the first ``window`` generated tokens the draft predicts from the prompt cache
+    (``weights``: a quantized draft's, made for ``head``).
 
     One parallel draft forward over generated tokens g_1..g_w at their own
     positions, attending the prompt's cached KV; written in scratch slots past
@@ -233,7 +277,8 @@ def matchness(adapter: DecoderAdapter, skip: SkipSet, tokens: list[int], prompt_
     if w < 1:
         return 0.0
     logits = adapter.forward(torch.tensor(gen_toks[:-1], device=dev), torch.arange(prompt_len, prompt_len + w, device=dev),
-                             cache=cache, slot_start=cache.length, visible_prefix=prompt_len, skip=skip, head=head)
+                             cache=cache, slot_start=cache.length, visible_prefix=prompt_len, skip=skip, head=head,
+                             weights=weights)
     pred = logits.argmax(-1)
     if head is not None:
         pred = head.token_ids[pred]

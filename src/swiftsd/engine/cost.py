@@ -23,6 +23,7 @@ from .timing import head_costs, long_context_times, measure_verify_costs, monoto
 
 if TYPE_CHECKING:
     from .models import DecoderAdapter
+    from .quant import QuantizedWeights
 
 
 def measure_draft_cost(
@@ -33,6 +34,7 @@ def measure_draft_cost(
     warmup: int = 3,
     verify_sizes: Sequence[int] = (),
     seed: int = 0,
+    weights: "QuantizedWeights | None" = None,
 ) -> dict[str, Any]:
     """Median times of single-token forwards at position ``context`` (full and draft), and c.
 
@@ -44,6 +46,7 @@ def measure_draft_cost(
     each size (a chain-shaped verification tree), every size in each round, interleaved
     (:func:`timing.measure_verify_costs`), relative to the one-token forward of the same
     rounds: timed one size after another, 8 nodes of qwen-1.5b once read 0.84 of a step.
+    ``weights``: the draft runs on these quantized copies (the full forward on the model's own).
     """
     adapter: DecoderAdapter = getattr(decoder_or_adapter, "adapter", decoder_or_adapter)
     if isinstance(skip_set, str):
@@ -52,7 +55,7 @@ def measure_draft_cost(
     if n < 1 or context < 1 or warmup < 0:
         raise InvalidArgumentError(f"need n >= 1, context >= 1, warmup >= 0; got n={n} context={context} "
                                    f"warmup={warmup}")
-    full, draft = _paired_step_times(adapter, skip, n, context, warmup, seed)
+    full, draft = _paired_step_times(adapter, skip, n, context, warmup, seed, weights)
     full_s, draft_s = statistics.median(full), statistics.median(draft)
     verify: dict[int, float] = {}
     if verify_sizes:
@@ -75,7 +78,7 @@ def measure_draft_cost(
 
 
 def _paired_step_times(adapter: "DecoderAdapter", skip: SkipSet, n: int, context: int, warmup: int,
-                       seed: int) -> tuple[list[float], list[float]]:
+                       seed: int, weights: "QuantizedWeights | None" = None) -> tuple[list[float], list[float]]:
     """Seconds of ``n`` full and ``n`` draft decode steps after a ``context``-token prefill,
     alternating (full first on even pairs, draft first on odd ones)."""
     dev = adapter.device
@@ -91,7 +94,8 @@ def _paired_step_times(adapter: "DecoderAdapter", skip: SkipSet, n: int, context
     def timed(s: SkipSet | None) -> float:
         sync_device(dev)
         t0 = time.perf_counter()
-        adapter.forward(tok, pos, cache=cache, slot_start=context, visible_prefix=context, block_mask=one, skip=s)
+        adapter.forward(tok, pos, cache=cache, slot_start=context, visible_prefix=context, block_mask=one, skip=s,
+                        weights=None if s is None else weights)
         sync_device(dev)
         return time.perf_counter() - t0
 
@@ -149,6 +153,25 @@ def effective_acceptance(tokens_per_round: float, draft_len: float) -> float:
 
 
 @dataclass(frozen=True)
+class PrecisionCost:
+    """A quantized draft's step costs at one precision, in seconds (``cost_quant.measure_precision``).
+
+    Measured like the full draft: a one-token forward on the packed copies with nothing, every
+    inner attention and every inner MLP skipped, so a draft with skip set S costs
+    ``step − |S.attn|·attn − |S.mlp|·mlp + extra``; ``head`` is the quantized LM head on one row
+    (the floor of any draft), ``wide`` a forward over a frontier of two tokens over one of one.
+    """
+
+    precision: str
+    step: float  # one-token forward, every projection and the LM head on the packed copies
+    attn: float  # one attention sublayer on the packed copies, one token
+    mlp: float
+    head: float  # the quantized LM head on one row
+    extra: float  # per drafted token: softmax + top-k, the quantized draft head minus the quantized full head
+    wide: float = 1.0  # a frontier of two tokens / one token, same weights
+
+
+@dataclass(frozen=True)
 class CostModel:
     """Measured seconds on the running device; see :func:`measure_costs`.
 
@@ -175,6 +198,7 @@ class CostModel:
     head_transposed: bool = False  # models.head_product(transposed=True) was the faster product here
     long_context: int = 0  # a second context the verify sizes were timed at (0: none)
     long_times: tuple[float, ...] = ()  # verify_times' sizes at long_context, in verify_times' units
+    precisions: tuple[PrecisionCost, ...] = ()  # the quantized drafts measured (none: full precision only)
 
     def at_context(self, context: int) -> "CostModel":
         """This model at ``context`` committed tokens: verify times (and the plain step, and the
@@ -188,13 +212,28 @@ class CostModel:
             return self
         return _at_context(self, context // 32 * 32)
 
-    def draft_step(self, skip: SkipSet) -> float:
+    def draft_step(self, skip: SkipSet, precision: str = "full") -> float:
+        """Seconds of one draft step with ``skip`` at ``precision`` (KeyError: that precision was not measured)."""
+        if precision != "full":
+            q = self.precision_cost(precision)
+            t = q.step - len(skip.attn) * q.attn - len(skip.mlp) * q.mlp + q.extra
+            return max(t, self.fixed + q.head + q.extra, 1e-3 * self.full_step)
         t = self.full_step - len(skip.attn) * self.attn - len(skip.mlp) * self.mlp + self.draft_extra
         return max(t, self.fixed + self.lm_head + self.draft_extra, 1e-3 * self.full_step)
 
-    def draft_cost(self, skip: SkipSet) -> float:
+    def draft_cost(self, skip: SkipSet, precision: str = "full") -> float:
         """c: one draft step relative to one plain step."""
-        return self.draft_step(skip) / self.full_step
+        return self.draft_step(skip, precision) / self.full_step
+
+    def precision_cost(self, precision: str) -> PrecisionCost:
+        for q in self.precisions:
+            if q.precision == precision:
+                return q
+        raise KeyError(f"no draft cost measured at precision {precision!r}")
+
+    def measured_precisions(self) -> tuple[str, ...]:
+        """The draft precisions this model can price: "full" and every quantized one measured."""
+        return ("full", *(q.precision for q in self.precisions))
 
     def verify(self, n: float) -> float:
         """Seconds to verify ``n`` tree nodes in one full forward (linear between timed sizes)."""
@@ -228,6 +267,7 @@ class CostModel:
         d = asdict(self)
         for k in _SEQUENCES:
             d[k] = list(d[k])
+        d["precisions"] = [dict(q) for q in d["precisions"]]
         return d
 
     @classmethod
@@ -236,6 +276,7 @@ class CostModel:
         for k in _SEQUENCES:
             if k in d:
                 d[k] = tuple(d[k])
+        d["precisions"] = tuple(PrecisionCost(**q) for q in d.get("precisions", ()))
         return cls(**d)
 
 
@@ -248,9 +289,12 @@ def _at_context(costs: CostModel, context: int) -> CostModel:
     vt = [a + f * (b - a) for a, b in zip(costs.verify_times, costs.long_times)]
     vt = monotone_fit([vt[0], *(max(t, vt[0]) for t in vt[1:])])
     full = max(vt[0], 1e-9)
-    attn = costs.attn + max(0.0, full - costs.full_step) / max(1, costs.num_layers)  # the growth is attention
+    growth = max(0.0, full - costs.full_step)  # the growth is attention, whatever the weights' precision
+    attn = costs.attn + growth / max(1, costs.num_layers)
+    quant = tuple(replace(q, step=q.step + growth, attn=q.attn + growth / max(1, costs.num_layers))
+                  for q in costs.precisions)
     return replace(costs, full_step=full, attn=attn, verify_times=tuple(vt), context=context,
-                   long_context=0, long_times=())
+                   long_context=0, long_times=(), precisions=quant)
 
 
 def _interpolate(xs: Sequence[float], ys: Sequence[float], x: float) -> float:
@@ -325,11 +369,11 @@ def measure_costs(adapter: "DecoderAdapter", context: int = 64, n: int = 3,
     )
 
 
-COST_FORMAT = 6  # 5: single-token steps masked (pack_gqa), verify sizes timed at a long context too;
-# 6: several masked tokens attend on packed query rows (engine/attention.py)
+COST_FORMAT = 7  # 5: single-token steps masked (pack_gqa), verify sizes timed at a long context too;
+# 6: several masked tokens attend on packed query rows (engine/attention.py); 7: quantized draft costs per precision
 
 
-def cost_key(adapter: "DecoderAdapter", draft_vocab: int) -> str:
+def cost_key(adapter: "DecoderAdapter", draft_vocab: int, quant: str = "") -> str:
     """What the cost model depends on: the model (config and a weight fingerprint), device, dtype,
     threads, processor and torch version. A changed one measures afresh."""
     import hashlib
@@ -349,6 +393,6 @@ def cost_key(adapter: "DecoderAdapter", draft_vocab: int) -> str:
     parts = {"format": COST_FORMAT, "config": model.config.to_json_string(use_diff=False),
              "weights": fingerprint, "device": str(adapter.device), "dtype": str(adapter.dtype),
              "packed_gqa": adapter.packed_gqa, "threads": torch.get_num_threads(), "cpu": cpu,
-             "torch": torch.__version__, "draft_vocab": draft_vocab,
+             "torch": torch.__version__, "draft_vocab": draft_vocab, "quant": quant,
              "gpu": torch.cuda.get_device_name(adapter.device) if adapter.device.type == "cuda" else None}
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:24]

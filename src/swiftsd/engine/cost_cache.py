@@ -6,13 +6,29 @@ so the model is measured once, saved once and refused once when it was measured 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from .cost import CostModel, cost_key, measure_costs
+from .cost_quant import with_precisions
 
 if TYPE_CHECKING:
     from .models import DecoderAdapter
+    from .quant import QuantizedWeights
+
+
+@dataclass(frozen=True)
+class QuantDrafts:
+    """The quantized drafts a cost model prices: their precisions, int4's group, and who builds the weights."""
+
+    precisions: tuple[str, ...]  # "int8" / "int4"; empty: full precision only
+    group: int
+    weights: Callable[[str], "QuantizedWeights | None"]
+
+    @property
+    def key(self) -> str:
+        return f"{','.join(self.precisions)}/g{self.group}" if self.precisions else ""
 
 
 class CostSource:
@@ -22,14 +38,15 @@ class CostSource:
     nothing on disk); asked late, so a cache folder set after the decoder was built is honoured.
     """
 
-    def __init__(self, adapter: "DecoderAdapter", draft_vocab: int, directory: Callable[[], Path | None]) -> None:
-        self.adapter, self.draft_vocab, self.directory = adapter, draft_vocab, directory
+    def __init__(self, adapter: "DecoderAdapter", draft_vocab: int, directory: Callable[[], Path | None],
+                 quant: QuantDrafts | None = None) -> None:
+        self.adapter, self.draft_vocab, self.directory, self.quant = adapter, draft_vocab, directory, quant
         self._model: CostModel | None = None
 
     def get(self) -> CostModel:
         """The cost model, measured (seconds) or read from the cache the first time."""
         if self._model is None:
-            self._model = cached_costs(self.adapter, self.draft_vocab, self.directory())
+            self._model = cached_costs(self.adapter, self.draft_vocab, self.directory(), self.quant)
         return self._model
 
     def peek(self) -> CostModel | None:
@@ -55,7 +72,8 @@ class CostSource:
             self._model = costs
 
 
-def cached_costs(adapter: "DecoderAdapter", draft_vocab: int, directory: Any | None) -> CostModel:
+def cached_costs(adapter: "DecoderAdapter", draft_vocab: int, directory: Any | None,
+                 quant: QuantDrafts | None = None) -> CostModel:
     """The cost model from ``directory`` (one JSON per :func:`cost_key`), measured and saved when absent.
 
     Measuring takes seconds; every later decoder of the same (model, device, dtype,
@@ -67,13 +85,14 @@ def cached_costs(adapter: "DecoderAdapter", draft_vocab: int, directory: Any | N
     from pathlib import Path
 
     if directory is None:
-        return _measure_visibly(adapter, draft_vocab, "measuring this model's step costs")
-    path = Path(directory) / f"{cost_key(adapter, draft_vocab)}.json"
+        return _measure_visibly(adapter, draft_vocab, "measuring this model's step costs", quant)
+    path = Path(directory) / f"{cost_key(adapter, draft_vocab, quant.key if quant else '')}.json"
     try:
         return CostModel.from_dict(json.loads(path.read_text(encoding="utf-8")))
     except (OSError, ValueError, TypeError, KeyError):
         pass
-    costs = _measure_visibly(adapter, draft_vocab, f"measuring this model's step costs once (kept in {path.parent})")
+    costs = _measure_visibly(adapter, draft_vocab, f"measuring this model's step costs once (kept in {path.parent})",
+                             quant)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
@@ -85,9 +104,14 @@ def cached_costs(adapter: "DecoderAdapter", draft_vocab: int, directory: Any | N
     return costs
 
 
-def _measure_visibly(adapter: "DecoderAdapter", draft_vocab: int, what: str) -> CostModel:
-    """:func:`measure_costs` under a status line: on a first run it takes seconds to a minute, unannounced."""
+def _measure_visibly(adapter: "DecoderAdapter", draft_vocab: int, what: str, quant: QuantDrafts | None = None
+                     ) -> CostModel:
+    """:func:`measure_costs` (and each quantized draft's, :mod:`.cost_quant`) under a status line: on a
+    first run it takes seconds to a minute, unannounced."""
     from ..progress import Ticker
 
     with Ticker(what):
-        return measure_costs(adapter, draft_vocab=draft_vocab)
+        costs = measure_costs(adapter, draft_vocab=draft_vocab)
+        if quant is not None and quant.precisions:
+            costs = with_precisions(costs, adapter, quant.precisions, quant.weights, draft_vocab)
+        return costs

@@ -127,6 +127,15 @@ class GenerateArgs:
         return {f.name: getattr(self, f.name) for f in fields(self) if self.given(f.name)}
 
     @classmethod
+    def bind(cls, owner: type, returns: Mapping[str, Any]) -> None:
+        """Show these arguments as the signature of ``owner``'s ``(self, input_ids, **kwargs)`` methods named
+        in ``returns`` (name -> return type): ``help()`` and IDEs see one copy of them, this one."""
+        kind = inspect.Parameter.POSITIONAL_OR_KEYWORD
+        head = [inspect.Parameter("self", kind), inspect.Parameter("input_ids", kind, annotation=Any)]
+        for name, ret in returns.items():
+            getattr(owner, name).__signature__ = cls.signature(head, ret)
+
+    @classmethod
     def signature(cls, head: Sequence[inspect.Parameter], returns: Any) -> inspect.Signature:
         """``head`` then these arguments as keyword-only, for ``generate`` / ``stream``'s ``__signature__``."""
         params = [inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=f.type)
