@@ -145,16 +145,8 @@ def _plural(n: int, word: str) -> str:
 
 def _costs_cached(decoder: "SwiftDecoder") -> bool:
     """Has this device's cost model been measured before (the decoder reads it back from the cache)?"""
-    try:
-        from ..engine.cost import cost_key
-        from ..loading import cache_dir
-
-        if not decoder.config.cost_cache:
-            return False
-        key = cost_key(decoder.adapter, decoder.config.draft_vocab)
-    except (AttributeError, ImportError):
-        return False
-    return (cache_dir() / "costs" / f"{key}.json").is_file()
+    path = decoder.cost_source.cache_file()
+    return path is not None and path.is_file()
 
 
 def doing_line(args: argparse.Namespace, model: Any, prompt_tokens: int, times_device: bool,

@@ -53,6 +53,11 @@ class CostSource:
         """The cost model if it is already known; never measures."""
         return self._model
 
+    def cache_file(self) -> Path | None:
+        """Where :meth:`get` reads and keeps the cost model on disk (None: not kept)."""
+        directory = self.directory()
+        return None if directory is None else cache_path(self.adapter, self.draft_vocab, directory, self.quant)
+
     def set(self, costs: CostModel | None) -> None:
         """Use ``costs`` (None: measure afresh on next use)."""
         self._model = costs
@@ -72,6 +77,11 @@ class CostSource:
             self._model = costs
 
 
+def cache_path(adapter: "DecoderAdapter", draft_vocab: int, directory: Any, quant: QuantDrafts | None) -> Path:
+    """The one file a cost model of this (model, device, dtype, threads, drafts) lives in (:func:`cost_key`)."""
+    return Path(directory) / f"{cost_key(adapter, draft_vocab, quant.key if quant else '')}.json"
+
+
 def cached_costs(adapter: "DecoderAdapter", draft_vocab: int, directory: Any | None,
                  quant: QuantDrafts | None = None) -> CostModel:
     """The cost model from ``directory`` (one JSON per :func:`cost_key`), measured and saved when absent.
@@ -82,11 +92,10 @@ def cached_costs(adapter: "DecoderAdapter", draft_vocab: int, directory: Any | N
     import json
     import os
     import tempfile
-    from pathlib import Path
 
     if directory is None:
         return _measure_visibly(adapter, draft_vocab, "measuring this model's step costs", quant)
-    path = Path(directory) / f"{cost_key(adapter, draft_vocab, quant.key if quant else '')}.json"
+    path = cache_path(adapter, draft_vocab, directory, quant)
     try:
         return CostModel.from_dict(json.loads(path.read_text(encoding="utf-8")))
     except (OSError, ValueError, TypeError, KeyError):
