@@ -112,3 +112,29 @@ def test_bad_values_fail_in_one_line_before_the_model_loads(argv: list[str], wor
     assert rc == 2 and out == ""
     assert err.count("\n") == 1 and err.startswith("swiftsd: error: ") and words in err
     assert "/no/such/model" not in err  # refused before any load was tried
+
+
+@pytest.mark.parametrize("precision", ["int8", "int4", "full"])
+def test_draft_precision_reaches_the_decoder_and_stays_lossless(precision: str, capsys, model_dir, plain,
+                                                                built) -> None:
+    rc, out, _ = cli(capsys, "--model", model_dir, "--prompt", PROMPT, "--max-new-tokens", "30", "--json",
+                     "--draft-precision", precision, "--drafters", "layerskip")
+    assert rc == 0
+    assert built[0].config.draft_precision == precision
+    assert json.loads(out)["tokens"] == plain
+
+
+def test_draft_precision_is_checked_before_the_model_loads(capsys) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["generate", "--model", "/no/such/model", "--prompt", "hi", "--draft-precision", "int3"])
+    assert info.value.code == 2 and "invalid choice: 'int3'" in capsys.readouterr().err
+
+
+def test_bench_and_tune_take_the_draft_precision() -> None:
+    from swiftsd.cli.bench_run import _swift_options
+    from swiftsd.cli.main import build_parser
+
+    args = build_parser().parse_args(["bench", "--methods", "swiftsd", "--draft-precision", "int4"])
+    assert _swift_options(args) == {"draft_precision": "int4"}
+    args = build_parser().parse_args(["tune", "--out", "s.json", "--draft-precision", "int8"])
+    assert args.draft_precision == "int8"

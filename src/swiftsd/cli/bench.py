@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 import re
 
-from .common import add_model_arguments, add_skip_arguments
+from .common import add_draft_precision, add_model_arguments, add_skip_arguments
 from ..bench.choices import DEFAULT_METHODS, METHOD_NAMES, NOISE_MARGIN
 
 __all__ = ["add_arguments", "run"]
@@ -53,6 +53,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--drafters", type=_csv, default=None, metavar="LIST",
                    help="drafters of the swiftsd entry, comma-separated from layerskip, lookup, suffix "
                         "(default: all three)")
+    add_draft_precision(p, "the swiftsd entry's layer-skip draft")
     p.add_argument("--repeats", type=int, default=2, metavar="N",
                    help="runs per (method, turn), interleaved; the faster counts. 1 only with a warning: a single "
                         "run cannot tell a speed-up from load")

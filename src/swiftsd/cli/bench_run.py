@@ -87,8 +87,10 @@ def recompute(path: str | Path) -> int:
 
 
 def _swift_options(args: argparse.Namespace) -> dict[str, Any]:
-    """--method / --drafters for the 'swiftsd' entry, passed through to SwiftDecoder as given."""
+    """--method / --drafters / --draft-precision for the 'swiftsd' entry, passed to SwiftDecoder as given."""
     out: dict[str, Any] = {}
+    if args.draft_precision is not None:
+        out["draft_precision"] = args.draft_precision
     if args.swift_method is not None:
         out["method"] = args.swift_method
     if args.drafters is not None:
@@ -109,8 +111,9 @@ def _check_args(args: argparse.Namespace) -> RunParams:
     unknown = [m for m in args.methods if m not in METHOD_NAMES]
     if unknown:
         raise InvalidArgumentError(f"unknown method(s) {unknown}; choose from {','.join(METHOD_NAMES)}")
-    if (args.swift_method or args.drafters is not None) and "swiftsd" not in args.methods:
-        raise InvalidArgumentError("--method / --drafters configure the 'swiftsd' entry: add swiftsd to --methods")
+    if (args.swift_method or args.drafters is not None or args.draft_precision) and "swiftsd" not in args.methods:
+        raise InvalidArgumentError("--method / --drafters / --draft-precision configure the 'swiftsd' entry: add "
+                                   "swiftsd to --methods")
     if args.threads is not None and args.threads < 1:
         raise InvalidArgumentError(f"--threads must be >= 1, got {args.threads}")
     if args.time_budget is not None and not args.time_budget > 0:

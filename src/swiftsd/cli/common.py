@@ -7,7 +7,7 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..config import DRAFTER_NAMES, METHODS
+from ..config import DRAFT_PRECISIONS, DRAFTER_NAMES, METHODS
 from ..errors import InvalidArgumentError, InvalidSkipSetError
 from ..engine.skipset import SkipSet
 
@@ -36,7 +36,15 @@ def add_skip_arguments(p: argparse.ArgumentParser, what: str = "a fixed skip set
     p.add_argument("--task", default="default", metavar="NAME", help="task name to look up in --skip-set-store")
 
 
+def add_draft_precision(p: argparse.ArgumentParser, what: str = "the layer-skip draft") -> None:
+    p.add_argument("--draft-precision", default=None, choices=DRAFT_PRECISIONS, metavar="P",
+                   help=f"weights {what} reads: auto (the planner chooses per step by measured cost), full "
+                        "(the model's own dtype, the paper's draft), int8 or int4 (weight-only copies of the "
+                        "model's own weights, built at load) (default: auto; swift-paper: full)")
+
+
 def add_decoder_arguments(p: argparse.ArgumentParser) -> None:
+    add_draft_precision(p)
     p.add_argument("--drafters", default=None, metavar="LIST",
                    help=f"where drafts come from, comma-separated from {', '.join(DRAFTER_NAMES)} "
                         "(default: all three; with --method swift-paper, layerskip)")
@@ -46,10 +54,13 @@ def add_decoder_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def decoder_options(args: argparse.Namespace) -> dict[str, Any]:
-    """``--method`` / ``--drafters`` as SwiftDecoder keyword arguments, checked before any model loads."""
+    """``--method`` / ``--drafters`` / ``--draft-precision`` as SwiftDecoder keyword arguments, checked before
+    any model loads."""
     if args.method not in METHODS:
         raise InvalidArgumentError(f"--method must be one of {', '.join(METHODS)}; got {args.method!r}")
     out: dict[str, Any] = {"method": args.method}
+    if getattr(args, "draft_precision", None) is not None:
+        out["draft_precision"] = args.draft_precision
     if args.drafters is not None:
         names = tuple(x.strip() for x in args.drafters.split(",") if x.strip())
         unknown = [n for n in names if n not in DRAFTER_NAMES]

@@ -18,7 +18,7 @@ import time
 from dataclasses import fields
 from typing import Any
 
-from .common import add_model_arguments, build_decoder, costs_before_bars, flag, load_model
+from .common import add_draft_precision, add_model_arguments, build_decoder, costs_before_bars, flag, load_model
 from ..config import OptimizerConfig
 from ..errors import InvalidArgumentError
 
@@ -48,6 +48,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         f"{', '.join(k for k in _OPT_FIELDS if k != 'enabled')} (docs/optimizer.md says what each "
                         "does) (default: the optimizer's defaults, except max_opt_share=1: tune searches with no "
                         "cap on its share of the time)")
+    add_draft_precision(p, "the searched draft")
     p.add_argument("--resume", action="store_true", help="start from the set already stored in --out for this task")
     p.add_argument("--trace", default=None, metavar="FILE",
                    help="write the per-step optimizer trace as JSON (default: no trace)")
@@ -107,7 +108,8 @@ def run(args: argparse.Namespace) -> int:
     key = model_key(model)
     start = load_skip_set(args.out, key, task, missing_ok=True) if args.resume else None
     # asked to search: search even where the cost model says no set can pay here (search_gate)
-    dec = build_decoder(args, model, tok, skip=start, optimizer=opt_cfg, search_gate=False)
+    precision = {} if args.draft_precision is None else {"draft_precision": args.draft_precision}
+    dec = build_decoder(args, model, tok, skip=start, optimizer=opt_cfg, search_gate=False, **precision)
     assert dec.optimizer is not None
     opt = dec.optimizer
 
