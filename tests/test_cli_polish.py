@@ -125,3 +125,16 @@ def test_compare_shows_progress_for_both_runs(capsys, monkeypatch, model_dir) ->
     assert "warms both methods up first" in err
     compare = next(ln for ln in err.replace("\r", "\n").splitlines() if ln.startswith("[compare]"))
     assert "outputs identical: yes" in compare
+
+
+def test_the_drafting_line_names_quantized_weights() -> None:
+    from swiftsd.stats import GenerationStats
+
+    stats = GenerationStats(skip_set={"attn": [2], "mlp": []}, per_drafter={"layerskip": {"proposed": 9, "accepted": 4}},
+                            per_precision={"int4": {"steps": 6, "forwards": 8, "accepted": 4},
+                                           "full": {"steps": 1, "forwards": 1, "accepted": 0}})
+    line = drafting_line(stats, optimizing=True)
+    assert "int4 weights (6 steps)" in line and "the model's own weights skipping" in line
+    plain_skip = GenerationStats(skip_set={"attn": [2], "mlp": []}, per_drafter={"layerskip": {"proposed": 3}},
+                                 per_precision={"full": {"steps": 2, "forwards": 2, "accepted": 1}})
+    assert drafting_line(plain_skip, optimizing=True).startswith("layer-skip drafts came from skip set")

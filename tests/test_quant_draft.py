@@ -76,6 +76,11 @@ def test_a_forced_precision_drafts_on_its_packed_copies(llama, precision) -> Non
     assert res.stats.per_drafter["layerskip"]["proposed"] > 0
     assert res.stats.per_drafter["layerskip"]["accepted"] > 0
     assert torch.equal(res.sequences, plain_generate(llama, _ids(16, 2), 40))
+    # the stats name the weights the draft read, step by step, and the summary says so
+    per = res.stats.per_precision
+    assert set(per) == {precision} and per[precision]["steps"] == sum(1 for f in res.stats.draft_forwards if f)
+    assert per[precision]["accepted"] == sum(res.stats.layerskip_accepted)
+    assert f"layerskip weights: {precision} {per[precision]['steps']} steps" in res.stats.summary()
 
 
 def test_the_target_is_untouched_and_no_second_dense_copy_exists(llama) -> None:

@@ -76,6 +76,16 @@ def test_exposition_sums_per_drafter_counts() -> None:
     assert got[(DRAFTED, (("drafter", "suffix"),))] == 0
 
 
+def test_exposition_counts_the_model_drafts_weights() -> None:
+    m = Metrics()
+    m.add_precisions({"int4": {"steps": 5, "forwards": 9, "accepted": 7}, "full": {"steps": 1, "accepted": 0}})
+    m.add_precisions({"int4": {"steps": 2, "forwards": 3, "accepted": 1}})
+    got = parse_metrics(Exposition(m, SimpleNamespace(waiting=0, running=False, max_queue=4)).render().decode())
+    assert got[("swiftsd_model_draft_steps_total", (("precision", "int4"),))] == 7
+    assert got[("swiftsd_model_draft_accepted_tokens_total", (("precision", "int4"),))] == 8
+    assert got[("swiftsd_model_draft_steps_total", (("precision", "full"),))] == 1
+
+
 def test_metrics_count_each_drafter_of_a_real_server(tiny_dir, tmp_path) -> None:
     server = ServerProcess(tiny_dir, "--drafters", "lookup,suffix", log_dir=tmp_path)
     try:

@@ -36,6 +36,8 @@ class GenerationStats:
     per_drafter: dict[str, dict[str, int]] = field(default_factory=dict)  # name -> proposed / accepted nodes
     draft_forwards: list[int] = field(default_factory=list)  # layer-skip draft forwards per step (0: not run)
     layerskip_accepted: list[int] = field(default_factory=list)  # accepted nodes the layer-skip draft proposed
+    # per draft precision ("full", "int8", "int4"): the steps the model draft ran, its forwards, accepted nodes
+    per_precision: dict[str, dict[str, int]] = field(default_factory=dict)
 
     def record_tree(self, sources: Sequence[Sequence[str]], size: int, depth: int, accepted: list[int]) -> None:
         """One verification: its tree's size and depth, the path accepted, and per drafter the
@@ -51,6 +53,14 @@ class GenerationStats:
                 d = self.per_drafter.setdefault(src, {"proposed": 0, "accepted": 0})
                 d["proposed"] += 1
                 d["accepted"] += int(i in hit)
+
+    def record_model_draft(self, precision: str | None, forwards: int, accepted: int) -> None:
+        """One step's model draft: at ``precision`` (None: it did not run), its forwards and accepted nodes."""
+        self.draft_forwards.append(forwards)
+        self.layerskip_accepted.append(accepted)
+        if precision is not None and forwards:
+            d = self.per_precision.setdefault(precision, {"steps": 0, "forwards": 0, "accepted": 0})
+            d["steps"], d["forwards"], d["accepted"] = d["steps"] + 1, d["forwards"] + forwards, d["accepted"] + accepted
 
     @property
     def draft_tokens(self) -> int:
@@ -106,6 +116,10 @@ class GenerationStats:
                      if d.get("proposed")]
             if parts:
                 acceptance += f" (tree nodes accepted/proposed by drafter: {', '.join(parts)})"
+            if self.per_precision:  # the layer-skip draft's weights, for the steps it ran
+                acceptance += "; layerskip weights: " + ", ".join(
+                    f"{p} {d['steps']} {'step' if d['steps'] == 1 else 'steps'}, {d['accepted']} accepted"
+                    for p, d in self.per_precision.items())
         else:
             acceptance = "acceptance: nothing drafted"
         return (f"{_plural(self.new_tokens, 'token')} in {self.wall_time:.2f}s ({self.tokens_per_s:.1f} tok/s), "

@@ -174,6 +174,12 @@ def drafting_line(stats: Any, optimizing: bool, layerskip: bool = True) -> str:
     """Whether the layer-skipped model drafted, and, when it did not, what that means and what to do
     (``layerskip``: the layer-skip drafter is on at all)."""
     if _layerskip_drafted(stats):
+        per = getattr(stats, "per_precision", None) or {}
+        if set(per) - {"full"}:  # int8 / int4 copies of the model's own weights drafted
+            return ("layer-skip drafts read " + " and ".join(
+                f"{p} weights ({d['steps']} steps)" if p != "full" else
+                f"the model's own weights skipping {stats.skip_set} ({d['steps']} steps)" for p, d in per.items())
+                + "; the planner chose the weights per step by measured cost")
         return f"layer-skip drafts came from skip set {stats.skip_set} (the model without these sublayers)"
     if not layerskip:
         return "layer-skip drafting is off (not in --drafters); " + (

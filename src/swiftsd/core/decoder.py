@@ -346,8 +346,7 @@ class SwiftDecoder:
         stats = run.stats
         stats.record_tree(trie.sources, layout.size, layout.max_depth, accepted)
         model_accepted = sum(1 for a in accepted if "layerskip" in trie.sources[a])
-        stats.draft_forwards.append(clock.forwards)
-        stats.layerskip_accepted.append(model_accepted)
+        stats.record_model_draft(plan.precision if plan.run_model else None, clock.forwards, model_accepted)
         outcome = StepOutcome(len(accepted), model_accepted, layout.size, len(run.tokens), step_time)
         self.planner.record(plan, outcome, run.probe, clock.probing)
         opt = self.optimizer if run.skip_override is None else None

@@ -189,6 +189,7 @@ class Engine:
                 for phase in PHASES:
                     m.phase_s[phase] = m.phase_s.get(phase, 0.0) + getattr(stats, f"time_{phase}")
             m.add_drafters(getattr(stats, "per_drafter", None) or {})
+            m.add_precisions(getattr(stats, "per_precision", None) or {})
         except Exception as exc:  # noqa: BLE001 - handed to the request, which answers 500; the worker lives on
             log.error("generation failed: %s (the traceback is logged at --log-level debug)", one_line(exc))
             log.debug("traceback of the failed generation", exc_info=exc)

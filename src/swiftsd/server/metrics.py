@@ -77,6 +77,7 @@ class Metrics:
     drafted: int = 0  # from completed generations' stats
     accepted: int = 0
     per_drafter: dict[str, dict[str, int]] = field(default_factory=dict)  # name -> proposed / accepted nodes
+    per_precision: dict[str, dict[str, int]] = field(default_factory=dict)  # layer-skip draft weights -> counts
     busy_s: float = 0.0  # wall time the engine spent generating
     phase_s: dict[str, float] = field(default_factory=dict)  # draft / verify / optimize / prefill / other
     optimizer: dict[str, Any] | None = None  # last snapshot of decoder.optimizer.status()
@@ -93,6 +94,14 @@ class Metrics:
             for name, counts in per_drafter.items():
                 total = self.per_drafter.setdefault(name, {"proposed": 0, "accepted": 0})
                 for key in ("proposed", "accepted"):
+                    total[key] += int(counts.get(key, 0))
+
+    def add_precisions(self, per_precision: dict[str, dict[str, int]]) -> None:
+        """Add one generation's ``stats.per_precision`` (the layer-skip draft's steps and accepted nodes by weights)."""
+        with self.lock:
+            for name, counts in per_precision.items():
+                total = self.per_precision.setdefault(name, {"steps": 0, "accepted": 0})
+                for key in ("steps", "accepted"):
                     total[key] += int(counts.get(key, 0))
 
 
@@ -140,6 +149,11 @@ class _ServerCollector(Collector):
                            {name: d["proposed"] for name, d in per.items()}, "drafter")
             yield _counter("swiftsd_drafter_accepted_tokens_total", "draft tokens each drafter proposed that were "
                            "accepted (completed requests)", {name: d["accepted"] for name, d in per.items()}, "drafter")
+            prec = m.per_precision
+            yield _counter("swiftsd_model_draft_steps_total", "steps the layer-skip draft ran, by the weights it read "
+                           "(full, int8, int4)", {name: d["steps"] for name, d in prec.items()}, "precision")
+            yield _counter("swiftsd_model_draft_accepted_tokens_total", "layer-skip draft tokens accepted, by the "
+                           "weights the draft read", {name: d["accepted"] for name, d in prec.items()}, "precision")
             yield _counter("swiftsd_phase_seconds_total", "engine time per decoding phase", dict(m.phase_s), "phase")
             yield m.queue_wait.family("swiftsd_queue_wait_seconds", "seconds a request waited in the queue before "
                                       "the engine started decoding it (admitted requests)")
