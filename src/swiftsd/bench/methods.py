@@ -19,6 +19,8 @@ SWIFT_METHODS: dict[str, dict[str, Any]] = {
     "swiftsd": {},  # the default decoder, every drafter; --method / --drafters change this entry only
     "swift-paper": {"method": "swift-paper"},  # the paper's algorithm: layer-skip chain plus siblings
     "lookup-only": {"drafters": ("lookup", "suffix")},  # copying drafters, no layer-skip draft
+    # ablation: the quantized self-draft alone (int4 copies of the model's own weights, no copy drafts)
+    "quant-draft": {"drafters": ("layerskip",), "draft_precision": "int4"},
     "swiftsd-static": {"optimizer": False},  # a fixed skip set (--skip-set / store), no optimiser
     "swiftsd-chain": {"use_tree": False},  # ablation: the layer-skip chain without a tree
 }
