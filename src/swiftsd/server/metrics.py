@@ -90,19 +90,19 @@ class Metrics:
 
     def add_drafters(self, per_drafter: dict[str, dict[str, int]]) -> None:
         """Add one generation's ``stats.per_drafter`` (tree nodes each drafter proposed / got accepted)."""
-        with self.lock:
-            for name, counts in per_drafter.items():
-                total = self.per_drafter.setdefault(name, {"proposed": 0, "accepted": 0})
-                for key in ("proposed", "accepted"):
-                    total[key] += int(counts.get(key, 0))
+        self._add_counts(self.per_drafter, per_drafter, ("proposed", "accepted"))
 
     def add_precisions(self, per_precision: dict[str, dict[str, int]]) -> None:
         """Add one generation's ``stats.per_precision`` (the layer-skip draft's steps and accepted nodes by weights)."""
+        self._add_counts(self.per_precision, per_precision, ("steps", "accepted"))
+
+    def _add_counts(self, table: dict[str, dict[str, int]], counts: dict[str, dict[str, int]],
+                    keys: tuple[str, ...]) -> None:
         with self.lock:
-            for name, counts in per_precision.items():
-                total = self.per_precision.setdefault(name, {"steps": 0, "accepted": 0})
-                for key in ("steps", "accepted"):
-                    total[key] += int(counts.get(key, 0))
+            for name, got in counts.items():
+                total = table.setdefault(name, dict.fromkeys(keys, 0))
+                for key in keys:
+                    total[key] += int(got.get(key, 0))
 
 
 def _counter(name: str, help_text: str, value: float | dict[str, float], label: str = "") -> CounterMetricFamily:
