@@ -40,7 +40,8 @@ def _generate(dec: SwiftDecoder, ids: torch.Tensor, n: int):
 
 # -- settings ---------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("bad", [dict(draft_precision="int2"), dict(draft_precision="fp8"), dict(quant_group=48),
-                                 dict(quant_group=True), dict(quant_frontier=3), dict(quant_frontier=0)])
+                                 dict(quant_group=True), dict(quant_frontier=3), dict(quant_frontier=0),
+                                 dict(quant_stop_threshold=1.5), dict(quant_stop_threshold="0.3")])
 def test_bad_quant_settings_are_refused(bad) -> None:
     with pytest.raises(InvalidArgumentError):
         SwiftConfig.from_kwargs(bad)
@@ -124,9 +125,9 @@ def test_the_cache_setting_decides_whether_weights_go_to_disk(llama, tmp_path, m
 def test_frontier_two_expands_two_nodes_and_hangs_siblings(llama) -> None:
     ids = _ids(24, 6)
     want = plain_generate(llama, ids, 60)
-    one = _generate(_decoder(llama, draft_precision="int8", drafters=("layerskip",), stop_threshold=0.0,
+    one = _generate(_decoder(llama, draft_precision="int8", drafters=("layerskip",), quant_stop_threshold=0.0,
                              max_draft=4), ids, 60)
-    two = _generate(_decoder(llama, draft_precision="int8", drafters=("layerskip",), stop_threshold=0.0,
+    two = _generate(_decoder(llama, draft_precision="int8", drafters=("layerskip",), quant_stop_threshold=0.0,
                              max_draft=4, quant_frontier=2), ids, 60)
     for res in (one, two):
         assert torch.equal(res.sequences, want), _first_diff(res.sequences, want)
@@ -137,12 +138,16 @@ def test_frontier_two_expands_two_nodes_and_hangs_siblings(llama) -> None:
 
 def test_drafting_stops_by_confidence(llama) -> None:
     ids = _ids(24, 7)
-    eager = _generate(_decoder(llama, draft_precision="int4", stop_threshold=0.0, max_draft=6,
+    eager = _generate(_decoder(llama, draft_precision="int4", quant_stop_threshold=0.0, max_draft=6,
                                drafters=("layerskip",)), ids, 40)
-    wary = _generate(_decoder(llama, draft_precision="int4", stop_threshold=1.0, max_draft=6,
-                              drafters=("layerskip",)), ids, 40)
+    wary = _generate(_decoder(llama, draft_precision="int4", quant_stop_threshold=1.0, max_draft=6,
+                              stop_threshold=0.0, drafters=("layerskip",)), ids, 40)
     assert max(eager.stats.draft_lengths) == 6
     assert max(wary.stats.draft_lengths) == 1  # no top-1 probability exceeds 1: one depth a step
+    # the paper's threshold governs the full-precision draft only
+    full = _generate(_decoder(llama, draft_precision="full", quant_stop_threshold=1.0, stop_threshold=0.0,
+                              max_draft=6, drafters=("layerskip",)), ids, 40)
+    assert max(full.stats.draft_lengths) == 6
 
 
 # -- cost per precision ----------------------------------------------------------------------------------

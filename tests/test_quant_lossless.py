@@ -68,7 +68,7 @@ def test_greedy_equals_generate_with_a_forced_quantized_draft(arch, precision, d
     model = _model(models, arch)
     frontier = 1 + (ARCHS.index(arch) + len(drafters)) % 2  # the chain and the two-node frontier across cases
     dec = SwiftDecoder(model, optimizer=False, planner=False, cost_cache=False, draft_precision=precision,
-                       drafters=COPY[drafters], quant_frontier=frontier, stop_threshold=0.3)
+                       drafters=COPY[drafters], quant_frontier=frontier, quant_stop_threshold=0.3)
     got = _stream(model, dec, seed=ARCHS.index(arch))
     assert got["accepted"] > 0, f"{arch} {precision}: the quantized draft never had a token accepted: {got}"
     assert dec.draft_weights.built()[precision].precision == precision
@@ -80,7 +80,7 @@ def test_widths_the_kernels_refuse_fall_back_and_stay_lossless(arch, hidden, exp
     """48: no int4 group divides it (q/k/v/gate/up run int8); 40: not even int8's 16 (the own weight)."""
     model = _model(models, arch, hidden_size=hidden, intermediate_size=2 * hidden)
     dec = SwiftDecoder(model, optimizer=False, planner=False, cost_cache=False, draft_precision="int4",
-                       drafters=("layerskip", "lookup"), stop_threshold=0.3)
+                       drafters=("layerskip", "lookup"), quant_stop_threshold=0.3)
     got = _stream(model, dec, seed=11)
     qw = dec.draft_weights.built()["int4"]
     assert qw.fallbacks  # said once, as a QuantFallbackWarning (test_quant.py checks the warning itself)
@@ -142,7 +142,7 @@ def test_sampling_with_a_quantized_draft_follows_the_target(small_model, sampler
     j12, j23 = _exact_targets(small_model, params)
     frontier = 2 if sampler == "coupled" else 1  # the rejection sampler's fixed tree is the paper's chain
     dec = SwiftDecoder(small_model, optimizer=False, planner=False, cost_cache=False, draft_precision="int4",
-                       quant_frontier=frontier, stop_threshold=0.0, sampler=sampler, draft_vocab=SMALL_VOCAB - 2,
+                       quant_frontier=frontier, quant_stop_threshold=0.0, sampler=sampler, draft_vocab=SMALL_VOCAB - 2,
                        drafters=COPY[drafters])
     c12: Counter = Counter()
     c23: Counter = Counter()

@@ -33,10 +33,11 @@ from ..engine.verify import PositionNoise, coupled_sample, greedy_verify, multi_
 from ..hf.options import GenerateArgs
 from ..optimize import SkipOptimizer
 from ..stats import GenerationStats
-from .draft_weights import FULL, DraftWeights, prior
+from .draft_space import DraftSpace
+from .draft_weights import FULL, DraftWeights
 from .forecast import StepPlan
 from .learned import TokenCounts, compose, restore
-from .planner import DraftCandidate, Planner, StepOutcome
+from .planner import Planner, StepOutcome
 from .prefill import prefill_chunks
 from .request import ModelFacts, Request, parse_skip
 from .run import GenerationResult, GenerationStream, Run, StepClock, TargetScores
@@ -84,7 +85,9 @@ class SwiftDecoder:
         self.optimizer: SkipOptimizer | None = None
         if self.config.optimizer.enabled and self.model_drafter is not None:
             self.optimizer = SkipOptimizer(self.num_layers, self.config.optimizer, start=self.skip_set,
-                                           costs=self.cost_source, max_draft=self.config.max_draft)
+                                           costs=self.cost_source, max_draft=self.config.max_draft,
+                                           precision=self.config.draft_precision.replace("auto", FULL))
+        self.space = DraftSpace(self.config, self.draft_weights, self.optimizer, self.model_drafter, self.skip_set)
         self.planner = Planner(self.config, self.cost_source)
         self.token_counts = TokenCounts(self.adapter.vocab_size)  # orders the draft vocabulary
 
@@ -140,24 +143,16 @@ class SwiftDecoder:
     def plan(self, trie: DraftTrie, context: int, remaining: int, skip_override: SkipSet | None = None) -> StepPlan:
         """What the planner decides for a step over ``trie`` after ``context`` committed tokens with
         ``remaining`` to generate: the skip set the draft would use, and whether it runs."""
-        ls = self.model_drafter
         depth = max(0, min(self.config.max_draft, remaining - 1))
-        if ls is None or depth == 0:
+        if self.model_drafter is None or depth == 0:
             return self.planner.plan(trie, None, 0.0, depth, context)
-        cands = []
-        for p in self.config.precisions if self.config.planner else (self.precision,):
-            skip = self._skip_for(skip_override, p)
-            ls.use_skip(skip, p)
-            opt = self.optimizer if skip_override is None and p == self.precision else None
-            cands.append(DraftCandidate(p, skip, ls.acceptance(prior(opt, p, skip_override is not None), p)))
-        return self.planner.plan(trie, None, 0.0, depth, context, cands)
+        return self.planner.plan(trie, None, 0.0, depth, context, self.space.candidates(skip_override))
 
     @property
     def precision(self) -> str:
-        """The precision the optimiser scores skip sets at: the forced one, else the model's own ("full").
-        With ``draft_precision="auto"`` the planner also weighs int8 and int4 drafts of the whole model."""
-        p = self.config.draft_precision
-        return p if p in ("int8", "int4") else FULL
+        """The precision the optimiser scores skip sets at: the forced one, else (``auto``) the one the
+        cost model prefers (``core/draft_space.py``); the planner also weighs the others' defaults."""
+        return self.space.precision
 
     def draft_head(self, prompt: list[int], eos: set[int]) -> DraftHead | None:
         """The draft's vocabulary for a request (None: the full head; see ``drafters.layerskip.draft_head``)."""
@@ -187,6 +182,7 @@ class SwiftDecoder:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict`'s output exactly; anything else is refused and changes nothing."""
         restore(state, self.num_layers, self.adapter.vocab_size, self._learners(), self.drafters)
+        self.space.restored()
 
     # -- the loop ------------------------------------------------------------------
     def _decode(self, request: Request) -> Generator[list[int], None, GenerationResult]:
@@ -238,7 +234,9 @@ class SwiftDecoder:
         t0 = time.perf_counter()
         opt = self.optimizer if run.skip_override is None else None
         n, P = len(run.tokens), run.draft_req.prompt_len
-        if opt is not None and opt.wants_proposal(n - P) and self.planner.search_pays():
+        if opt is not None and not self.space.settled and n - P > 1:
+            self.space.settle(self.costs)  # auto: the precision to search at, once the costs are known
+        if opt is not None and opt.wants_proposal(n - P) and self.planner.search_pays(self.precision):
             cand = opt.propose()  # scored at the precision the draft runs at
             weights = self.draft_weights.for_request(run.weights, self.precision, run.head)
             opt.observe(cand, self.matchness(cand, run.tokens, P, run.cache, opt.config.context_window, run.head,
@@ -247,21 +245,6 @@ class SwiftDecoder:
         clock = StepClock(start=t0, drafting=time.perf_counter())
         run.stats.time_optimize += clock.drafting - t0
         return clock
-
-    def _skip_for(self, override: SkipSet | None, precision: str = FULL) -> SkipSet | None:
-        """The draft's skip set: the request's own, else the optimiser's choice (None: no draft; at full
-        precision an empty set is the target itself, while a quantized draft may skip nothing). A
-        quantized draft the optimiser does not score at (``auto``) skips nothing."""
-        if override is not None:
-            return override
-        if precision != self.precision:
-            return SkipSet()
-        if self.optimizer is None:
-            return self.skip_set
-        if not self.config.planner:
-            return self.optimizer.current()  # the paper's loop: the optimiser alone decides
-        best = self.optimizer.best()[0]
-        return None if best.is_empty() and precision == FULL else best
 
     def _draft_free(self, run: Run) -> DraftTrie:
         trie = DraftTrie.rooted(run.tokens[-1])
@@ -291,7 +274,8 @@ class SwiftDecoder:
             adapter=self.adapter, cache=run.cache, skip=plan.skip, head=run.head, params=run.draft_params,
             generator=run.generator, noise=run.noise, rejection=not run.params.greedy and run.noise is None,
             max_depth=plan.max_depth, frontier=frontier, min_mass=plan.min_mass,
-            widths=(cfg.tree_thresholds, cfg.widths_for(run.params.greedy)), stop_threshold=cfg.stop_threshold,
+            widths=(cfg.tree_thresholds, cfg.widths_for(run.params.greedy)),
+            stop_threshold=cfg.stop_threshold if weights is None else cfg.quant_stop_threshold,
             weights=weights)
 
     def _tree(self, run: Run, trie: DraftTrie, clock: StepClock) -> tuple[DraftTrie, TreeLayout]:
@@ -350,8 +334,10 @@ class SwiftDecoder:
         outcome = StepOutcome(len(accepted), model_accepted, layout.size, len(run.tokens), step_time)
         self.planner.record(plan, outcome, run.probe, clock.probing)
         opt = self.optimizer if run.skip_override is None else None
-        if opt is not None:  # the optimiser learns about the layer-skip draft alone
-            opt.record_step(stats, accepted=model_accepted, drafted=clock.forwards, step_time=step_time)
+        if opt is not None:  # the optimiser learns about the layer-skip draft at its precision alone
+            other = plan.run_model and plan.precision != self.precision
+            opt.record_step(stats, accepted=model_accepted, drafted=0 if other else clock.forwards,
+                            step_time=None if other else step_time)
 
     def _finish(self, run: Run) -> GenerationResult:
         stats, P = run.stats, run.draft_req.prompt_len
@@ -362,7 +348,7 @@ class SwiftDecoder:
         stats.wall_time = time.perf_counter() - run.t_start
         stats.time_other = stats.wall_time - (stats.time_prefill + stats.time_draft + stats.time_verify
                                               + stats.time_optimize)
-        last = self._skip_for(run.skip_override, self.precision) if self.model_drafter is not None else None
+        last = self.space.skip_for(run.skip_override, self.precision) if self.model_drafter is not None else None
         stats.skip_set = last.to_dict() if last is not None else None
         opt = self.optimizer if run.skip_override is None else None
         stats.optimizer = opt.status() if opt is not None else None

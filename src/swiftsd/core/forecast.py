@@ -143,7 +143,7 @@ OPTIMISTIC_ACCEPTANCE = 0.8
 
 
 def layerskip_ceiling(costs: CostModel, ratio: float, frontier: int, max_depth: int,
-                      alpha: float = OPTIMISTIC_ACCEPTANCE) -> LayerSkipForecast:
+                      alpha: float = OPTIMISTIC_ACCEPTANCE, precision: str = "full") -> LayerSkipForecast:
     """The best forecast any skip set the optimiser may propose could reach on this device.
 
     The cheapest such draft (``ratio`` of the 2·(L−2) inner sublayers, the dearer kind first)
@@ -153,6 +153,7 @@ def layerskip_ceiling(costs: CostModel, ratio: float, frontier: int, max_depth: 
     """
     inner = list(range(1, costs.num_layers - 1))
     n = max(0, min(2 * len(inner), round(ratio * 2 * len(inner))))
-    dear, cheap = ("attn", "mlp") if costs.attn >= costs.mlp else ("mlp", "attn")
+    per = costs if precision == "full" else costs.precision_cost(precision)  # at that precision's weights
+    dear, cheap = ("attn", "mlp") if per.attn >= per.mlp else ("mlp", "attn")
     skip = SkipSet(**{dear: inner[: min(n, len(inner))], cheap: inner[: max(0, n - len(inner))]})
-    return forecast_layerskip(costs, skip, alpha, frontier, max_depth, 1.0)
+    return forecast_layerskip(costs, skip, alpha, frontier, max_depth, 1.0, precision=precision)

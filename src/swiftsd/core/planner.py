@@ -50,7 +50,7 @@ class Planner:
     def __init__(self, config: SwiftConfig, costs: CostSource) -> None:
         self.config, self.costs = config, costs
         self.wall, self.budget = WallClockBound(), SearchBudget()
-        self._ceiling: tuple[CostModel, float] | None = None  # layerskip_ceiling's rate for that cost model
+        self._ceiling: tuple[CostModel, str, float] | None = None  # layerskip_ceiling's rate, per costs and precision
 
     def reset(self) -> None:
         """Forget what the stream taught (the bounds and the budget)."""
@@ -61,23 +61,27 @@ class Planner:
         """A request's copy probe (None: this decoder never probes); one per request, so streams stay apart."""
         return CopyProbe() if self.config.planner and self.config.copy_probe else None
 
-    def search_pays(self) -> bool:
+    def search_pays(self, precision: str = "full") -> bool:
         """Should the optimiser score a proposal now? Only where some skip set could pay on this device
         at a best-case acceptance, and the budget is open (planner and ``search_gate`` only: the
-        paper's loop, and ``swiftsd tune``, always search)."""
+        paper's loop, and ``swiftsd tune``, always search). ``precision``: the weights sets are scored at."""
         cfg = self.config
         if not (cfg.planner and cfg.search_gate):
             return True
-        ceiling = self.ceiling()
+        ceiling = self.ceiling(precision)
         return self.budget.open() and self.wall.bound(ceiling) > 1.0
 
-    def ceiling(self) -> float:
-        """The best rate any skip set the optimiser may propose could reach (``layerskip_ceiling``), memoised."""
+    def ceiling(self, precision: str = "full") -> float:
+        """The best rate any skip set the optimiser may propose at ``precision`` could reach
+        (``layerskip_ceiling``), memoised per cost model and precision."""
         costs, cfg = self.costs.get(), self.config
-        if self._ceiling is None or self._ceiling[0] is not costs:
+        if precision not in costs.measured_precisions():
+            precision = "full"
+        if self._ceiling is None or self._ceiling[0] is not costs or self._ceiling[1] != precision:
             ratio = max(cfg.optimizer.ratio_range[1], cfg.optimizer.skip_ratio)
-            self._ceiling = (costs, layerskip_ceiling(costs, ratio, cfg.frontier, cfg.max_draft).rate)
-        return self._ceiling[1]
+            rate = layerskip_ceiling(costs, ratio, self.frontier(precision), cfg.max_draft, precision=precision).rate
+            self._ceiling = (costs, precision, rate)
+        return self._ceiling[2]
 
     def searched(self, seconds: float) -> None:
         """The optimiser spent ``seconds`` scoring a proposal: charge the budget."""
@@ -136,8 +140,8 @@ class Planner:
         """Why the search did not run, for the request's optimiser status: the ceiling, or the spent budget."""
         if self._ceiling is None:
             return {}
-        if self._ceiling[1] <= 1.0:
-            return {"layerskip_ceiling": round(self._ceiling[1], 3)}
+        if self._ceiling[2] <= 1.0:
+            return {"layerskip_ceiling": round(self._ceiling[2], 3)}
         if not self.budget.open():
             return {"search_budget": round(self.budget.balance, 2)}
         return {}

@@ -245,14 +245,16 @@ class CostModel:
             return self.lm_head * max(1.0, rows)
         return _interpolate(self.head_rows, self.head_times, rows)
 
-    def predict(self, alpha: float, skip: SkipSet, max_draft: int, nodes_per_depth: float = 1.0) -> Prediction:
+    def predict(self, alpha: float, skip: SkipSet, max_draft: int, nodes_per_depth: float = 1.0,
+                precision: str = "full") -> Prediction:
         """Best speed-up over draft lengths k = 1..max_draft (see docs/optimizer.md).
 
         speedup(k) = E[tokens/round](α, k) / (k·c + v(1 + w·k) / v(1)), with c the
-        draft cost, v the verify cost, w the tree nodes per drafted depth.
+        draft cost of ``skip`` at ``precision`` (its weights), v the verify cost, w the tree
+        nodes per drafted depth.
         """
         a = min(max(float(alpha), 0.0), 1.0)
-        c = self.draft_cost(skip)
+        c = self.draft_cost(skip, precision)
         best: Prediction | None = None
         for k in range(1, max(1, max_draft) + 1):
             e = expected_tokens(a, k)

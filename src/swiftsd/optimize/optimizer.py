@@ -56,8 +56,9 @@ class SkipOptimizer(Predictions):
     """
 
     def __init__(self, num_layers: int, config: OptimizerConfig | None = None, start: SkipSet | None = None,
-                 costs: "CostModel | CostProvider | None" = None, max_draft: int = 25) -> None:
+                 costs: "CostModel | CostProvider | None" = None, max_draft: int = 25, precision: str = "full") -> None:
         self.num_layers = num_layers
+        self.precision = _check_precision(precision)
         self.config = config or OptimizerConfig()
         self.start = (start if start is not None else SkipSet.uniform(num_layers)).validate(num_layers)
         self.max_draft = max_draft
@@ -78,13 +79,20 @@ class SkipOptimizer(Predictions):
         if not cfg.enabled:
             self.state.phase = ACCELERATE
 
+    def search_at(self, precision: str, start: SkipSet) -> None:
+        """Score sets at ``precision`` from now on, from ``start``; a change forgets the search (a set's
+        matchness and cost at one precision say little of another's). The same precision: nothing."""
+        if _check_precision(precision) != self.precision:
+            self.precision, self.start = precision, start.validate(self.num_layers)
+            self.reset()
+
     # -- what it learned, as plain JSON --------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         """Everything learned, as plain JSON: ``load_state_dict`` of it continues exactly from here
         (same next proposals, same ``current()``, same ``record_step`` decisions)."""
         return {"version": STATE_VERSION, "num_layers": self.num_layers, "state": self.state.to_dict(),
                 "memory": self.mem.to_dict(), "history": [e.to_dict() for e in self.history],
-                "rng": self.rng.bit_generator.state, "bayes": self.bayes.state_dict()}
+                "rng": self.rng.bit_generator.state, "bayes": self.bayes.state_dict(), "precision": self.precision}
 
     def load_state_dict(self, d: dict[str, Any]) -> None:
         """Restore :meth:`state_dict`'s output. The cost model is not part of it: the decoder owns and
@@ -105,9 +113,10 @@ class SkipOptimizer(Predictions):
             mem.load(d["memory"])
             rng = np.random.default_rng()
             rng.bit_generator.state = d["rng"]
+            precision = _check_precision(d.get("precision", "full"))  # states before issue 33: full
         except (KeyError, TypeError, ValueError, InvalidSkipSetError) as exc:
             raise InvalidArgumentError(f"optimizer state is malformed ({type(exc).__name__}: {exc})") from None
-        self.state, self.mem, self.rng, self.bayes = state, mem, rng, bayes
+        self.state, self.mem, self.rng, self.bayes, self.precision = state, mem, rng, bayes, precision
         self.history = deque(history, maxlen=HISTORY)
 
     # -- views -----------------------------------------------------------------------------
@@ -381,3 +390,9 @@ class SkipOptimizer(Predictions):
         st.unpaid_requests = 0  # new data: the search gets its full budget again
         self.mem.accept.clear()
         self._new_round_strategies()
+
+
+def _check_precision(precision: Any) -> str:
+    if precision not in ("full", "int8", "int4"):
+        raise ValueError(f"optimizer precision must be 'full', 'int8' or 'int4', got {precision!r}")
+    return str(precision)

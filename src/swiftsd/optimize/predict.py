@@ -22,6 +22,7 @@ class Predictions:
     config: "OptimizerConfig"
     mem: "Memory"
     max_draft: int
+    precision: str  # the draft's weights the sets are scored at: "full", "int8" or "int4"
 
     @property
     def costs(self) -> "CostModel | None":  # SkipOptimizer measures it on first use
@@ -46,6 +47,10 @@ class Predictions:
         alpha = effective_acceptance(tokens, k)
         st.miss_scale = min(max((1.0 - alpha) / (1.0 - m), 0.05), 2.0)
 
+    def priced_at(self, costs: "CostModel") -> str:
+        """The precision sets are priced at: the optimiser's, once the cost model has measured it."""
+        return self.precision if self.precision in costs.measured_precisions() else "full"
+
     def acceptance(self, matchness: float) -> float:
         """Calibrated per-token acceptance for a set of this matchness."""
         return min(max(1.0 - self.state.miss_scale * (1.0 - matchness), 0.0), 1.0)
@@ -61,7 +66,8 @@ class Predictions:
         costs = self.costs
         if self.config.objective == "matchness" or costs is None:
             return float(matchness)
-        p = costs.predict(self.acceptance(matchness), skip, self.max_draft, self.state.nodes_per_depth)
+        p = costs.predict(self.acceptance(matchness), skip, self.max_draft, self.state.nodes_per_depth,
+                          self.priced_at(costs))
         return p.speedup if p.speedup >= self.config.min_speedup else p.acceptance * p.speedup
 
     def predict(self, skip: SkipSet | None = None, matchness: float | None = None) -> Prediction | None:
@@ -72,7 +78,8 @@ class Predictions:
         costs = self.costs if m is not None else None
         if costs is None or m is None:
             return None
-        return costs.predict(self.acceptance(m), skip, self.max_draft, st.nodes_per_depth)
+        return costs.predict(self.acceptance(m), skip, self.max_draft, st.nodes_per_depth,
+                             self.priced_at(costs))
 
     def measured_speedup(self) -> float | None:
         """Rolling tokens/s of drafted steps with the best set over tokens/s of plain steps."""

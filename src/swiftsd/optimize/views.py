@@ -23,6 +23,9 @@ class OptimizerView(Protocol):
 
     state: OptimizerState
     config: OptimizerConfig
+    precision: str
+
+    def priced_at(self, costs: CostModel) -> str: ...
 
     @property
     def n_flags(self) -> int: ...
@@ -57,7 +60,8 @@ def status(opt: OptimizerView) -> dict[str, Any]:
         "current_set": cur.to_dict() if cur is not None else None,
         "predicted_speedup": pred.speedup if pred else None,
         "predicted_draft_len": pred.draft_len if pred else None,
-        "draft_cost": costs.draft_cost(st.best) if costs else None,
+        "draft_cost": costs.draft_cost(st.best, opt.priced_at(costs)) if costs else None,
+        "precision": opt.precision,
         "measured_speedup": opt.measured_speedup(), "acceptance": opt.rolling_acceptance(),
         "baseline_acceptance": st.baseline_acceptance, "nodes_per_depth": st.nodes_per_depth,
         "miss_scale": st.miss_scale,
