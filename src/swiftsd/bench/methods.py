@@ -1,7 +1,7 @@
 """The methods a benchmark compares: one table from name to method.
 
 swiftsd's entries only name decoder options (``SwiftDecoder(model, tok, **options)``);
-the decoder validates them. HF's entries call ``model.generate`` (:mod:`.hf`).
+the decoder validates them. HF's entries call ``model.generate`` (:mod:`.peers`, :mod:`.assisted`).
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from typing import Any, Mapping, Sequence
 from ..engine.skipset import SkipSet
 from ..errors import InvalidArgumentError
 from .base import AccountingError, Method, RunParams, TurnOutput, accounting_problems, eos_ids, trim_at_eos
+from .assisted import HFAssisted
 from .choices import DEFAULT_METHODS, METHOD_NAMES
 from .peers import PLD, EarlyExit, Plain, steps_from_log
 from .swift import Swift
@@ -24,7 +25,8 @@ SWIFT_METHODS: dict[str, dict[str, Any]] = {
     "swiftsd-static": {"optimizer": False},  # a fixed skip set (--skip-set / store), no optimiser
     "swiftsd-chain": {"use_tree": False},  # ablation: the layer-skip chain without a tree
 }
-HF_METHODS = ("plain", "pld", "early-exit")
+# hf-assisted-P: model.generate(assistant_model=the same model over weight-only P copies of its matrices)
+HF_METHODS = ("plain", "pld", "early-exit", "hf-assisted-int4", "hf-assisted-int8")
 
 __all__ = [
     "AccountingError", "DEFAULT_METHODS", "METHOD_NAMES", "Method", "RunParams", "Swift", "TurnOutput",
@@ -47,6 +49,8 @@ def build_methods(names: Sequence[str], model: Any, tokenizer: Any, static_skip:
             out.append(PLD(model, tokenizer, pld_tokens))
         elif name == "early-exit":
             out.append(EarlyExit(model, tokenizer, early_exit_layer))
+        elif name.startswith("hf-assisted-") and name in METHOD_NAMES:
+            out.append(HFAssisted(model, tokenizer, name.removeprefix("hf-assisted-")))
         elif name in SWIFT_METHODS:
             options = dict(SWIFT_METHODS[name])
             if name == "swiftsd":

@@ -57,16 +57,17 @@ class _ForwardLog:
 
     A forward with fewer than the model's decoder layers configured is a draft
     (HF early exit temporarily lowers ``num_hidden_layers``); the rest are full
-    forwards, kept as (input length, cache length, seconds).
+    forwards, kept as (input length, cache length, seconds). Every forward of a
+    model in ``drafts`` (an ``assistant_model``: its own module objects) is a draft too.
     """
 
-    def __init__(self, model: Any, device: torch.device) -> None:
-        self.model, self.device = model, device
+    def __init__(self, model: Any, device: torch.device, drafts: Sequence[Any] = ()) -> None:
+        self.model, self.device, self.drafts = model, device, tuple(drafts)
         self.base_cfg = model.base_model.config
         self.num_layers = self.base_cfg.num_hidden_layers
         self.full: list[tuple[int, int, float]] = []
         self.draft_calls, self.draft_time = 0, 0.0
-        self._t0, self._is_draft, self._len, self._cache = 0.0, False, 0, 0
+        self._t0, self._is_draft, self._len, self._cache, self._draft_t0 = 0.0, False, 0, 0, 0.0
         self._handles: list[Any] = []
 
     def __enter__(self) -> "_ForwardLog":
@@ -74,6 +75,8 @@ class _ForwardLog:
             self.model.register_forward_pre_hook(self._pre, with_kwargs=True),
             self.model.register_forward_hook(self._post),
         ]
+        for d in self.drafts:
+            self._handles += [d.register_forward_pre_hook(self._draft_pre), d.register_forward_hook(self._draft_post)]
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -96,6 +99,15 @@ class _ForwardLog:
             self.draft_time += dt
         else:
             self.full.append((self._len, self._cache, dt))
+
+    def _draft_pre(self, *_: Any) -> None:
+        sync(self.device)
+        self._draft_t0 = time.perf_counter()
+
+    def _draft_post(self, *_: Any) -> None:
+        sync(self.device)
+        self.draft_calls += 1
+        self.draft_time += time.perf_counter() - self._draft_t0
 
 
 def steps_from_log(full: Sequence[tuple[int, int, float]], prompt_len: int, steps: Sequence[int]
@@ -140,6 +152,14 @@ class HFGenerate(Method):
     def describe(self) -> dict[str, Any]:
         return dict(self.generate_kwargs)
 
+    def _call_kwargs(self) -> dict[str, Any]:
+        """What ``generate`` gets besides the run's settings (none: plain decoding)."""
+        return dict(self.generate_kwargs)
+
+    def _draft_models(self) -> tuple[Any, ...]:
+        """Models other than the target whose forwards are drafts (an ``assistant_model``)."""
+        return ()
+
     def _kwargs(self, ids: torch.Tensor, params: RunParams) -> dict[str, Any]:
         s = params.sampling
         kw: dict[str, Any] = dict(max_new_tokens=params.max_new_tokens, attention_mask=torch.ones_like(ids))
@@ -152,13 +172,14 @@ class HFGenerate(Method):
             pad = min(self.eos)
         if pad is not None:
             kw["pad_token_id"] = pad
-        kw.update(self.generate_kwargs)
+        kw.update(self._call_kwargs())
         return kw
 
     def generate(self, input_ids: list[int], params: RunParams, seed: int) -> TurnOutput:
         ids = torch.tensor([input_ids], device=self.device)
         kw, streamer = self._kwargs(ids, params), _StepStreamer()
-        with _seeded(self.device, seed, not params.greedy), _ForwardLog(self.model, self.device) as log:
+        log = _ForwardLog(self.model, self.device, self._draft_models())
+        with _seeded(self.device, seed, not params.greedy), log:
             sync(self.device)
             t0 = time.perf_counter()
             out = self.model.generate(ids, streamer=streamer, **kw)
@@ -175,7 +196,7 @@ class HFGenerate(Method):
             problems.append(str(exc))
         if sum(streamer.steps) != len(raw):
             problems.append(f"steps committed {sum(streamer.steps)} tokens but generate returned {len(raw)}")
-        assisted = bool(self.generate_kwargs)
+        assisted = bool(self._call_kwargs())
         return TurnOutput(
             new_ids=new, wall_time=wall, target_forwards=len(log.full),
             draft_forwards=log.draft_calls,
