@@ -138,3 +138,24 @@ def test_bench_and_tune_take_the_draft_precision() -> None:
     assert _swift_options(args) == {"draft_precision": "int4"}
     args = build_parser().parse_args(["tune", "--out", "s.json", "--draft-precision", "int8"])
     assert args.draft_precision == "int8"
+
+
+def test_quant_group_reaches_every_quantized_method_and_is_checked() -> None:
+    from swiftsd.bench.methods import build_methods
+    from swiftsd.cli.common import decoder_options
+    from swiftsd.cli.main import build_parser
+    from tiny import tiny_model
+
+    args = build_parser().parse_args(["generate", "--prompt", "hi", "--quant-group", "128"])
+    assert decoder_options(args)["quant_group"] == 128
+    args = build_parser().parse_args(["tune", "--out", "s.json", "--quant-group", "64"])
+    assert args.quant_group == 64
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["bench", "--quant-group", "48"])
+    model = tiny_model("llama", seed=0)
+    methods = build_methods(["swiftsd", "quant-draft", "swift-paper", "hf-assisted-int4"], model, None,
+                            quant_group=128)
+    by = {m.name: m for m in methods}
+    assert by["swiftsd"].options["quant_group"] == by["quant-draft"].options["quant_group"] == 128
+    assert "quant_group" not in by["swift-paper"].options  # the paper's draft reads the model's own weights
+    assert by["hf-assisted-int4"].group == 128

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping, Sequence
 
+from ..config import SwiftConfig
 from ..engine.skipset import SkipSet
 from ..errors import InvalidArgumentError
 from .base import AccountingError, Method, RunParams, TurnOutput, accounting_problems, eos_ids, trim_at_eos
@@ -36,11 +37,13 @@ __all__ = [
 
 def build_methods(names: Sequence[str], model: Any, tokenizer: Any, static_skip: SkipSet | None = None,
                   pld_tokens: int = 10, early_exit_layer: int | None = None,
-                  swift_options: Mapping[str, Any] | None = None) -> list[Method]:
+                  swift_options: Mapping[str, Any] | None = None, quant_group: int | None = None) -> list[Method]:
     """Instantiate the named methods (``plain`` always first: it is the reference).
 
-    ``swift_options`` (``method=``, ``drafters=``) go to the ``swiftsd`` entry.
+    ``swift_options`` (``method=``, ``drafters=``) go to the ``swiftsd`` entry; ``quant_group`` (int4's
+    group size) to every method that may draft on quantized copies, swiftsd's and HF's alike.
     """
+    group = SwiftConfig.quant_group if quant_group is None else quant_group
     out: list[Method] = []
     for name in dict.fromkeys(["plain", *names]):
         if name == "plain":
@@ -50,9 +53,11 @@ def build_methods(names: Sequence[str], model: Any, tokenizer: Any, static_skip:
         elif name == "early-exit":
             out.append(EarlyExit(model, tokenizer, early_exit_layer))
         elif name.startswith("hf-assisted-") and name in METHOD_NAMES:
-            out.append(HFAssisted(model, tokenizer, name.removeprefix("hf-assisted-")))
+            out.append(HFAssisted(model, tokenizer, name.removeprefix("hf-assisted-"), group))
         elif name in SWIFT_METHODS:
             options = dict(SWIFT_METHODS[name])
+            if quant_group is not None and name != "swift-paper":  # every quantized draft of the run alike
+                options["quant_group"] = quant_group
             if name == "swiftsd":
                 options.update(swift_options or {})
             skip = static_skip if name == "swiftsd-static" else None

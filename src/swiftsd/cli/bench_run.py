@@ -123,7 +123,8 @@ def _check_args(args: argparse.Namespace) -> RunParams:
 
 def _build(args: argparse.Namespace, model: Any, tok: Any, static: SkipSet | None) -> tuple[list, dict[str, str]]:
     options = _swift_options(args)
-    methods = build_methods(args.methods, model, tok, static, args.pld_tokens, args.early_exit_layer, options)
+    methods = build_methods(args.methods, model, tok, static, args.pld_tokens, args.early_exit_layer, options,
+                            quant_group=args.quant_group)
     unavailable = {m.name: why for m in methods if (why := m.unavailable())}
     if options and "swiftsd" in unavailable:
         raise InvalidArgumentError(f"--method / --drafters: {unavailable['swiftsd']}")

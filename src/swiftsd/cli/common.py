@@ -7,7 +7,7 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..config import DRAFT_PRECISIONS, DRAFTER_NAMES, METHODS
+from ..config import DRAFT_PRECISIONS, DRAFTER_NAMES, METHODS, QUANT_GROUPS
 from ..errors import InvalidArgumentError, InvalidSkipSetError
 from ..engine.skipset import SkipSet
 
@@ -41,6 +41,9 @@ def add_draft_precision(p: argparse.ArgumentParser, what: str = "the layer-skip 
                    help=f"weights {what} reads: auto (the planner chooses per step by measured cost), full "
                         "(the model's own dtype, the paper's draft), int8 or int4 (weight-only copies of the "
                         "model's own weights, built at load) (default: auto; swift-paper: full)")
+    p.add_argument("--quant-group", default=None, type=int, choices=QUANT_GROUPS, metavar="G",
+                   help="int4 copies: inputs per quantization group, one of 32, 64, 128, 256 (PyTorch's int4 "
+                        "kernels); smaller agrees better with the model, larger reads fewer scales (default: 32)")
 
 
 def add_decoder_arguments(p: argparse.ArgumentParser) -> None:
@@ -61,6 +64,8 @@ def decoder_options(args: argparse.Namespace) -> dict[str, Any]:
     out: dict[str, Any] = {"method": args.method}
     if getattr(args, "draft_precision", None) is not None:
         out["draft_precision"] = args.draft_precision
+    if getattr(args, "quant_group", None) is not None:
+        out["quant_group"] = args.quant_group
     if args.drafters is not None:
         names = tuple(x.strip() for x in args.drafters.split(",") if x.strip())
         unknown = [n for n in names if n not in DRAFTER_NAMES]

@@ -108,7 +108,8 @@ def run(args: argparse.Namespace) -> int:
     key = model_key(model)
     start = load_skip_set(args.out, key, task, missing_ok=True) if args.resume else None
     # asked to search: search even where the cost model says no set can pay here (search_gate)
-    precision = {} if args.draft_precision is None else {"draft_precision": args.draft_precision}
+    precision = {k: v for k, v in (("draft_precision", args.draft_precision), ("quant_group", args.quant_group))
+                 if v is not None}
     dec = build_decoder(args, model, tok, skip=start, optimizer=opt_cfg, search_gate=False, **precision)
     assert dec.optimizer is not None
     opt = dec.optimizer
