@@ -46,7 +46,7 @@ import torch
 from torch.nn import functional as F
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "..", "src"))
-from swiftsd.engine.quant_pack import PackedLinear, pack  # noqa: E402
+from swiftsd.engine.quant_pack import PackedLinear, pack, refusal  # noqa: E402
 
 # (N, K) = (out_features, in_features): gate/up, down and the LM head of each model
 SHAPES = {
@@ -55,6 +55,7 @@ SHAPES = {
 }
 ROWS = (1, 2)
 GROUPS = (32, 128)
+METHODS = ["bf16", "sw int8", "ao int8"] + [f"{lib} int4 g{g}" for g in GROUPS for lib in ("sw", "ao")]
 
 
 def _import_torchao():
@@ -105,7 +106,8 @@ def build(w: torch.Tensor, cold_mib: int, ao) -> dict[str, tuple[callable, list]
 
     methods["sw int8"] = (lambda x, p: p.matmul(x), replicate(pack(w, None, "int8", 0, torch.bfloat16)))
     for g in GROUPS:
-        methods[f"sw int4 g{g}"] = (lambda x, p: p.matmul(x), replicate(pack(w, None, "int4", g, torch.bfloat16)))
+        if refusal("int4", w.shape[0], w.shape[1], g, w.device) is None:  # K % g, N % 16
+            methods[f"sw int4 g{g}"] = (lambda x, p: p.matmul(x), replicate(pack(w, None, "int4", g, torch.bfloat16)))
 
     def ao_weights(cfg) -> list[torch.Tensor]:
         lin = torch.nn.Linear(w.shape[1], w.shape[0], bias=False, dtype=w.dtype)
@@ -117,7 +119,8 @@ def build(w: torch.Tensor, cold_mib: int, ao) -> dict[str, tuple[callable, list]
 
     methods["ao int8"] = (lambda x, wc: F.linear(x, wc), ao_weights(Int8Cfg()))
     for g in GROUPS:
-        methods[f"ao int4 g{g}"] = (lambda x, wc: F.linear(x, wc), ao_weights(ProtoInt4Cfg(group_size=g)))
+        if w.shape[1] % g == 0:  # otherwise torchao leaves the weight in bf16 (it only logs)
+            methods[f"ao int4 g{g}"] = (lambda x, wc: F.linear(x, wc), ao_weights(ProtoInt4Cfg(group_size=g)))
     return methods
 
 
@@ -138,6 +141,29 @@ def time_methods(fns: dict[str, callable], rounds: int, calls: int, seed: int) -
                 fn()
                 samples[name].append(time.perf_counter_ns() - t0)
     return {k: statistics.median(v) * 1e-9 for k, v in samples.items()}
+
+
+def overhead_table(model: str, rounds: int, calls: int, seed: int, ao) -> list[str]:
+    """Hot cache, 1 row, the model's first shape, group 32: each wrapper against the bare kernel it calls
+    (the Python cost of PackedLinear.matmul and of torchao's tensor-subclass dispatch)."""
+    n, k = SHAPES[model][0]
+    w = (torch.randn(n, k) * 0.02).bfloat16()
+    x = torch.randn(1, k).bfloat16()
+    m = {name: ws[0] for name, (_, ws) in build(w, 0, ao).items()}
+    p8, p4 = m["sw int8"], m["sw int4 g32"]
+    fns = {
+        "bf16 F.linear": lambda: F.linear(x, w),
+        "int8 kernel": lambda: torch._weight_int8pack_mm(x, p8.weight, p8.scales),
+        "sw int8": lambda: p8.matmul(x),
+        "ao int8": lambda: F.linear(x, m["ao int8"]),
+        "int4 kernel": lambda: torch._weight_int4pack_mm_for_cpu(x, p4.weight, 32, p4.scales),
+        "sw int4 g32": lambda: p4.matmul(x),
+        "ao int4 g32": lambda: F.linear(x, m["ao int4 g32"]),
+    }
+    for fn in fns.values():
+        fn.n_items = 50  # warm-up calls
+    t = time_methods(fns, rounds, 10 * calls, seed)
+    return [f"| {model} | {n}x{k} | {name} | {1e6 * v:.1f} |" for name, v in t.items()]
 
 
 def probe_int4_weight_only_config(ao) -> str:
@@ -175,22 +201,22 @@ def main() -> None:
     print(f"{args.rounds} rounds x {args.calls} calls per method, >= {args.cold_mib} MiB of copies per method\n")
 
     speed, errors = [], []
-    names = None
+    names = METHODS
     for model in args.models:
         for n, k in SHAPES[model]:
             w = (torch.randn(n, k) * 0.02).bfloat16()
             methods = build(w, args.cold_mib, ao)
-            names = list(methods)
             x2 = torch.randn(2, k).bfloat16()
             ref = x2.float() @ w.float().t()
             err = {m: float((fn(x2, ws[0]).float() - ref).norm() / ref.norm()) for m, (fn, ws) in methods.items()}
-            errors.append(f"| {model} | {n}x{k} | " + " | ".join(f"{err[m]:.4f}" for m in names) + " |")
+            errors.append(f"| {model} | {n}x{k} | " + " | ".join(f"{err[m]:.4f}" if m in err else "n/a" for m in names)
+                          + " |")
             for rows in ROWS:
                 x = torch.randn(rows, k).bfloat16()
                 fns = {m: _cycling(lambda item, fn=fn: fn(x, item), ws) for m, (fn, ws) in methods.items()}
                 t = time_methods(fns, args.rounds, args.calls, args.seed)
                 line = (f"| {model} | {n}x{k} | {rows} | {1e6 * t['bf16']:.0f} | "
-                        + " | ".join(f"{t[m] / t['bf16']:.2f}" for m in names[1:]) + " |")
+                        + " | ".join(f"{t[m] / t['bf16']:.2f}" if m in t else "n/a" for m in names[1:]) + " |")
                 speed.append(line)
                 print(line, file=sys.stderr, flush=True)  # progress
             del methods
@@ -203,6 +229,11 @@ def main() -> None:
     print("| model | N x K | " + " | ".join(names) + " |")
     print("|---|---|" + "---:|" * len(names))
     print("\n".join(errors))
+    print("\nCall overhead, hot cache (one copy), 1 row: each wrapper against the kernel it calls (median us).\n")
+    print("| model | N x K | call | us |")
+    print("|---|---|---|---:|")
+    for model in args.models:
+        print("\n".join(overhead_table(model, args.rounds, args.calls, args.seed, ao)))
     load = os.getloadavg()
     print(f"\nload average at the end: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
 
