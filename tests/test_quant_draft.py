@@ -41,7 +41,8 @@ def _generate(dec: SwiftDecoder, ids: torch.Tensor, n: int):
 # -- settings ---------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("bad", [dict(draft_precision="int2"), dict(draft_precision="fp8"), dict(quant_group=48),
                                  dict(quant_group=True), dict(quant_frontier=3), dict(quant_frontier=0),
-                                 dict(quant_stop_threshold=1.5), dict(quant_stop_threshold="0.3")])
+                                 dict(quant_stop_threshold=1.5), dict(quant_stop_threshold="0.3"),
+                                 dict(quant_draft_vocab=-1), dict(quant_draft_vocab=1.5)])
 def test_bad_quant_settings_are_refused(bad) -> None:
     with pytest.raises(InvalidArgumentError):
         SwiftConfig.from_kwargs(bad)
@@ -249,3 +250,17 @@ def test_acceptance_counts_are_kept_per_precision_and_round_trip(llama) -> None:
     fresh.load_state_dict(dec.state_dict())
     again = fresh.drafters["layerskip"]
     assert (again.hits, again.trials, again.skips) == (ls.hits, ls.trials, ls.skips)
+
+
+def test_a_quantized_draft_scores_its_own_vocabulary(llama) -> None:
+    """``quant_draft_vocab`` (0: the whole head) for quantized drafts, ``draft_vocab`` for full-precision ones."""
+    ids = _ids(20, 11)
+    prompt = ids[0].tolist()
+    for kw, want in (({}, None), ({"quant_draft_vocab": 40}, 40)):
+        dec = _decoder(llama, draft_precision="int4", drafters=("layerskip",), draft_vocab=30, **kw)
+        assert dec.draft_head(prompt, set()).token_ids.numel() == 30
+        got = dec.draft_head(prompt, set(), quantized=True)
+        assert (got is None) if want is None else got.token_ids.numel() == want
+        res = _generate(dec, ids, 30)
+        assert torch.equal(res.sequences, plain_generate(llama, ids, 30))
+        assert res.stats.per_precision["int4"]["steps"] > 0

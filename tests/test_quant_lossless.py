@@ -143,6 +143,7 @@ def test_sampling_with_a_quantized_draft_follows_the_target(small_model, sampler
     frontier = 2 if sampler == "coupled" else 1  # the rejection sampler's fixed tree is the paper's chain
     dec = SwiftDecoder(small_model, optimizer=False, planner=False, cost_cache=False, draft_precision="int4",
                        quant_frontier=frontier, quant_stop_threshold=0.0, sampler=sampler, draft_vocab=SMALL_VOCAB - 2,
+                       quant_draft_vocab=SMALL_VOCAB - 2,
                        drafters=COPY[drafters])
     c12: Counter = Counter()
     c23: Counter = Counter()

@@ -78,7 +78,7 @@ class SwiftDecoder:
         # the quantized draft's packed weights, built on first use of a precision (never on the model)
         self.draft_weights = DraftWeights(model, self.config.quant_group, self.config.cost_cache)
         quant = QuantDrafts(tuple(p for p in self.config.precisions if p != FULL), self.config.quant_group,
-                            self.draft_weights.get)
+                            self.draft_weights.get, self.config.quant_draft_vocab)
         self.cost_source = CostSource(self.adapter, self.config.draft_vocab, self._cost_dir, quant)
         self.drafters = make_drafters(self.config)
         self.model_drafter: ModelDrafter | None = self.drafters.get("layerskip")  # type: ignore[assignment]
@@ -154,11 +154,13 @@ class SwiftDecoder:
         cost model prefers (``core/draft_space.py``); the planner also weighs the others' defaults."""
         return self.space.precision
 
-    def draft_head(self, prompt: list[int], eos: set[int]) -> DraftHead | None:
-        """The draft's vocabulary for a request (None: the full head; see ``drafters.layerskip.draft_head``)."""
+    def draft_head(self, prompt: list[int], eos: set[int], quantized: bool = False) -> DraftHead | None:
+        """The draft's vocabulary for a request (None: the full head; see ``drafters.layerskip.draft_head``);
+        ``quantized``: a quantized draft's (``quant_draft_vocab``)."""
         if self.model_drafter is None:
             return None
-        return draft_head(self.adapter, self.token_counts.counts, prompt, eos, self.config.draft_vocab)
+        size = self.config.quant_draft_vocab if quantized else self.config.draft_vocab
+        return draft_head(self.adapter, self.token_counts.counts, prompt, eos, size)
 
     def matchness(self, skip: SkipSet, tokens: list[int], prompt_len: int, cache: SlotKVCache,
                   window: int, head: DraftHead | None = None, weights: QuantizedWeights | None = None) -> float:
@@ -212,7 +214,9 @@ class SwiftDecoder:
             noise = PositionNoise(r.seed, ad.vocab_size, ad.device)
         target = SamplingParams(temperature=1.0) if r.processor is not None and not r.params.greedy else r.params
         draft_req = DraftRequest(tokens=ids, prompt_len=len(ids), eos=r.eos)
-        return Run(draft_req=draft_req, cache=cache, head=self.draft_head(ids, set(r.eos)), params=target,
+        quant_head = self.draft_head(ids, set(r.eos), True) if self.config.precisions != (FULL,) else None
+        return Run(draft_req=draft_req, cache=cache, head=self.draft_head(ids, set(r.eos)), quant_head=quant_head,
+                   params=target,
                    draft_params=r.params, generator=gen, noise=noise, eos=set(r.eos), max_new=r.max_new_tokens,
                    skip_override=r.skip, processor=r.processor, stop=r.stop,
                    stats=GenerationStats(prompt_tokens=len(ids)), t_start=time.perf_counter(),
@@ -238,8 +242,9 @@ class SwiftDecoder:
             self.space.settle(self.costs)  # auto: the precision to search at, once the costs are known
         if opt is not None and opt.wants_proposal(n - P) and self.planner.search_pays(self.precision):
             cand = opt.propose()  # scored at the precision the draft runs at
-            weights = self.draft_weights.for_request(run.weights, self.precision, run.head)
-            opt.observe(cand, self.matchness(cand, run.tokens, P, run.cache, opt.config.context_window, run.head,
+            head = run.head_for(self.precision)
+            weights = self.draft_weights.for_request(run.weights, self.precision, head)
+            opt.observe(cand, self.matchness(cand, run.tokens, P, run.cache, opt.config.context_window, head,
                                              weights))
             self.planner.searched(time.perf_counter() - t0)
         clock = StepClock(start=t0, drafting=time.perf_counter())
@@ -268,10 +273,11 @@ class SwiftDecoder:
 
     def _draft_context(self, run: Run, plan: StepPlan) -> DraftContext:
         cfg = self.config
-        weights = self.draft_weights.for_request(run.weights, plan.precision, run.head)
+        head = run.head_for(plan.precision)
+        weights = self.draft_weights.for_request(run.weights, plan.precision, head)
         frontier = (cfg.quant_frontier if weights is not None else cfg.frontier) if cfg.use_tree else 1
         return DraftContext(
-            adapter=self.adapter, cache=run.cache, skip=plan.skip, head=run.head, params=run.draft_params,
+            adapter=self.adapter, cache=run.cache, skip=plan.skip, head=head, params=run.draft_params,
             generator=run.generator, noise=run.noise, rejection=not run.params.greedy and run.noise is None,
             max_depth=plan.max_depth, frontier=frontier, min_mass=plan.min_mass,
             widths=(cfg.tree_thresholds, cfg.widths_for(run.params.greedy)),

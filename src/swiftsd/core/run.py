@@ -66,7 +66,8 @@ class Run:
 
     draft_req: DraftRequest  # what drafters read: the committed tokens, the prompt length, their scratch
     cache: SlotKVCache
-    head: DraftHead | None
+    head: DraftHead | None  # the draft vocabulary of a full-precision draft (None: the whole head)
+    quant_head: DraftHead | None  # a quantized draft's (``quant_draft_vocab``)
     params: SamplingParams  # the target's warp (temperature 1 and no warp when a processor does it)
     draft_params: SamplingParams  # what drafts propose with
     generator: torch.Generator
@@ -82,6 +83,10 @@ class Run:
     done: bool = False
     # the quantized draft weights by precision, made for this request's draft head (``with_head``, once)
     weights: dict[str, "QuantizedWeights"] = field(default_factory=dict)
+
+    def head_for(self, precision: str) -> DraftHead | None:
+        """The draft vocabulary of a draft at ``precision``."""
+        return self.head if precision == "full" else self.quant_head
 
     @property
     def tokens(self) -> list[int]:

@@ -25,10 +25,11 @@ class QuantDrafts:
     precisions: tuple[str, ...]  # "int8" / "int4"; empty: full precision only
     group: int
     weights: Callable[[str], "QuantizedWeights | None"]
+    vocab: int = 0  # the vocabulary a quantized draft scores (0: the whole head)
 
     @property
     def key(self) -> str:
-        return f"{','.join(self.precisions)}/g{self.group}" if self.precisions else ""
+        return f"{','.join(self.precisions)}/g{self.group}/v{self.vocab}" if self.precisions else ""
 
 
 class CostSource:
@@ -122,5 +123,5 @@ def _measure_visibly(adapter: "DecoderAdapter", draft_vocab: int, what: str, qua
     with Ticker(what):
         costs = measure_costs(adapter, draft_vocab=draft_vocab)
         if quant is not None and quant.precisions:
-            costs = with_precisions(costs, adapter, quant.precisions, quant.weights, draft_vocab)
+            costs = with_precisions(costs, adapter, quant.precisions, quant.weights, quant.vocab)
         return costs
