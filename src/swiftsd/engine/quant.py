@@ -30,7 +30,10 @@ from .quant_pack import INT4_GROUPS, PRECISIONS, PackedLinear, kernel_works, pac
 
 ATTN_LINEARS = ("q_proj", "k_proj", "v_proj", "qkv_proj", "o_proj")
 MLP_LINEARS = ("gate_proj", "up_proj", "down_proj", "gate_up_proj")
-DEFAULT_GROUP = 32  # provisional: to be chosen by measurement (issue 33)
+# int4's group: 32, by measurement. Group 128 saves only 2-8 % of a GEMV's time (torchao.md's table) and
+# agrees less with the model (top-1: qwen-1.5b 0.967 -> 0.927, qwen-0.5b 0.96 -> 0.935, MODELS.md), and
+# smollm2's 576-wide inputs take no group of 128 at all; end to end: docs/benchmarks/quant/README.md.
+DEFAULT_GROUP = 32
 
 
 def routes_mlp(mlp: nn.Module) -> bool:
