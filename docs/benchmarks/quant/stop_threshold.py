@@ -4,7 +4,7 @@
         --model smollm2-135m --dtype bf16 --thresholds 0.2 0.3 0.5 0.8 --vocab 8192 0 --repeats 2
 
 The first turn of one Spec-Bench question per group (6 prompts), 128 new tokens, greedy, one
-thread. For each threshold (and draft vocabulary size), two decoders read the prompts in order as a stream: ``quant-draft``
+thread. For each threshold (and draft vocabulary size: ``draft_vocab`` and ``quant_draft_vocab``), two decoders read the prompts in order as a stream: ``quant-draft``
 (the int4 self-draft alone) and ``swiftsd`` (the default, every drafter, ``auto`` precision). Plain
 ``model.generate`` runs the same prompts in the same round; every ratio is plain's time over the
 method's, per round, on the same prompts. Prints a table and writes ``--out`` (JSON).
@@ -88,14 +88,14 @@ def main() -> None:
     grid = [(th, v) for th in a.thresholds for v in a.vocab]
     for th, v in grid:  # warm-up: each setting's costs measured and packed weights built once, untimed
         for opts in METHODS.values():
-            timed_decoder(model, tok, prompts[:1], 8, {**opts, "quant_stop_threshold": th, "draft_vocab": v})
+            timed_decoder(model, tok, prompts[:1], 8, {**opts, "quant_stop_threshold": th, "draft_vocab": v, "quant_draft_vocab": v})
     rows = []
     for r in range(a.repeats):
         plain_t, plain_out = timed_plain(model, prompts, n)
         for th, v in (grid if r % 2 == 0 else grid[::-1]):
             for name, opts in METHODS.items():
                 t, outs, info = timed_decoder(model, tok, prompts, n,
-                                              {**opts, "quant_stop_threshold": th, "draft_vocab": v})
+                                              {**opts, "quant_stop_threshold": th, "draft_vocab": v, "quant_draft_vocab": v})
                 same = sum(o == p for o, p in zip(outs, plain_out))
                 rows.append({"round": r, "threshold": th, "draft_vocab": v, "method": name, "seconds": t,
                              "plain_seconds": plain_t, "speedup": plain_t / t, "same_as_plain": same, **info})
