@@ -87,7 +87,7 @@ class SwiftDecoder:
             self.optimizer = SkipOptimizer(self.num_layers, self.config.optimizer, start=self.skip_set,
                                            costs=self.cost_source, max_draft=self.config.max_draft,
                                            precision=self.config.draft_precision.replace("auto", FULL))
-        self.space = DraftSpace(self.config, self.draft_weights, self.optimizer, self.model_drafter, self.skip_set)
+        self.space = DraftSpace(self.config, self.optimizer, self.model_drafter, self.skip_set)
         self.planner = Planner(self.config, self.cost_source)
         self.token_counts = TokenCounts(self.adapter.vocab_size)  # orders the draft vocabulary
 

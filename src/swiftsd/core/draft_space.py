@@ -16,7 +16,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ..engine.skipset import SkipSet
-from .draft_weights import FULL, QUANT_PRIOR, DraftWeights, prior
+from .draft_weights import FULL, QUANT_PRIOR, prior
 from .planner import DraftCandidate
 
 if TYPE_CHECKING:
@@ -33,9 +33,9 @@ FULL_START_PRIOR = 0.5
 class DraftSpace:
     """Precision x skip set for one decoder: the candidates of a step and the search's precision."""
 
-    def __init__(self, config: "SwiftConfig", weights: DraftWeights, optimizer: "SkipOptimizer | None",
-                 drafter: "ModelDrafter | None", skip_set: SkipSet) -> None:
-        self.config, self.weights, self.optimizer, self.drafter = config, weights, optimizer, drafter
+    def __init__(self, config: "SwiftConfig", optimizer: "SkipOptimizer | None", drafter: "ModelDrafter | None",
+                 skip_set: SkipSet) -> None:
+        self.config, self.optimizer, self.drafter = config, optimizer, drafter
         self.skip_set = skip_set  # the starting (or, without an optimiser, fixed) set at full precision
         self.settled = config.draft_precision != "auto" or optimizer is None
 
