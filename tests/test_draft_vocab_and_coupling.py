@@ -89,3 +89,33 @@ def test_coupled_sample_never_picks_a_removed_token() -> None:
     picked = coupled_sample(logits, params, noise)
     top3 = torch.topk(logits, 3, dim=-1).indices
     assert (top3 == picked[:, None]).any(-1).all()
+
+
+def _coupled_context(noise: PositionNoise | None, temperature: float = 1.0):
+    from swiftsd.drafters.base import DraftContext
+
+    return DraftContext(adapter=None, cache=None, skip=None, head=None, params=SamplingParams(temperature=temperature),
+                        generator=torch.Generator(), noise=noise, rejection=False, max_depth=4, frontier=1,
+                        min_mass=0.0, widths=((0.5,), (1,)), stop_threshold=0.5)
+
+
+def test_coupled_draft_confidence_is_its_probability_under_the_targets_noise() -> None:
+    """A flat q the noise separates: the target (near q) picks the noisy top-1, so the chain's
+    confidence is softmax(warped + noise), not q's own top-1 (which would stop it at once)."""
+    from swiftsd.drafters.layerskip import LayerSkipDrafter, _confidence
+
+    V, pos = 50, 7
+    noise = PositionNoise(seed=3, vocab=V, device=torch.device("cpu"))
+    g = noise.at(pos)
+    logits = torch.zeros(1, V)  # q uniform: its own top-1 is 1/V
+    toks, p, q = LayerSkipDrafter()._children(logits, 3, _coupled_context(noise), pos)
+    want = torch.softmax(g, -1)
+    assert q is None and toks[0].tolist() == torch.topk(g, 3).indices.tolist()
+    assert torch.allclose(p[0], want[toks[0]])
+    assert _confidence(p, q)[0] == pytest.approx(float(want.max()))
+    assert _confidence(p, q)[0] > 1.5 / V  # the noise's lead, not q's flat 1/V
+    # no noise: the warped softmax, as greedy's confidence is the plain softmax
+    sharp = torch.tensor([[2.0, 1.0] + [0.0] * (V - 2)])
+    toks, p, _ = LayerSkipDrafter()._children(sharp, 2, _coupled_context(None, temperature=0.5), pos)
+    assert toks[0].tolist() == [0, 1]
+    assert torch.allclose(p[0], torch.softmax(sharp[0] / 0.5, -1)[:2])

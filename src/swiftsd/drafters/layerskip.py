@@ -129,8 +129,12 @@ class LayerSkipDrafter:
         """Top candidates per row: (token ids [r, k], their draft probs [r, k], q [r, V] or None).
 
         Greedy: the draft's top-k. Coupled sampling: top-k of warped logits plus the noise the
-        target will use at ``position`` (so the draft proposes the target's likely sample).
-        Rejection sampling: k draws without replacement from q (q returned on the full vocabulary).
+        target will use at ``position`` (so the draft proposes the target's likely sample), each
+        with its probability under that noise, softmax(warped + noise): the target, whose
+        distribution is near the draft's, picks the draft's noisy top-1 unless its lead is thin,
+        however flat q itself is (q's own top-1 would stop a chain the target goes on to accept).
+        With no noise it is the greedy case's softmax. Rejection sampling: k draws without
+        replacement from q (q returned on the full vocabulary).
         """
         head, params = ctx.head, ctx.params
         k = max(1, min(k, logits.shape[-1]))
@@ -143,8 +147,8 @@ class LayerSkipDrafter:
             g = ctx.noise.at(position) if ctx.noise is not None else torch.zeros(())
             g = g if head is None or g.dim() == 0 else g[head.token_ids]
             k = max(1, min(k, int(torch.isfinite(w).sum(-1).min())))
-            idx = torch.topk(w + g, k, dim=-1).indices
-            p, q = w.softmax(-1).gather(-1, idx), None
+            top = torch.topk((w + g).softmax(-1), k, dim=-1)
+            idx, p, q = top.indices, top.values, None
         else:
             q_sub = target_probs(logits, params)
             k = max(1, min(k, int((q_sub > 0).sum(-1).min())))
@@ -170,7 +174,7 @@ class LayerSkipDrafter:
                                 slot_start=pos + d, visible_prefix=pos + d, block_mask=one, skip=ctx.skip, head=ctx.head,
                                 weights=ctx.weights)
             toks, p, q = self._children(logits, max_w, ctx, pos + d + 1)
-            conf = _confidence(logits, p, q, ctx)[0]
+            conf = _confidence(p, q)[0]
             w = widths_from_confidence([conf], thresholds, widths, max_w)[0]
             w = min(w, toks.shape[-1], budget - used)
             if q is not None:
@@ -215,7 +219,7 @@ class LayerSkipDrafter:
             next_slot += k
             cand_toks, cand_p, _ = self._children(logits, max(widths) if narrow else ctx.frontier, ctx,
                                                   root_slot + d + 1)
-            confs = _confidence(logits, cand_p, None, ctx)
+            confs = _confidence(cand_p, None)
             n_kids = widths_from_confidence(confs, thresholds, widths, max(widths)) if narrow else [ctx.frontier] * k
             new: list[int] = []
             b = bucket(0, d + 1)
@@ -252,14 +256,10 @@ def _past_masks(trie: DraftTrie, frontier: list[int], slot_of: dict[int, int], r
     return past_vis.to(dev), past_pos.to(dev)
 
 
-def _confidence(logits: torch.Tensor, p: torch.Tensor, q: torch.Tensor | None, ctx: DraftContext) -> list[float]:
-    """Each row's top-1 draft probability (the paper's confidence): of q when sampled, of the
-    warped distribution when coupled, the top candidate's when greedy."""
-    if q is not None:
-        return q.max(-1).values.tolist()
-    if ctx.params.greedy:
-        return p[:, 0].tolist()
-    return warp_logits(logits, ctx.params).softmax(-1).max(-1).values.tolist()
+def _confidence(p: torch.Tensor, q: torch.Tensor | None) -> list[float]:
+    """Each row's top-1 draft probability (the paper's confidence): of q when sampled, else the
+    top candidate's (greedy: the softmax; coupled: the softmax under the target's noise)."""
+    return (q.max(-1).values if q is not None else p[:, 0]).tolist()
 
 
 def matchness(adapter: DecoderAdapter, skip: SkipSet, tokens: list[int], prompt_len: int, cache: SlotKVCache,
