@@ -436,6 +436,23 @@ def test_acceptance_calibration():
     assert opt.acceptance(0.9) > opt.acceptance(0.6)
 
 
+def test_a_set_that_matches_nothing_is_not_rated_acceptable():
+    """Confident drafts all accepted fit the line's slope to its floor (0.05): the line alone would rate
+    matchness 0 at 0.95 and the search would adopt a set that predicts nothing (seen at T = 0.7 with
+    the int4 draft). Below the best set's matchness the acceptance scales with matchness."""
+    L = 8
+    cfg = OptimizerConfig(context_window=4, max_opt_iter=5, max_tolerance_iter=5, drift=False, fallback=False)
+    opt = SkipOptimizer(L, cfg, costs=synthetic_costs(L, 0.3))
+    Driver(opt, lambda s: 0.78 if s == opt.start else 0.0).request(60, accept=lambda s: (12, 12))
+    assert opt.state.miss_scale == pytest.approx(0.05)  # the floor: every drafted token accepted
+    a_best = opt.acceptance(0.78)
+    assert a_best == pytest.approx(1 - 0.05 * 0.22)
+    assert opt.acceptance(0.0) == 0.0
+    assert opt.acceptance(0.39) == pytest.approx(a_best / 2)
+    assert opt.acceptance(0.9) == pytest.approx(1 - 0.05 * 0.1)  # above the best: the fitted line
+    assert opt.best()[0] == opt.start  # sets of matchness 0 never replaced it
+
+
 def test_measured_fallback_engages_and_probe_disengages():
     """Predicted fine, measured slow: plain decoding; a later probe that measures fast re-enables drafting."""
     L = 8
@@ -584,3 +601,31 @@ def test_optimizer_config_validation():
     assert SwiftDecoder(tiny_model("llama"), optimizer=None, method="swift-paper").config.optimizer == \
         OptimizerConfig.reference()
     assert not math.isnan(OptimizerConfig.reference().skip_ratio)
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen3"])
+def test_matchness_under_the_coupled_sampler_scores_the_noise_the_tokens_were_drawn_with(arch):
+    """Sampled tokens are argmax(warped logits + the seed's noise): with that noise the full model
+    (the empty set) predicts every one (matchness 1), a plain argmax only some; the decoder passes a
+    sampling request's noise, so the optimiser's scores mean acceptance under the sampler in use."""
+    from swiftsd.config import SamplingParams
+    from swiftsd.drafters.layerskip import matchness
+    from swiftsd.engine.verify import PositionNoise
+
+    model = tiny_model(arch, seed=3)
+    dec = SwiftDecoder(model, optimizer=False, max_draft=0)
+    P, window, seed, params = 12, 16, 11, SamplingParams(temperature=0.9)
+    prompt = torch.randint(97, (1, P), generator=torch.Generator().manual_seed(5))
+    tokens = dec.generate(prompt, max_new_tokens=window + 2, temperature=0.9, seed=seed).sequences[0].tolist()
+    cache = SlotKVCache(dec.num_layers, P + 64)
+    dec.adapter.forward(torch.tensor(tokens[:P]), torch.arange(P), cache=cache,
+                        block_mask=torch.ones(P, P, dtype=torch.bool).tril_())
+    cache.rollback(P)
+    noise = PositionNoise(seed, dec.adapter.vocab_size, dec.adapter.device)
+    coupled = matchness(dec.adapter, SkipSet(), tokens, P, cache, window, params=params, noise=noise)
+    plain = matchness(dec.adapter, SkipSet(), tokens, P, cache, window)
+    assert coupled == 1.0
+    assert plain < 0.9  # sampled at 0.9 from a random model: most tokens are not the argmax
+    skip = SkipSet(attn=[1, 2], mlp=[1, 2, 3])
+    assert matchness(dec.adapter, skip, tokens, P, cache, window, params=params, noise=noise) < 1.0
+    assert cache.length == P

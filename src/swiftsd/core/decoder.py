@@ -163,10 +163,12 @@ class SwiftDecoder:
         return draft_head(self.adapter, self.token_counts.counts, prompt, eos, size)
 
     def matchness(self, skip: SkipSet, tokens: list[int], prompt_len: int, cache: SlotKVCache,
-                  window: int, head: DraftHead | None = None, weights: QuantizedWeights | None = None) -> float:
+                  window: int, head: DraftHead | None = None, weights: QuantizedWeights | None = None,
+                  run: Run | None = None) -> float:
         """The paper's matchness of ``skip`` on this request's first ``window`` tokens (layerskip.py),
-        with ``weights`` (made for ``head``) for a quantized draft."""
-        return matchness(self.adapter, skip, tokens, prompt_len, cache, window, head, weights)
+        with ``weights`` (made for ``head``) for a quantized draft; ``run``: under its sampler's noise."""
+        params, noise = (run.draft_params, run.noise) if run is not None else (None, None)
+        return matchness(self.adapter, skip, tokens, prompt_len, cache, window, head, weights, params, noise)
 
     def reset(self) -> None:
         """Forget what the stream taught: the optimiser's search, every drafter's state, the planner's, token counts."""
@@ -245,7 +247,7 @@ class SwiftDecoder:
             head = run.head_for(self.precision)
             weights = self.draft_weights.for_request(run.weights, self.precision, head)
             opt.observe(cand, self.matchness(cand, run.tokens, P, run.cache, opt.config.context_window, head,
-                                             weights))
+                                             weights, run))
             self.planner.searched(time.perf_counter() - t0)
         clock = StepClock(start=t0, drafting=time.perf_counter())
         run.stats.time_optimize += clock.drafting - t0

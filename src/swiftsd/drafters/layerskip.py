@@ -31,7 +31,8 @@ from ..engine.models import DecoderAdapter, DraftHead
 from ..engine.quant import QuantizedWeights
 from ..engine.skipset import SkipSet
 from ..engine.tree import widths_from_confidence
-from ..engine.verify import target_probs, warp_logits
+from ..config import SamplingParams
+from ..engine.verify import PositionNoise, target_probs, warp_logits
 from .base import DraftContext, DraftRequest, DraftTrie
 from .ngram import Calibration, bucket, learn
 
@@ -263,9 +264,16 @@ def _confidence(p: torch.Tensor, q: torch.Tensor | None) -> list[float]:
 
 
 def matchness(adapter: DecoderAdapter, skip: SkipSet, tokens: list[int], prompt_len: int, cache: SlotKVCache,
-              window: int, head: DraftHead | None = None, weights: QuantizedWeights | None = None) -> float:
+              window: int, head: DraftHead | None = None, weights: QuantizedWeights | None = None,
+              params: SamplingParams | None = None, noise: PositionNoise | None = None) -> float:
     """Share of the first ``window`` generated tokens the draft predicts from the prompt cache
     (``weights``: a quantized draft's, made for ``head``).
+
+    Under the coupled sampler (``noise``, with the request's ``params``) the draft's prediction
+    is its warped argmax plus the noise each token was sampled with, as it drafts: matchness
+    then estimates the acceptance the loop will see. A plain argmax against sampled tokens
+    scores every set low, and the optimiser's calibration (acceptance = 1 - s(1 - matchness))
+    then rated a set that predicts nothing as acceptable, adopted it, and the draft stopped paying.
 
     One parallel draft forward over generated tokens g_1..g_w at their own
     positions, attending the prompt's cached KV; written in scratch slots past
@@ -279,7 +287,11 @@ def matchness(adapter: DecoderAdapter, skip: SkipSet, tokens: list[int], prompt_
     logits = adapter.forward(torch.tensor(gen_toks[:-1], device=dev), torch.arange(prompt_len, prompt_len + w, device=dev),
                              cache=cache, slot_start=cache.length, visible_prefix=prompt_len, skip=skip, head=head,
                              weights=weights)
-    pred = logits.argmax(-1)
+    if noise is None or params is None or params.greedy:
+        pred = logits.argmax(-1)
+    else:
+        g = noise.rows(list(range(prompt_len + 1, prompt_len + w + 1)))
+        pred = (warp_logits(logits, params) + (g if head is None else g[:, head.token_ids])).argmax(-1)
     if head is not None:
         pred = head.token_ids[pred]
     target = torch.tensor(gen_toks[1:], device=dev)

@@ -52,8 +52,19 @@ class Predictions:
         return self.precision if self.precision in costs.measured_precisions() else "full"
 
     def acceptance(self, matchness: float) -> float:
-        """Calibrated per-token acceptance for a set of this matchness."""
-        return min(max(1.0 - self.state.miss_scale * (1.0 - matchness), 0.0), 1.0)
+        """Calibrated per-token acceptance for a set of this matchness.
+
+        The line α = 1 − s(1 − m) is fitted at the best set, and the loop's acceptance is of
+        confident drafts only (the draft stops when unsure), so s can fit tiny: the line then
+        rated a set of matchness 0 at α 0.95, and the search adopted a set that predicts nothing.
+        Below the best set's matchness m_b, α is therefore also held to the best's α scaled by
+        m / m_b: a set that matches less is not credited with more of the best's acceptance."""
+        st = self.state
+        alpha = 1.0 - st.miss_scale * (1.0 - matchness)
+        m_b = st.best_matchness
+        if m_b is not None and m_b > 0.0:
+            alpha = min(alpha, (1.0 - st.miss_scale * (1.0 - m_b)) * matchness / m_b)
+        return min(max(alpha, 0.0), 1.0)
 
     def objective(self, skip: SkipSet, matchness: float) -> float:
         """What keep-if-better maximises: matchness (paper) or the predicted speed-up.
