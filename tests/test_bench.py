@@ -676,3 +676,20 @@ def test_cli_time_budget_too_small_for_one_prompt_is_a_clear_error(tmp_path, cap
     assert "no prompt finished" in err and "--time-budget" in err and "Traceback" not in err
     assert main(["bench", "--no-progress", "--time-budget", "0"]) == 2
     assert "--time-budget is in minutes" in capsys.readouterr().err
+
+
+def test_the_fastest_repeat_is_the_one_with_the_most_tokens_per_second():
+    """Two repeats that ended on texts of different lengths: the shorter run took less time but
+    wrote slower; the kept run is the faster writer, and the spread compares rates."""
+    from swiftsd.bench.base import TurnOutput
+    from swiftsd.bench.runner import repeat_fields
+
+    long_fast = TurnOutput(new_ids=[1] * 128, wall_time=4.0, target_forwards=40)  # 32 tok/s
+    short_slow = TurnOutput(new_ids=[1] * 60, wall_time=3.0, target_forwards=30)  # 20 tok/s
+    best, fields = repeat_fields([short_slow, long_fast], 0.15, (None, None))
+    assert best == 1 and fields["repeat_chosen"] == 1
+    assert fields["repeat_spread"] == pytest.approx(32 / 20 - 1) and fields["unstable"]
+    assert fields["repeat_new_tokens"] == [60, 128] and not fields["repeat_outputs_identical"]
+    same = [TurnOutput(new_ids=[1] * 50, wall_time=t, target_forwards=9) for t in (2.0, 1.9)]
+    best, fields = repeat_fields(same, 0.15, (None, None))
+    assert best == 1 and fields["repeat_spread"] == pytest.approx(2.0 / 1.9 - 1) and not fields["unstable"]

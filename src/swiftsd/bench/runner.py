@@ -85,10 +85,16 @@ def make_record(method: str, prompt: BenchPrompt, turn: int, prompt_tokens: int,
 
 def repeat_fields(runs: Sequence[TurnOutput], margin: float, load: tuple[float | None, float | None]
                   ) -> tuple[int, dict[str, Any]]:
-    """(index of the fastest run, the fields that describe all repeats of one (method, turn))."""
+    """(index of the fastest run, the fields that describe all repeats of one (method, turn)).
+
+    Fastest by tokens per second, not by wall time: in bf16 a repeat can end on another text
+    (a near-tie flips), and the shorter of two texts is not the faster run; with equal lengths
+    the two orders agree."""
     walls = [r.wall_time for r in runs]
-    best = min(range(len(runs)), key=walls.__getitem__)
-    spread = max(walls) / walls[best] - 1.0 if walls[best] > 0 else 0.0
+    rates = [len(r.new_ids) / r.wall_time if r.wall_time > 0 else 0.0 for r in runs]
+    best = max(range(len(runs)), key=lambda i: (rates[i], -walls[i]))
+    slowest = min(rates)
+    spread = rates[best] / slowest - 1.0 if slowest > 0 else 0.0
     return best, {
         "repeats": len(runs), "repeat_wall_times": walls, "repeat_new_tokens": [len(r.new_ids) for r in runs],
         "repeat_chosen": best, "repeat_spread": spread, "unstable": len(runs) > 1 and spread > margin,
