@@ -26,12 +26,12 @@ from typing import Any
 
 import torch
 
+from ..config import SamplingParams
 from ..engine.cache import SlotKVCache
 from ..engine.models import DecoderAdapter, DraftHead
 from ..engine.quant import QuantizedWeights
 from ..engine.skipset import SkipSet
 from ..engine.tree import widths_from_confidence
-from ..config import SamplingParams
 from ..engine.verify import PositionNoise, target_probs, warp_logits
 from .base import DraftContext, DraftRequest, DraftTrie
 from .ngram import Calibration, bucket, learn
